@@ -1,0 +1,78 @@
+{
+  # deploy-flake lab fixture: NixOS-like system closures built from Nix
+  # builtins only (no nixpkgs, no inputs, nothing downloaded).
+  #
+  # nixosConfigurations.<name>.config.system.build.toplevel is laid out like a
+  # NixOS toplevel: bin/switch-to-configuration, activate, etc/systemd/system
+  # (with multi-user.target.wants), kernel, initrd, system, nixos-version,
+  # sw/bin, and optionally pre-activate-safety-checks.
+  # Builders use /bin/sh and the build host's coreutils, so the building host
+  # needs `sandbox = false` (Debian nix-bin's default).
+  description = "deploy-flake lab fixture: NixOS-like system closures, builtins only";
+
+  outputs = { self }:
+    let
+      fx = import ./lib.nix { system = "x86_64-linux"; };
+      inherit (fx) mkSystem units;
+      healthy = name: mkSystem { hostName = name; };
+    in
+    {
+      nixosConfigurations = {
+        # the generation every lab host boots into first
+        base = mkSystem { hostName = "lab"; };
+
+        # healthy hosts: one config per lab host name
+        alpha = healthy "alpha";
+        beta = healthy "beta";
+        gamma = healthy "gamma";
+        delta = healthy "delta";
+        epsilon = healthy "epsilon";
+        webserver = mkSystem { hostName = "webserver"; extraUnits = [ units.extra ]; };
+
+        # a generic healthy config and its next version: the app changes
+        # (restart), the oneshot disappears (stop), an extra unit appears (start)
+        good = healthy "good";
+        good-v2 = mkSystem {
+          hostName = "good";
+          version = "2";
+          appVersion = "1.1";
+          extraUnits = [ units.extra ];
+          dropUnits = [ "fixture-oneshot.service" ];
+        };
+        no-precheck = mkSystem { hostName = "no-precheck"; precheck = null; };
+        # kernel and initrd differ from every other config: a reboot is needed
+        new-kernel = mkSystem { hostName = "new-kernel"; kernelVersion = "6.2.0"; };
+
+        # --- failure variants ----------------------------------------------
+        # `switch-to-configuration test` exits 4: a unit fails to start
+        fail-activation = mkSystem { hostName = "fail-activation"; extraUnits = [ units.failing ]; };
+        # <toplevel>/activate fails: exit 2
+        fail-activate-script = mkSystem {
+          hostName = "fail-activate-script";
+          activationExtra = "echo 'fixture: activation snippet failed' >&2; exit 1";
+        };
+        # activation never returns (a oneshot unit that sleeps forever)
+        hang-activation = mkSystem { hostName = "hang-activation"; extraUnits = [ units.hanging ]; };
+        # activation succeeds but a unit fails a few seconds later
+        fail-after-activation = mkSystem { hostName = "fail-after-activation"; extraUnits = [ units.failsLater ]; };
+        # activation stops sshd (Conflicts=sshd.service): new logins fail
+        lockout = mkSystem { hostName = "lockout"; extraUnits = [ units.lockout ]; };
+        # sshd is not part of the configuration at all
+        no-sshd = mkSystem { hostName = "no-sshd"; sshd = false; };
+        # `switch-to-configuration boot` fails (the boot loader cannot be installed)
+        fail-boot = mkSystem { hostName = "fail-boot"; failBoot = true; };
+        # <toplevel>/pre-activate-safety-checks exits 1
+        precheck-fail = mkSystem { hostName = "precheck-fail"; precheck = "fail"; };
+        # the closure is for another platform
+        wrong-system = mkSystem { hostName = "wrong-system"; systemType = "aarch64-linux"; };
+        # a dependency's builder exits 1
+        build-fail = mkSystem { hostName = "build-fail"; extraDeps = [ fx.failingDrv ]; };
+        # evaluation throws
+        eval-fail = { config.system.build.toplevel = throw "fixture: evaluation of eval-fail intentionally fails"; };
+        # the build takes about 20 s and prints a line per second
+        slow-build = mkSystem { hostName = "slow-build"; extraDeps = [ (fx.slowDrv 20) ]; };
+      };
+
+      lib = { inherit (fx) mkSystem units; };
+    };
+}

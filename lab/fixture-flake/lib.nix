@@ -1,0 +1,242 @@
+# Builtins-only building blocks for NixOS-like toplevels (see flake.nix).
+{ system }:
+let
+  runSh = name: env: script: derivation ({
+    inherit name system;
+    builder = "/bin/sh";
+    args = [ "-eu" "-c" script ];
+    PATH = "/usr/bin:/bin";
+  } // env);
+
+  # one systemd unit file in its own store path, like NixOS's unit-*.drv
+  mkUnit = { name, text, version ? "1.0", wantedBy ? "multi-user.target" }:
+    (runSh "unit-${name}-${version}" { unitName = name; unitText = text; } ''
+      mkdir -p "$out"
+      printf '%s\n' "$unitText" > "$out/$unitName"
+    '') // { unitName = name; inherit wantedBy; };
+
+  mkApp = version: runSh "fixture-app-${version}" {
+    appScript = builtins.readFile ./scripts/fixture-app.sh;
+    inherit version;
+  } ''
+    mkdir -p "$out/bin"
+    { printf '#!/bin/sh\nFIXTURE_APP_VERSION=%s\n' "$version"; printf '%s\n' "$appScript"; } > "$out/bin/fixture-app"
+    chmod 0555 "$out/bin/fixture-app"
+  '';
+
+  units = {
+    # sshd owned by the configuration, as on NixOS (services.openssh.enable)
+    sshd = mkUnit {
+      name = "sshd.service";
+      text = ''
+        [Unit]
+        Description=SSH Daemon
+        After=network.target lab-hostkey.service
+        [Service]
+        ExecStartPre=/usr/sbin/sshd -t
+        ExecStart=/usr/sbin/sshd -D -e
+        KillMode=process
+        Restart=always
+        RuntimeDirectory=sshd
+        RuntimeDirectoryPreserve=yes
+        [Install]
+        WantedBy=multi-user.target
+      '';
+    };
+    app = app: mkUnit {
+      name = "fixture-app.service";
+      version = app.version or "1.0";
+      text = ''
+        [Unit]
+        Description=fixture long-running app
+        [Service]
+        Type=simple
+        ExecStart=${app}/bin/fixture-app serve
+        [Install]
+        WantedBy=multi-user.target
+      '';
+    };
+    oneshot = app: mkUnit {
+      name = "fixture-oneshot.service";
+      text = ''
+        [Unit]
+        Description=fixture oneshot that succeeds
+        [Service]
+        Type=oneshot
+        RemainAfterExit=yes
+        ExecStart=${app}/bin/fixture-app ok
+        [Install]
+        WantedBy=multi-user.target
+      '';
+    };
+    extra = mkUnit {
+      name = "fixture-extra.service";
+      text = ''
+        [Unit]
+        Description=fixture unit only some configurations have
+        [Service]
+        Type=oneshot
+        RemainAfterExit=yes
+        ExecStart=/bin/true
+        [Install]
+        WantedBy=multi-user.target
+      '';
+    };
+    failing = mkUnit {
+      name = "fixture-failing.service";
+      text = ''
+        [Unit]
+        Description=fixture unit that fails to start
+        [Service]
+        Type=oneshot
+        RemainAfterExit=yes
+        ExecStart=/bin/sh -c 'echo "fixture-failing: giving up" >&2; exit 3'
+        [Install]
+        WantedBy=multi-user.target
+      '';
+    };
+    failsLater = mkUnit {
+      name = "fixture-fails-later.service";
+      text = ''
+        [Unit]
+        Description=fixture unit that starts, then dies a second later
+        [Service]
+        Type=simple
+        ExecStart=/bin/sh -c 'sleep 1; echo "fixture-fails-later: crashed" >&2; exit 1'
+        [Install]
+        WantedBy=multi-user.target
+      '';
+    };
+    hanging = mkUnit {
+      name = "fixture-hang.service";
+      text = ''
+        [Unit]
+        Description=fixture unit whose start never completes
+        [Service]
+        Type=oneshot
+        TimeoutStartSec=infinity
+        ExecStart=/bin/sleep infinity
+        [Install]
+        WantedBy=multi-user.target
+      '';
+    };
+    lockout = mkUnit {
+      name = "fixture-lockout.service";
+      text = ''
+        [Unit]
+        Description=fixture unit that stops sshd when started (lockout)
+        Conflicts=sshd.service ssh.service ssh.socket sshd.socket
+        [Service]
+        Type=oneshot
+        RemainAfterExit=yes
+        ExecStart=/bin/true
+        [Install]
+        WantedBy=multi-user.target
+      '';
+    };
+  };
+
+  failingDrv = runSh "fixture-broken-dep-1.0" { } ''
+    echo "fixture: this derivation intentionally fails to build" >&2
+    exit 1
+  '';
+
+  slowDrv = secs: runSh "fixture-slow-dep-1.0" { inherit secs; } ''
+    i=0
+    while [ "$i" -lt "$secs" ]; do echo "fixture: slow build step $i/$secs"; sleep 1; i=$((i+1)); done
+    mkdir -p "$out"; echo done > "$out/done"
+  '';
+
+  mkKernel = version: runSh "linux-${version}-fixture" { } ''
+    mkdir -p "$out/lib/modules/${version}"
+    echo "fixture kernel ${version} (not bootable)" > "$out/bzImage"
+    echo "fixture initrd ${version} (not bootable)" > "$out/initrd"
+  '';
+
+  mkSystem =
+    { hostName
+    , version ? "1"
+    , appVersion ? "1.0"
+    , sshd ? true                  # the configuration runs sshd
+    , extraUnits ? [ ]
+    , dropUnits ? [ ]              # unit names to leave out of the default set
+    , precheck ? "ok"              # "ok" | "fail" | null (no check program)
+    , activationExtra ? ""         # shell appended to <toplevel>/activate
+    , extraDeps ? [ ]              # extra derivations pulled into the closure
+    , kernelVersion ? "6.1.0"
+    , systemType ? system          # what <toplevel>/system says
+    , failBoot ? false             # `switch-to-configuration boot` fails
+    }:
+    let
+      app = mkApp appVersion;
+      kernel = mkKernel kernelVersion;
+      defaultUnits = (if sshd then [ units.sshd ] else [ ]) ++ [ (units.app app) (units.oneshot app) ];
+      keep = u: !(builtins.elem u.unitName dropUnits);
+      allUnits = builtins.filter keep defaultUnits ++ extraUnits;
+      nixosVersion = "fixture-${version} (${hostName})";
+
+      etc = runSh "etc" {
+        inherit hostName nixosVersion;
+        unitPaths = map (u: "${u}/${u.unitName}") allUnits;
+        wants = map (u: "${u.wantedBy}/${u.unitName}") allUnits;
+      } ''
+        d="$out/etc/systemd/system"
+        mkdir -p "$d" "$out/etc/fixture-nixos"
+        for u in $unitPaths; do ln -s "$u" "$d/$(basename "$u")"; done
+        for w in $wants; do
+          mkdir -p "$d/''${w%%/*}.wants"
+          ln -s "../''${w#*/}" "$d/''${w%%/*}.wants/''${w#*/}"
+        done
+        echo "$hostName" > "$out/etc/hostname"
+        echo "$nixosVersion" > "$out/etc/fixture-nixos/version"
+        : > "$out/etc/NIXOS"
+      '';
+
+      sw = runSh "system-path" { inherit nixosVersion; } ''
+        mkdir -p "$out/bin"
+        printf '#!/bin/sh\necho "%s"\n' "$nixosVersion" > "$out/bin/nixos-version"
+        chmod 0555 "$out/bin/nixos-version"
+      '';
+
+      toplevel = runSh "nixos-system-${hostName}-${version}" {
+        inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType;
+        precheckEnabled = if precheck == null then "" else "1";
+        failBoot = if failBoot then "1" else "";
+        inherit extraDeps;
+        stc = builtins.readFile ./scripts/switch-to-configuration.sh;
+        activateScript = builtins.readFile ./scripts/activate.sh;
+        precheckScript = builtins.readFile ./scripts/pre-activate-safety-checks.sh;
+      } ''
+        mkdir -p "$out/bin"
+        ln -s "$etc/etc" "$out/etc"
+        ln -s "$sw" "$out/sw"
+        ln -s "$kernel/bzImage" "$out/kernel"
+        ln -s "$kernel/initrd" "$out/initrd"
+        ln -s "$kernel/lib/modules" "$out/kernel-modules"
+        echo "init=$out/init loglevel=4" > "$out/kernel-params"
+        printf '%s' "$nixosVersion" > "$out/nixos-version"
+        echo "$systemType" > "$out/system"
+        for d in $extraDeps; do echo "$d"; done > "$out/extra-dependencies"
+
+        { echo '#!/bin/sh'; echo "systemConfig=$out"; printf '%s\n' "$activateScript"; printf '%s\n' "$activationExtra"; } > "$out/activate"
+        { echo '#!/bin/sh'; echo "out=$out"; echo "failBoot=$failBoot"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
+        { echo '#!/bin/sh'; echo "echo 'fixture init: stage 2 is emulated by the lab image' >&2; exit 1"; } > "$out/init"
+        chmod 0555 "$out/activate" "$out/bin/switch-to-configuration" "$out/init"
+
+        if [ -n "$precheckEnabled" ]; then
+          { echo '#!/bin/sh'; echo "out=$out"; echo "mode=$precheck"; printf '%s\n' "$precheckScript"; } > "$out/pre-activate-safety-checks"
+          chmod 0555 "$out/pre-activate-safety-checks"
+        fi
+      '';
+    in
+    {
+      config = {
+        networking.hostName = hostName;
+        system.nixos.version = nixosVersion;
+        system.build = { inherit toplevel etc; };
+      };
+    };
+in
+{
+  inherit mkSystem mkUnit units failingDrv slowDrv mkKernel runSh;
+}

@@ -1,0 +1,7 @@
+# Fixture <toplevel>/activate, like NixOS's: points /etc/static and
+# /run/current-system at this system. $systemConfig is set by the builder.
+echo "fixture: setting up /etc/static and /run/current-system..." >&2
+mkdir -p /etc /run
+ln -sfn "$systemConfig/etc" /etc/static.tmp && mv -T /etc/static.tmp /etc/static
+ln -sfn "$systemConfig" /run/current-system.tmp && mv -T /run/current-system.tmp /run/current-system
+# ---- per-configuration activation snippets follow ----

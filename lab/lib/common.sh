@@ -1,0 +1,57 @@
+# shellcheck shell=bash
+# Shared settings and helpers of the lab scripts (sourced by lab/lab).
+# shellcheck disable=SC2034  # used by the files sourced after this one
+LAB=${DEPLOY_FLAKE_LAB:-/var/tmp/deploy-flake-lab}
+LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
+SUITE=bookworm
+KEY=$LAB/keys/id_ed25519
+KNOWN=$LAB/known_hosts
+
+die() { echo "lab: $*" >&2; exit 1; }
+say() { echo "lab: $*" >&2; }
+need_root() { [ "$(id -u)" = 0 ] || die "must run as root (it uses debootstrap, network namespaces and systemd-nspawn)"; }
+
+# Host packages the lab needs, installed on demand (fresh Debian 12 machine).
+HOST_PKGS=(debootstrap qemu-system-x86 qemu-utils e2fsprogs openssh-client systemd-container
+           iproute2 socat nix-bin curl util-linux)
+ensure_host_packages() {
+  local missing=() p
+  for p in "${HOST_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing host packages: ${missing[*]}"
+  apt-get update -qq >/dev/null || die "apt-get update failed: check the Debian mirror in /etc/apt/sources.list*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+# Nix on the deployer side of the lab: flakes on, no binary cache, no registry download.
+ensure_host_nix() {
+  mkdir -p /etc/nix
+  [ -e /etc/nix/registry-empty.json ] || echo '{"flakes":[],"version":2}' > /etc/nix/registry-empty.json
+  grep -q '^# deploy-flake lab' /etc/nix/nix.conf 2>/dev/null && return 0
+  cat >> /etc/nix/nix.conf <<'NIXCONF'
+# deploy-flake lab: offline machine
+experimental-features = nix-command flakes
+substituters =
+flake-registry = /etc/nix/registry-empty.json
+NIXCONF
+}
+
+# Writes $KNOWN atomically under a lock: several hosts may start at once.
+known_hosts_set() {  # PATTERN LINE
+  (
+    flock 9
+    touch "$KNOWN"
+    { grep -vF -- "$1 " "$KNOWN" || true; echo "$2"; } > "$KNOWN.$$"
+    mv "$KNOWN.$$" "$KNOWN"
+  ) 9>"$LAB/known_hosts.lock"
+}
+
+# The hash of everything the image is made of: rebuild when it changes.
+recipe_hash() {
+  (cd "$LAB_SRC" && cat lib/image.sh image/* fixture-flake/flake.nix fixture-flake/lib.nix fixture-flake/scripts/*) \
+    | sha256sum | cut -c1-16
+}

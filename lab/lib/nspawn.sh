@@ -1,0 +1,156 @@
+# shellcheck shell=bash
+# Lab hosts as systemd-nspawn containers: systemd as PID 1, own network
+# namespace with loopback only, reached by ssh through a ProxyCommand that
+# enters the namespace. Per host, under $LAB/hosts/NAME/: upper/ (writable
+# layer over the shared rootfs; reset deletes it), hostkey, ssh_config,
+# console.log, super.pid and nspawn.pid, forward-*.pid.
+BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-60}
+HOST_MEM_MB=${LAB_HOST_MEM_MB:-300}
+
+host_dir() { echo "$LAB/hosts/$1"; }
+valid_name() { [[ $1 =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "invalid host name '$1' (lower-case letters, digits, '-')"; }
+host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && kill -0 "$(cat "$d/super.pid")" 2>/dev/null; }
+
+write_host_ssh_config() {  # NAME
+  local n=$1 d; d=$(host_dir "$1")
+  cat > "$d/ssh_config" <<CFG
+Host $n
+  HostName 127.0.0.1
+  User root
+  IdentityFile $KEY
+  IdentitiesOnly yes
+  BatchMode yes
+  StrictHostKeyChecking yes
+  UserKnownHostsFile $KNOWN
+  GlobalKnownHostsFile /dev/null
+  HostKeyAlias $n
+  ProxyCommand ip netns exec lab-$n socat - TCP:127.0.0.1:22
+  LogLevel ERROR
+CFG
+  # one file for every host: ssh -F $LAB/ssh_config
+  printf 'Include %s/hosts/*/ssh_config\n' "$LAB" > "$LAB/ssh_config"
+}
+
+host_ssh() {  # NAME [USER] -- CMD...
+  local n=$1; shift; local user=root
+  if [ $# -gt 0 ] && [ "$1" != -- ]; then user=$1; shift; fi
+  [ "${1:-}" = -- ] && shift
+  ssh -F "$(host_dir "$n")/ssh_config" -o ControlMaster=no -o ControlPath=none -o ConnectTimeout=5 -l "$user" "$n" "$@"
+}
+
+host_wait() {  # NAME
+  local n=$1 d deadline t0=$SECONDS; d=$(host_dir "$1"); deadline=$((SECONDS + BOOT_TIMEOUT))
+  until host_ssh "$n" -- test ! -e /run/lab-rebooting 2>/dev/null; do
+    host_running "$n" || die "$n: the container died; see $d/console.log"
+    [ $SECONDS -lt $deadline ] || die "$n: ssh not up after ${BOOT_TIMEOUT}s; see $d/console.log"
+    sleep 0.2
+  done
+  say "$n: ssh up after $((SECONDS - t0)) s"
+}
+
+check_capacity() {  # NUMBER_OF_NEW_HOSTS
+  local avail_mb running want
+  avail_mb=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
+  running=$( (find "$LAB/hosts" -maxdepth 2 -name super.pid 2>/dev/null || true) | wc -l)
+  want=$1
+  if [ $((want * HOST_MEM_MB)) -gt "$avail_mb" ] || [ $((running + want)) -gt "${LAB_MAX_HOSTS:-40}" ]; then
+    die "cannot start $want more host(s): $running running, ${avail_mb} MiB available, each needs about ${HOST_MEM_MB} MiB (limit ${LAB_MAX_HOSTS:-40} hosts)"
+  fi
+}
+
+host_start() {  # NAME
+  local n=$1 d; valid_name "$n"; d=$(host_dir "$n")
+  [ -e "$LAB/rootfs/.lab-recipe" ] || die "no lab image in $LAB; run 'lab/lab build' first"
+  host_running "$n" && die "$n is already running"
+  mkdir -p "$d/upper/etc"
+  [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -C "$n" -f "$d/hostkey"
+  known_hosts_set "$n" "$n $(cut -d' ' -f1,2 "$d/hostkey.pub")"
+  ip netns list | grep -qw "lab-$n" || ip netns add "lab-$n" || die "$n: cannot create network namespace lab-$n"
+  ip -n "lab-$n" link set lo up
+  write_host_ssh_config "$n"
+  echo "$n" > "$d/upper/etc/hostname"   # else the image's /etc/hostname wins over --hostname
+  rm -f "$d/stopping"
+  # nspawn exits with 133 when the container reboots (systemd-nspawn@.service restarts it
+  # on that status); without a host systemd this loop does. Each host gets its own cgroup:
+  # with --keep-unit, containers started from one cgroup would share payload/system.slice.
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  setsid bash -c '
+    for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+      if [ -e "$h/cgroup.procs" ]; then mkdir -p "$h/lab-$2" && echo $$ > "$h/lab-$2/cgroup.procs"; fi
+    done
+    while :; do
+      systemd-nspawn --boot --quiet -D "$0/rootfs" --overlay="$0/rootfs:$1/upper:/" \
+        --register=no --keep-unit --machine="$2" --hostname="$2" \
+        --network-namespace-path="/run/netns/lab-$2" \
+        --bind-ro="$1/hostkey:/etc/ssh/ssh_host_ed25519_key" --console=read-only </dev/null &
+      echo $! > "$1/nspawn.pid"; wait $!; rc=$?
+      echo "== nspawn exited rc=$rc $(date +%T)"
+      [ "$rc" = 133 ] && [ ! -e "$1/stopping" ] || break
+    done' "$LAB" "$d" "$n" >"$d/console.log" 2>&1 &
+  echo $! > "$d/super.pid"
+  host_wait "$n"
+}
+
+kill_pidfile() {  # FILE [SECONDS]: SIGTERM, wait, SIGKILL
+  local f=$1 t=${2:-10} pid i
+  [ -e "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for ((i = 0; i < t * 10; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+  fi
+  rm -f "$f"
+}
+
+host_stop() {  # NAME
+  local n=$1 d h f; d=$(host_dir "$n")
+  [ -d "$d" ] || return 0
+  touch "$d/stopping"
+  for f in "$d"/forward-*.pid; do kill_pidfile "$f" 2; done
+  kill_pidfile "$d/nspawn.pid" 10   # nspawn turns SIGTERM into a clean poweroff
+  kill_pidfile "$d/super.pid" 5
+  ip netns del "lab-$n" 2>/dev/null || true
+  for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+    if [ -d "$h/lab-$n" ]; then find "$h/lab-$n" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
+  done
+  return 0
+}
+
+host_reset() {  # NAME: a clean host, as the image made it
+  host_stop "$1"; rm -rf "$(host_dir "$1")/upper"; host_start "$1"
+}
+
+host_reboot() {  # NAME: reboot from inside and wait until it is back
+  host_ssh "$1" -- 'touch /run/lab-rebooting && systemctl reboot' || true
+  sleep 0.5
+  host_wait "$1"
+}
+
+# Forwards ADDR:PORT on this machine (loopback only) to the host's sshd, e.g. for IPv6 tests.
+host_forward() {  # NAME ADDR PORT
+  local n=$1 addr=$2 port=$3 d kh; d=$(host_dir "$n")
+  case $addr in 127.*|::1|localhost) ;; *) die "forward: only loopback addresses (127.0.0.0/8, ::1)" ;; esac
+  host_running "$n" || die "$n is not running"
+  local listen=TCP4-LISTEN; [[ $addr == *:* ]] && listen=TCP6-LISTEN
+  if (exec 3<>"/dev/tcp/$addr/$port") 2>/dev/null; then die "forward: $addr:$port is already in use"; fi
+  setsid socat "$listen:$port,bind=$addr,reuseaddr,fork" "EXEC:ip netns exec lab-$n socat - TCP\:127.0.0.1\:22" \
+    >/dev/null 2>&1 &
+  echo $! > "$d/forward-$port.pid"
+  sleep 0.2
+  kill -0 "$(cat "$d/forward-$port.pid")" 2>/dev/null || die "forward: cannot listen on $addr:$port"
+  if [ "$port" = 22 ]; then kh=$addr; else kh="[$addr]:$port"; fi
+  known_hosts_set "$kh" "$kh $(cut -d' ' -f1,2 "$d/hostkey.pub")"
+  say "$n: ssh on $addr port $port"
+}
+
+# Cuts (down) or restores (up) the host's network: its loopback, the only link it has.
+host_net() {  # NAME up|down
+  ip -n "lab-$1" link set lo "$2"
+}
+
+lab_stop_all_hosts() {
+  local d
+  for d in "$LAB"/hosts/*/; do [ -d "$d" ] && host_stop "$(basename "$d")"; done
+  return 0
+}
