@@ -45,7 +45,7 @@ known_hosts_set() {  # PATTERN LINE
   (
     flock 9
     touch "$KNOWN"
-    { grep -vF -- "$1 " "$KNOWN" || true; echo "$2"; } > "$KNOWN.$$"
+    { awk -v p="$1 " 'index($0, p) != 1' "$KNOWN"; echo "$2"; } > "$KNOWN.$$"
     mv "$KNOWN.$$" "$KNOWN"
   ) 9>"$LAB/known_hosts.lock"
 }

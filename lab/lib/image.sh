@@ -35,6 +35,7 @@ image_build() {
   echo "$want" > "$LAB/rootfs.new/.lab-recipe"
   # every host's writable layer sits on the old rootfs: they must go with it
   lab_stop_all_hosts
+  vm_stop_all
   rm -rf "$LAB/hosts"/*/upper "$LAB/vms"/*/disk.qcow2 "$LAB/rootfs"
   mv "$LAB/rootfs.new" "$LAB/rootfs"
   say "writing $LAB/base.raw"

@@ -1,0 +1,3 @@
+from deploy_flake.cli import main
+
+main()

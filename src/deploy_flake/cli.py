@@ -1,0 +1,289 @@
+"""The deploy-flake command line: parse, validate, hand over to the fleet, report."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from deploy_flake import __version__
+from deploy_flake.destination import Destination, check_config_name
+from deploy_flake.display import JsonEvents, LiveEvents, PlainEvents, plain_summary, summary_table
+from deploy_flake.durations import parse_duration
+from deploy_flake.errors import DeployError, UsageError
+from deploy_flake.events import Events
+from deploy_flake.fleet import deploy_all
+from deploy_flake.models import EXIT_USAGE, SANITY_CHECKS, DeployOptions, HostResult, Timeouts, exit_code
+from deploy_flake.nix import build_args
+from deploy_flake.report import write_report
+from deploy_flake.ssh import check_ssh_option
+
+EPILOG = """\b
+Exit codes:
+  0  every host is running its new configuration (confirmed, boot entry written)
+  1  a host failed before anything was changed on it
+  2  bad usage or input; nothing was done on any host
+  3  a host was rolled back to its previous configuration
+  4  a host's state is unknown (see the message for what to check)
+The worst outcome among the hosts decides.
+"""
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except UsageError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _relative_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and (
+        not value or value.startswith("/") or ".." in value.split("/") or any(c in value for c in "\n\0")
+    ):
+        raise click.BadParameter(f"{value!r} must be a path relative to the new system's top level")
+    return value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.argument("destinations", nargs=-1, required=True, metavar="DESTINATION...")
+@click.option(
+    "--flake",
+    "flake_dir",
+    default=".",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The flake's directory.",
+)
+@click.option(
+    "--preflight-check",
+    type=click.Choice(["run", "skip"]),
+    default="run",
+    show_default=True,
+    help="Refuse hosts whose running system is not healthy (systemctl is-system-running).",
+)
+@click.option(
+    "--pre-activate-script",
+    callback=_relative_path,
+    metavar="RELATIVE_PATH",
+    help="Program in the new system to run before activating it; non-zero stops the deploy. "
+    "[default: pre-activate-safety-checks, when present]",
+)
+@click.option(
+    "--test",
+    "test_mode",
+    type=click.Choice(["run", "skip"]),
+    default="run",
+    show_default=True,
+    help="run: activate with switch-to-configuration test and confirm before writing the boot "
+    "entry. skip: only add the profile generation and boot entry (applies at next boot).",
+)
+@click.option("--build-cmdline", metavar="ARGS", help="Extra arguments for nix build on the host.")
+@click.option(
+    "--copy-timeout",
+    callback=_duration,
+    default="10m",
+    show_default=True,
+    metavar="DURATION",
+    help="Time for one attempt at copying the flake (3 attempts).",
+)
+@click.option("--build-timeout", callback=_duration, default="1h", show_default=True, metavar="DURATION")
+@click.option(
+    "--preflight-timeout",
+    callback=_duration,
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the health check waits for a starting system.",
+)
+@click.option(
+    "--activation-timeout",
+    callback=_duration,
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="Longest switch-to-configuration test; longer is stopped and rolled back.",
+)
+@click.option(
+    "--health-timeout",
+    callback=_duration,
+    default="60s",
+    show_default=True,
+    metavar="DURATION",
+    help="Time for the system to settle as healthy after activating.",
+)
+@click.option(
+    "--confirm-timeout",
+    callback=_duration,
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="Time to confirm over a new SSH connection before the host rolls back by itself.",
+)
+@click.option(
+    "--boot-timeout",
+    callback=_duration,
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="Longest switch-to-configuration boot.",
+)
+@click.option(
+    "--skip-check",
+    "skip_checks",
+    multiple=True,
+    type=click.Choice(SANITY_CHECKS),
+    help="Skip a sanity check of the new system (repeatable).",
+)
+@click.option(
+    "--instrumentation",
+    type=click.Choice(["tui", "json"]),
+    default="tui",
+    show_default=True,
+    help="tui: live view on a terminal, plain lines otherwise. json: one JSON event per line.",
+)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Hosts deployed at once.  [default: all]")
+@click.option(
+    "--ssh-config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="ssh config file for every ssh call (ssh -F), Nix's copying included.",
+)
+@click.option(
+    "--ssh-option",
+    "-o",
+    "ssh_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="ssh option for every ssh call, Nix's copying included (repeatable).",
+)
+@click.option(
+    "--sudo/--no-sudo",
+    default=None,
+    help="Run system commands through sudo -n.  [default: when the login user is not root]",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a JSON report of every host to this file.",
+)
+@click.version_option(__version__, prog_name="deploy-flake")
+def deploy_flake(
+    destinations: tuple[str, ...],
+    flake_dir: Path,
+    preflight_check: str,
+    pre_activate_script: str | None,
+    test_mode: str,
+    build_cmdline: str | None,
+    copy_timeout: float,
+    build_timeout: float,
+    preflight_timeout: float,
+    activation_timeout: float,
+    health_timeout: float,
+    confirm_timeout: float,
+    boot_timeout: float,
+    skip_checks: tuple[str, ...],
+    instrumentation: str,
+    jobs: int | None,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    sudo: bool | None,
+    report_path: Path | None,
+) -> None:
+    """Deploy a flake's NixOS configurations to hosts over SSH.
+
+    Each DESTINATION is HOST, USER@HOST, or nixos://[USER@]HOST[:PORT]/[CONFIGURATION]
+    (an IPv6 address in brackets: nixos://[::1]:2222/web). The configuration
+    defaults to the host name the host reports. Every host builds its own system,
+    is checked, activates it with switch-to-configuration test, and must be
+    confirmed over a new SSH connection before the boot entry is written;
+    otherwise it returns to its previous system by itself.
+    """
+    try:
+        dests = [Destination.parse(d) for d in destinations]
+        if len({d.raw for d in dests}) != len(dests):
+            raise UsageError("a destination is given twice")
+        for opt in ssh_options:
+            check_ssh_option(opt)
+        if ssh_config is not None and not ssh_config.is_file():
+            raise UsageError(f"--ssh-config {ssh_config}: no such file")
+        if not (flake_dir / "flake.nix").is_file():
+            raise UsageError(f"no flake.nix in {flake_dir}: pass the flake's directory with --flake DIR")
+        for d in dests:
+            if d.config:
+                check_config_name(d.config, "configuration")
+        options = DeployOptions(
+            flake_dir=flake_dir,
+            preflight=preflight_check == "run",
+            pre_activate_script=pre_activate_script,
+            test=test_mode == "run",
+            build_args=build_args(build_cmdline),
+            sudo=sudo,
+            skip_checks=frozenset(skip_checks),
+            timeouts=Timeouts(
+                copy=copy_timeout,
+                build=build_timeout,
+                preflight=preflight_timeout,
+                activation=activation_timeout,
+                health=health_timeout,
+                confirm=confirm_timeout,
+                boot=boot_timeout,
+            ),
+            jobs=jobs,
+        )
+    except (UsageError, ValueError) as e:
+        _fail(str(e))
+
+    tty = sys.stdout.isatty()
+    console = Console()
+    try:
+        if instrumentation == "json":
+            results = _run(dests, options, ssh_config, ssh_options, JsonEvents())
+        elif tty:
+            with LiveEvents([d.label for d in dests], console) as live:
+                results = _run(dests, options, ssh_config, ssh_options, live)
+        else:
+            results = _run(dests, options, ssh_config, ssh_options, PlainEvents())
+    except DeployError as e:
+        _fail(str(e))
+    except SystemExit as e:
+        click.echo(
+            "deploy-flake: interrupted twice: hosts that were activating return to their "
+            "previous system by themselves once the confirmation timeout passes",
+            err=True,
+        )
+        sys.exit(e.code if isinstance(e.code, int) else 130)
+
+    if report_path is not None:
+        write_report(report_path, results)
+    if instrumentation != "json":
+        if tty:
+            console.print(summary_table(results))
+        else:
+            click.echo(plain_summary(results))
+    sys.exit(exit_code([r.outcome for r in results]))
+
+
+def _run(
+    dests: list[Destination],
+    options: DeployOptions,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    events: Events,
+) -> list[HostResult]:
+    return asyncio.run(
+        deploy_all(dests, options, ssh_config=ssh_config, ssh_options=ssh_options, events=events)
+    )
+
+
+def _fail(message: str) -> None:
+    click.echo(f"deploy-flake: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def main() -> None:
+    deploy_flake(prog_name="deploy-flake")

@@ -1,0 +1,195 @@
+#!/bin/sh
+# deploy-flake-agent: the target side of a deploy. Runs on the host as root,
+# needs only POSIX sh, coreutils, util-linux (flock), systemd and nix.
+#
+# The activation transaction runs inside a transient systemd unit, so nothing
+# that happens to the deployer or its SSH connection can interrupt it, and
+# every decision that protects the host is taken here:
+#   1. take the host's deploy lock; record the running system
+#   2. switch-to-configuration test (bounded by the activation timeout)
+#   3. the system must become healthy: no unit newly failed
+#   4. wait for the deployer's confirmation, which arrives over a brand-new
+#      SSH connection (proof that logins still work)
+#   5. only then: new system profile generation + switch-to-configuration boot
+# Any failure, timeout, abort request or missing confirmation before step 5
+# re-activates the previous system: the boot entry is never touched before
+# the new system was confirmed working.
+#
+# Usage:
+#   agent run ID NEW_SYSTEM MODE ACTIVATION_S HEALTH_S CONFIRM_S BOOT_S HOLDER
+#       MODE: test (the whole transaction) or boot (profile + boot entry only)
+#   agent watch ID OFFSET [MAX_S]  print the log from byte OFFSET on, then
+#                                  "@@deploy-flake-state STATE" once the state
+#                                  needs the deployer or is final (or MAX_S passed)
+#   agent confirm ID               confirm; wait for the commit; print the final state
+#   agent abort ID                 roll back now (the deployer was interrupted)
+#   agent status ID                print the state
+set -u
+PATH="$PATH:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+BASE=/run/deploy-flake
+PROFILE=/nix/var/nix/profiles/system
+KEEP_RUNS=20
+
+die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
+valid_id() { case $1 in *[!A-Za-z0-9_.-]* | '') die "bad deploy id '$1'" ;; esac; }
+
+cmd=${1:-}; [ $# -ge 2 ] || die "usage: agent run|watch|confirm|abort|status ID ..."
+ID=$2; valid_id "$ID"
+DIR=$BASE/$ID
+
+state_of() { cat "$DIR/state" 2>/dev/null || echo unknown; }
+is_final() { case $1 in activated | rolled-back | rollback-failed | failed) return 0 ;; esac; return 1; }
+
+# ---------------------------------------------------------------- the transaction
+log() { echo "[deploy-flake] $*"; }
+set_state() { printf '%s\n' "$1" > "$DIR/state.tmp" && mv "$DIR/state.tmp" "$DIR/state"; log "state: $1"; }
+set_reason() { printf '%s\n' "$*" > "$DIR/reason"; }
+
+failed_units() {  # names of failed units, one per line
+  systemctl list-units --failed --plain --no-legend --no-pager 8>&- 2>/dev/null | awk '{print $1}' | sort
+}
+
+# Healthy: the system settles as "running" within the bound, or only units
+# that had failed before the deploy are failed. Prints what is wrong.
+health_problem() {  # TIMEOUT_S
+  st=$(timeout "$1" systemctl is-system-running --wait 8>&- 2>/dev/null)
+  [ "$st" = running ] && return 1
+  new=$(failed_units | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
+  if [ -n "$new" ]; then echo "units failed: ${new% }"; return 0; fi
+  case $st in
+    degraded) return 1 ;;  # only units that were already failed before the deploy
+    starting | initializing | "") echo "the system did not finish starting within ${1}s (state: ${st:-no answer})"; return 0 ;;
+    *) echo "the system is $st"; return 0 ;;
+  esac
+}
+
+activate() {  # SYSTEM TIMEOUT_S: switch-to-configuration test, bounded; prints nothing, returns its exit code
+  timeout -k 10 "$2" "$1/bin/switch-to-configuration" test 8>&-
+}
+
+rollback() {  # REASON
+  set_reason "$1"
+  set_state rolling-back
+  log "rolling back to $PREV: $1"
+  activate "$PREV" "$ACT_S"; rc=$?
+  if [ "$rc" -ne 0 ]; then
+    printf '%s\n' "$1; re-activating the previous system failed too (exit $rc)" > "$DIR/reason"
+    set_state rollback-failed; exit 1
+  fi
+  if problem=$(health_problem "$HEALTH_S"); then
+    printf '%s\n' "$1; after the rollback the system is still not healthy: $problem" > "$DIR/reason"
+    set_state rollback-failed; exit 1
+  fi
+  log "back on $PREV and healthy"
+  set_state rolled-back; exit 1
+}
+
+fail_unchanged() {  # REASON: nothing was changed
+  set_reason "$1"; log "$1"; set_state failed; exit 1
+}
+
+wait_confirmation() {  # returns 0 when confirmed; rolls back otherwise
+  i=0
+  while [ "$i" -lt "$((CONFIRM_S * 5))" ]; do
+    [ -e "$DIR/abort" ] && rollback "the deploy was interrupted before it was confirmed"
+    [ -e "$DIR/confirm" ] && return 0
+    sleep 0.2; i=$((i + 1))
+  done
+  rollback "no confirmation over a new SSH connection within ${CONFIRM_S}s (did the new configuration break SSH access?)"
+}
+
+commit() {  # profile generation + boot entry, undone if the boot step fails
+  set_state committing
+  old_gen=$(readlink "$PROFILE" 2>/dev/null || true)
+  if ! nix-env -p "$PROFILE" --set "$NEW" 8>&-; then
+    [ "$MODE" = test ] && rollback "could not add the new generation to $PROFILE"
+    fail_unchanged "could not add the new generation to $PROFILE"
+  fi
+  if ! timeout -k 10 "$BOOT_S" "$NEW/bin/switch-to-configuration" boot 8>&-; then
+    log "the boot step failed: putting the system profile back"
+    new_gen=$(readlink "$PROFILE")
+    if [ -n "$old_gen" ]; then ln -sfn "$old_gen" "$PROFILE.tmp" && mv -T "$PROFILE.tmp" "$PROFILE"; fi
+    [ "$new_gen" != "$old_gen" ] && rm -f "${PROFILE%/*}/$new_gen"
+    if [ -n "$old_gen" ]; then timeout -k 10 "$BOOT_S" "$PROFILE/bin/switch-to-configuration" boot 8>&- \
+      || log "warning: restoring the previous boot entry failed too"; fi
+    [ "$MODE" = test ] && rollback "switch-to-configuration boot failed; the profile and boot entry were put back"
+    fail_unchanged "switch-to-configuration boot failed; the profile and boot entry were put back"
+  fi
+  set_state activated
+}
+
+run() {
+  [ $# -eq 8 ] || die "usage: agent run ID NEW MODE ACTIVATION_S HEALTH_S CONFIRM_S BOOT_S HOLDER"
+  NEW=$2 MODE=$3 ACT_S=$4 HEALTH_S=$5 CONFIRM_S=$6 BOOT_S=$7 HOLDER=$8
+  mkdir -p "$DIR"
+  exec >>"$DIR/log" 2>&1
+  set_state starting
+  exec 8>>"$BASE/lock"
+  if ! flock -n 8; then
+    fail_unchanged "another deploy is in progress on this host: $(cat "$BASE/holder" 2>/dev/null || echo unknown)"
+  fi
+  printf '%s (deploy %s, since %s)\n' "$HOLDER" "$ID" "$(date -u +%FT%TZ)" > "$BASE/holder"
+  # keep the state of the last few deploys only
+  # shellcheck disable=SC2012  # run ids have no odd characters
+  ls -1dt "$BASE"/*/ 2>/dev/null | tail -n +$((KEEP_RUNS + 1)) | while read -r d; do rm -rf "$d"; done
+
+  PREV=$(readlink -f /run/current-system 2>/dev/null || true)
+  [ -x "$NEW/bin/switch-to-configuration" ] || fail_unchanged "$NEW has no bin/switch-to-configuration"
+  printf '%s\n' "$PREV" > "$DIR/previous"
+  failed_units > "$DIR/failed-before"
+
+  if [ "$MODE" = boot ]; then
+    commit; exit 0
+  fi
+  if [ -z "$PREV" ] || [ ! -x "$PREV/bin/switch-to-configuration" ]; then
+    fail_unchanged "no previous system (/run/current-system) to return to; deploy with --test=skip and reboot"
+  fi
+
+  set_state activating
+  log "activating $NEW (previous: $PREV)"
+  activate "$NEW" "$ACT_S"; rc=$?
+  case $rc in
+    0) ;;
+    124 | 137) rollback "the activation did not finish within ${ACT_S}s and was stopped" ;;
+    *) rollback "switch-to-configuration test failed (exit $rc)$(units=$(failed_units | comm -13 "$DIR/failed-before" - | tr '\n' ' '); [ -n "$units" ] && echo "; units failed: ${units% }")" ;;
+  esac
+  set_state checking
+  if problem=$(health_problem "$HEALTH_S"); then rollback "after the activation $problem"; fi
+  set_state awaiting-confirmation
+  wait_confirmation
+  if problem=$(health_problem "$HEALTH_S"); then rollback "while waiting for confirmation $problem"; fi
+  commit
+}
+
+# ---------------------------------------------------------------- deployer-facing commands
+watch() {  # OFFSET [MAX_S]
+  off=$1 max=${2:-30} i=0
+  while :; do
+    st=$(state_of)          # read the state before the log: what led to it is printed first
+    size=$(stat -c %s "$DIR/log" 2>/dev/null || echo 0)
+    if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; off=$size; fi
+    case $st in
+      awaiting-confirmation | activated | rolled-back | rollback-failed | failed) break ;;
+    esac
+    [ "$i" -ge "$((max * 5))" ] && break
+    sleep 0.2; i=$((i + 1))
+  done
+  printf '\n@@deploy-flake-state %s %s\n' "$st" "$(head -n 1 "$DIR/reason" 2>/dev/null)"
+}
+
+confirm() {
+  st=$(state_of)
+  if [ "$st" != awaiting-confirmation ]; then echo "@@deploy-flake-state $st"; exit 1; fi
+  : > "$DIR/confirm"
+  while ! is_final "$(state_of)"; do sleep 0.2; done
+  echo "@@deploy-flake-state $(state_of) $(head -n 1 "$DIR/reason" 2>/dev/null)"
+}
+
+case $cmd in
+  run) shift 2; run "$ID" "$@" ;;
+  watch) [ -d "$DIR" ] || die "no deploy $ID on this host"; watch "${3:-0}" "${4:-30}" ;;
+  confirm) [ -d "$DIR" ] || die "no deploy $ID on this host"; confirm ;;
+  abort) [ -d "$DIR" ] || die "no deploy $ID on this host"; : > "$DIR/abort"; echo "@@deploy-flake-state $(state_of)" ;;
+  status) echo "@@deploy-flake-state $(state_of) $(head -n 1 "$DIR/reason" 2>/dev/null)" ;;
+  *) die "unknown command '$cmd'" ;;
+esac

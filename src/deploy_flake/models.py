@@ -1,0 +1,108 @@
+"""What a deploy is asked to do, and what became of each host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+
+class Stage(StrEnum):
+    CONNECT = "connect"
+    COPY = "copy"
+    BUILD = "build"
+    PREFLIGHT = "preflight"
+    CHECK = "check"
+    PRE_ACTIVATE = "pre-activate"
+    ACTIVATE = "activate"
+    CONFIRM = "confirm"
+    COMMIT = "commit"
+    DONE = "done"
+
+
+class Outcome(StrEnum):
+    ACTIVATED = "activated"  # running the new system, confirmed, boot entry written
+    FAILED = "failed"  # nothing was changed on the host
+    ROLLED_BACK = "rolled-back"  # the new system was tried and the host is back on the previous one
+    UNKNOWN = "unknown"  # the host's state could not be established
+
+
+# Exit codes of the command, by the worst outcome among the hosts.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ROLLED_BACK = 3
+EXIT_UNKNOWN = 4
+EXIT_BY_OUTCOME = {
+    Outcome.ACTIVATED: EXIT_OK,
+    Outcome.FAILED: EXIT_FAILED,
+    Outcome.ROLLED_BACK: EXIT_ROLLED_BACK,
+    Outcome.UNKNOWN: EXIT_UNKNOWN,
+}
+_SEVERITY = [Outcome.ACTIVATED, Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.UNKNOWN]
+
+
+def exit_code(outcomes: list[Outcome]) -> int:
+    worst = max(outcomes, key=_SEVERITY.index, default=Outcome.ACTIVATED)
+    return EXIT_BY_OUTCOME[worst]
+
+
+# Sanity checks of the new system, each skippable by name with --skip-check.
+SANITY_CHECKS = ("sshd", "switch-to-configuration", "system-type")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds allowed for each stage."""
+
+    connect: float = 30
+    copy: float = 600  # per attempt
+    copy_attempts: int = 3
+    build: float = 3600
+    preflight: float = 300
+    pre_activate: float = 300
+    activation: float = 300
+    health: float = 60
+    confirm: float = 30
+    boot: float = 300
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    flake_dir: Path
+    preflight: bool = True
+    pre_activate_script: str | None = None  # None: pre-activate-safety-checks when present
+    test: bool = True
+    build_args: tuple[str, ...] = ()
+    sudo: bool | None = None  # None: when the login user is not root
+    skip_checks: frozenset[str] = frozenset()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    jobs: int | None = None
+
+
+@dataclass
+class HostResult:
+    destination: str
+    host: str
+    config: str | None = None
+    outcome: Outcome = Outcome.FAILED
+    stage: Stage = Stage.CONNECT
+    system: str | None = None
+    previous_system: str | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "destination": self.destination,
+            "host": self.host,
+            "config": self.config,
+            "outcome": str(self.outcome),
+            "stage": str(self.stage),
+            "system": self.system,
+            "previous_system": self.previous_system,
+            "error": self.error,
+            "duration_s": round(self.duration_s, 3),
+            "notes": self.notes,
+        }

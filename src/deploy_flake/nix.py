@@ -1,0 +1,107 @@
+"""One function per Nix operation, local (the flake) or on a host (the build)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy_flake import process
+from deploy_flake.errors import DeployError
+from deploy_flake.process import LineSink
+from deploy_flake.ssh import Remote
+
+# Hosts need not enable flakes in their nix.conf.
+NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
+
+
+@dataclass(frozen=True)
+class Flake:
+    """The flake as resolved locally: what is copied to every host."""
+
+    url: str
+    store_path: str
+
+    def toplevel_attr(self, config: str) -> str:
+        return f"nixosConfigurations.{config}.config.system.build.toplevel"
+
+
+def flake_ref(directory: Path) -> str:
+    """A path: reference, so that untracked files of a git checkout are deployed as they are."""
+    return f"path:{directory.resolve()}"
+
+
+async def flake_metadata(directory: Path) -> Flake:
+    if not (directory / "flake.nix").is_file():
+        raise DeployError(f"no flake.nix in {directory}: pass the flake's directory with --flake DIR")
+    try:
+        done = await process.run(
+            ["nix", *NIX_FEATURES, "flake", "metadata", "--json", flake_ref(directory)], timeout=300
+        )
+    except FileNotFoundError:
+        raise DeployError(
+            "the nix command is not installed here; deploy-flake needs Nix on this machine"
+        ) from None
+    if not done.ok:
+        raise DeployError(f"cannot evaluate the flake in {directory}: {done.last_lines(3)}")
+    meta = json.loads(done.stdout)
+    return Flake(url=meta.get("url") or meta["originalUrl"], store_path=meta["path"])
+
+
+async def flake_archive(remote: Remote, directory: Path, *, timeout: float, on_line: LineSink) -> None:
+    """Copies the flake and all its inputs to the host's store (path: and private inputs too)."""
+    done = await process.run(
+        [
+            "nix",
+            *NIX_FEATURES,
+            "flake",
+            "archive",
+            "--json",
+            "--to",
+            remote.nix_store_uri(),
+            flake_ref(directory),
+        ],
+        env={"NIX_SSHOPTS": remote.nix_sshopts()},
+        timeout=timeout,
+        on_stderr=on_line,
+    )
+    if not done.ok:
+        raise DeployError(f"copying the flake to {remote.dest.host} failed: {done.last_lines(3)}")
+
+
+async def build_toplevel(
+    remote: Remote,
+    flake: Flake,
+    config: str,
+    *,
+    extra_args: tuple[str, ...],
+    timeout: float,
+    on_line: LineSink,
+) -> str:
+    """Builds the system on the host, once, with its log streamed; returns the toplevel store path."""
+    installable = f"path:{flake.store_path}#{flake.toplevel_attr(config)}"
+    argv = ["nix", *NIX_FEATURES, "build", "--no-link", "--json", "-L", *extra_args, installable]
+    try:
+        done = await process.run(remote.command(argv), timeout=timeout, on_stderr=on_line)
+    except process.ProcessTimeout:
+        raise DeployError(f"the build did not finish within {timeout:.0f}s (--build-timeout)") from None
+    if not done.ok:
+        raise DeployError(_build_failure(done.stderr, config))
+    try:
+        return str(json.loads(done.stdout)[0]["outputs"]["out"])
+    except (ValueError, LookupError, TypeError):
+        raise DeployError(f"unexpected output from nix build: {done.stdout[:200]!r}") from None
+
+
+def _build_failure(stderr: str, config: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if any("does not provide attribute" in ln for ln in lines):
+        return f"the flake has no nixosConfigurations.{config}: name the configuration with nixos://HOST/NAME"
+    first = errors[0] if errors else (lines[-1] if lines else "nix build failed")
+    return f"the build failed: {first.removeprefix('error: ')}"
+
+
+def build_args(cmdline: str | None) -> tuple[str, ...]:
+    return tuple(shlex.split(cmdline)) if cmdline else ()

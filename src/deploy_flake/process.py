@@ -1,0 +1,166 @@
+"""The only place that starts processes: local commands, ssh and nix alike."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+LineSink = Callable[[str], None]
+
+# How much of a stream is kept for error messages and parsing.
+_KEEP_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished process: exit code and captured output."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    stdout_size: int = 0  # bytes, before decoding
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def last_lines(self, n: int = 12) -> str:
+        lines = [ln for ln in self.stderr.splitlines() if ln.strip()]
+        return "\n".join(lines[-n:])
+
+
+class ProcessTimeout(Exception):
+    """The process ran past its deadline and was killed."""
+
+    def __init__(self, argv: Sequence[str], timeout: float, partial: Completed) -> None:
+        super().__init__(f"{argv[0]} did not finish within {timeout:.0f}s")
+        self.timeout = timeout
+        self.partial = partial
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    on_stdout: LineSink | None = None,
+    on_stderr: LineSink | None = None,
+) -> Completed:
+    """Run argv, stream its lines to the sinks, and return what it printed.
+
+    The process gets its own session, so a timeout or a cancellation kills it
+    and everything it started (an ssh ControlMaster it forks is not affected:
+    ssh -f detaches into a session of its own).
+    """
+    full_env = None if env is None else {**os.environ, **env}
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=full_env,
+        start_new_session=True,
+    )
+    out: list[bytes] = []
+    err: list[bytes] = []
+
+    async def feed() -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.write(stdin or b"")
+            await proc.stdin.drain()
+        proc.stdin.close()
+
+    async def pump(stream: asyncio.StreamReader | None, keep: list[bytes], sink: LineSink | None) -> None:
+        assert stream is not None
+        size = 0
+        while True:
+            try:
+                line = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as e:
+                line = e.partial
+            except asyncio.LimitOverrunError:
+                line = await stream.read(65536)
+            if not line:
+                return
+            size += len(line)
+            keep.append(line)
+            while size > _KEEP_BYTES and len(keep) > 1:
+                size -= len(keep.pop(0))
+            if sink is not None:
+                sink(line.decode(errors="replace").rstrip("\r\n"))
+
+    tasks = [
+        asyncio.ensure_future(pump(proc.stdout, out, on_stdout)),
+        asyncio.ensure_future(pump(proc.stderr, err, on_stderr)),
+    ]
+    if stdin is not None:
+        tasks.append(asyncio.ensure_future(feed()))
+
+    def result() -> Completed:
+        return Completed(
+            argv=tuple(argv),
+            returncode=proc.returncode if proc.returncode is not None else -1,
+            stdout=b"".join(out).decode(errors="replace"),
+            stdout_size=sum(len(b) for b in out),
+            stderr=b"".join(err).decode(errors="replace"),
+        )
+
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*tasks)
+            await proc.wait()
+    except TimeoutError:
+        await _kill(proc, tasks)
+        raise ProcessTimeout(argv, timeout or 0, result()) from None
+    except asyncio.CancelledError:
+        await asyncio.shield(_kill(proc, tasks))
+        raise
+    return result()
+
+
+async def run_detached(argv: Sequence[str], *, timeout: float) -> Completed:
+    """Run a command that leaves a daemon behind (ssh -f): its output goes to a file,
+    not to pipes the daemon would inherit and hold open."""
+    with tempfile.TemporaryFile() as err:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            await _kill(proc, [])
+            err.seek(0)
+            raise ProcessTimeout(
+                argv, timeout, Completed(tuple(argv), -1, "", err.read().decode(errors="replace"))
+            ) from None
+        except asyncio.CancelledError:
+            await asyncio.shield(_kill(proc, []))
+            raise
+        err.seek(0)
+        return Completed(tuple(argv), proc.returncode or 0, "", err.read().decode(errors="replace"))
+
+
+async def _kill(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[None]]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(proc.wait(), 3)
+            break
+        except TimeoutError:
+            continue
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,133 @@
+"""How every ssh command, and Nix's copying, reaches a host: one set of options.
+
+Regular commands share one ControlMaster per host. The confirmation of a
+deploy deliberately does not: it opens a brand-new connection, the proof
+that new logins still work.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy_flake.destination import Destination
+from deploy_flake.errors import UsageError
+
+SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
+
+# After the user's options, so that theirs win (ssh keeps the first value it reads).
+DEFAULT_OPTIONS: tuple[str, ...] = (
+    "BatchMode=yes",  # never wait for a password or a host-key prompt
+    "ConnectTimeout=10",
+    "ServerAliveInterval=5",
+    "ServerAliveCountMax=4",  # a dead connection is noticed within about 20 s
+)
+FRESH_CONNECTION: tuple[str, ...] = ("ControlMaster=no", "ControlPath=none")
+
+
+def check_ssh_option(text: str) -> str:
+    if not SSH_OPTION.match(text):
+        raise UsageError(f"invalid --ssh-option {text!r}: use KEY=VALUE, like ConnectTimeout=5")
+    return text
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """The user's ssh choices, shared by every host of a run."""
+
+    control_dir: Path
+    config_file: Path | None = None
+    options: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for opt in self.options:
+            check_ssh_option(opt)
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One host as ssh sees it."""
+
+    dest: Destination
+    settings: SshSettings
+    sudo: bool = False
+    control_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        # ssh expands %C (a hash of host, port, user) itself; keep one socket per destination
+        tag = re.sub(
+            r"[^A-Za-z0-9_.-]", "_", f"{self.dest.user or ''}@{self.dest.host}:{self.dest.port or ''}"
+        )
+        object.__setattr__(self, "control_path", self.settings.control_dir / f"cm-{tag[:60]}")
+
+    def with_sudo(self, sudo: bool) -> Remote:
+        return Remote(self.dest, self.settings, sudo)
+
+    # ------------------------------------------------------------ options
+    def _options(self, *, first: Sequence[str] = (), multiplex: bool = True) -> list[str]:
+        args: list[str] = []
+        if self.settings.config_file is not None:
+            args += ["-F", str(self.settings.config_file)]
+        for opt in (*first, *self.settings.options, *DEFAULT_OPTIONS):
+            args += ["-o", opt]
+        if multiplex:
+            args += ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_path}"]
+        if self.dest.port is not None:
+            args += ["-p", str(self.dest.port)]
+        if self.dest.user is not None:
+            args += ["-l", self.dest.user]
+        return args
+
+    # ------------------------------------------------------------ commands
+    def command(self, argv: Sequence[str], *, root: bool = False, fresh: bool = False) -> list[str]:
+        """ssh argv that runs argv on the host (quoted for the remote shell).
+
+        root: run through `sudo -n` when the login user is not root (never prompts).
+        fresh: a brand-new connection, not the shared ControlMaster.
+        """
+        remote = list(argv)
+        if root and self.sudo:
+            remote = ["sudo", "-n", "--", *remote]
+        opts = self._options(first=FRESH_CONNECTION, multiplex=False) if fresh else self._options()
+        return ["ssh", *opts, "-T", "--", self.dest.host, shlex.join(remote)]
+
+    def master_command(self, persist_s: int = 120) -> list[str]:
+        """Opens the shared connection in the background (ssh -f), detached from our pipes."""
+        return [
+            "ssh",
+            *self._options(
+                first=(
+                    "ControlMaster=yes",
+                    f"ControlPath={self.control_path}",
+                    f"ControlPersist={persist_s}",
+                ),
+                multiplex=False,
+            ),
+            "-f",
+            "-N",
+            "--",
+            self.dest.host,
+        ]
+
+    def exit_master_command(self) -> list[str]:
+        return ["ssh", "-o", f"ControlPath={self.control_path}", "-O", "exit", "--", self.dest.host]
+
+    # ------------------------------------------------------------ nix
+    def nix_sshopts(self) -> str:
+        """NIX_SSHOPTS carrying the same options: Nix splits it on white space."""
+        opts = self._options()
+        for opt in opts:
+            if any(c.isspace() for c in opt):
+                raise UsageError(
+                    f"the ssh option {opt!r} contains white space, which Nix cannot pass on to ssh: "
+                    "put it in an ssh config file and use --ssh-config"
+                )
+        return " ".join(opts)
+
+    def nix_store_uri(self) -> str:
+        """ssh-ng://[user@]host: the port travels in NIX_SSHOPTS (old Nix has no port in the URI)."""
+        user = f"{self.dest.user}@" if self.dest.user else ""
+        return f"ssh-ng://{user}{self.dest.host}"

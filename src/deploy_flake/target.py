@@ -1,0 +1,262 @@
+"""One function per operation on a host's system: facts, health, checks, the agent."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+from deploy_flake import process
+from deploy_flake.errors import DeployError
+from deploy_flake.process import Completed, LineSink
+from deploy_flake.ssh import Remote
+
+AGENT_DIR = "/run/deploy-flake"
+STATE_MARK = "@@deploy-flake-state "
+
+# Facts about a host, read in one round trip. A fixed script: nothing from the
+# command line is ever put into it.
+_FACTS_SCRIPT = r"""
+echo "uid=$(id -u)"
+echo "hostname=$(hostname)"
+echo "machine=$(uname -m)"
+echo "current=$(readlink -f /run/current-system 2>/dev/null)"
+echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
+echo "nix=$(nix --version 2>/dev/null)"
+"""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    uid: int
+    hostname: str
+    system: str
+    current_system: str
+    booted_system: str
+    nix_version: str
+
+
+async def open_connection(remote: Remote, timeout: float) -> None:
+    """Opens the shared connection; fails here, early, when the host is unreachable."""
+    try:
+        done = await process.run_detached(remote.master_command(), timeout=timeout)
+    except process.ProcessTimeout:
+        raise DeployError(
+            f"cannot reach {remote.dest.host}: no SSH connection within {timeout:.0f}s"
+        ) from None
+    if not done.ok:
+        raise DeployError(f"cannot reach {remote.dest.host} over SSH: {_ssh_error(done)}")
+
+
+async def close_connection(remote: Remote) -> None:
+    await process.run(remote.exit_master_command(), timeout=10)
+
+
+def _ssh_error(done: Completed) -> str:
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else f"ssh exited with {done.returncode}"
+
+
+async def run_checked(
+    remote: Remote,
+    argv: list[str],
+    what: str,
+    *,
+    root: bool = False,
+    timeout: float = 120,
+    on_line: LineSink | None = None,
+) -> Completed:
+    try:
+        done = await process.run(remote.command(argv, root=root), timeout=timeout, on_stderr=on_line)
+    except process.ProcessTimeout:
+        raise DeployError(f"{what} did not finish within {timeout:.0f}s") from None
+    if done.returncode == 255:
+        raise DeployError(f"lost the SSH connection to {remote.dest.host} during {what}: {_ssh_error(done)}")
+    return done
+
+
+async def host_facts(remote: Remote) -> HostFacts:
+    done = await run_checked(remote, ["sh", "-c", _FACTS_SCRIPT], "reading the host's facts", timeout=60)
+    if not done.ok:
+        raise DeployError(f"cannot read facts of {remote.dest.host}: {done.last_lines(2)}")
+    kv = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    machine = kv.get("machine", "")
+    return HostFacts(
+        uid=int(kv.get("uid", "-1") or -1),
+        hostname=kv.get("hostname", ""),
+        system=f"{machine}-linux" if machine else "",
+        current_system=kv.get("current", ""),
+        booted_system=kv.get("booted", ""),
+        nix_version=kv.get("nix", ""),
+    )
+
+
+async def check_sudo(remote: Remote) -> None:
+    done = await run_checked(remote, ["true"], "checking sudo", root=True, timeout=30)
+    if not done.ok:
+        raise DeployError(
+            f"sudo does not work without a password for this user on {remote.dest.host} "
+            f"({done.last_lines(1)}): allow NOPASSWD sudo, or log in as root"
+        )
+
+
+async def system_health(remote: Remote, timeout: float) -> tuple[str, list[str]]:
+    """The system state after waiting for boot to finish, and the failed units."""
+    done = await run_checked(
+        remote,
+        ["timeout", str(int(timeout)), "systemctl", "is-system-running", "--wait"],
+        "the health check",
+        timeout=timeout + 30,
+    )
+    state = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "unknown"
+    if state == "running":
+        return state, []
+    units = await run_checked(
+        remote,
+        ["systemctl", "list-units", "--failed", "--plain", "--no-legend", "--no-pager"],
+        "listing failed units",
+        timeout=60,
+    )
+    return state, [ln.split()[0] for ln in units.stdout.splitlines() if ln.strip()]
+
+
+# ------------------------------------------------------------------ closure checks
+_CLOSURE_SCRIPT = r"""
+top=$1
+[ -x "$top/bin/switch-to-configuration" ] && echo stc=yes
+echo "system=$(cat "$top/system" 2>/dev/null)"
+u=$top/etc/systemd/system
+for f in sshd.service sshd.socket; do [ -e "$u/$f" ] && echo "unit=$f"; done
+for w in multi-user.target.wants/sshd.service sockets.target.wants/sshd.socket; do
+  [ -e "$u/$w" ] && echo "wanted=$w"
+done
+for f in kernel initrd kernel-modules; do
+  echo "boot:$f=$(readlink -f "$top/$f" 2>/dev/null)"
+  echo "booted:$f=$(readlink -f "/run/booted-system/$f" 2>/dev/null)"
+done
+"""
+
+
+@dataclass(frozen=True)
+class ClosureFacts:
+    has_switch_to_configuration: bool
+    system: str
+    sshd_units: frozenset[str]
+    sshd_wanted: frozenset[str]
+    reboot_reasons: tuple[str, ...]
+
+
+async def closure_facts(remote: Remote, toplevel: str) -> ClosureFacts:
+    done = await run_checked(
+        remote, ["sh", "-c", _CLOSURE_SCRIPT, "sh", toplevel], "inspecting the new system"
+    )
+    lines = done.stdout.splitlines()
+    kv = dict(line.split("=", 1) for line in lines if "=" in line)
+    reboot = tuple(
+        f
+        for f in ("kernel", "initrd", "kernel-modules")
+        if kv.get(f"booted:{f}") and kv.get(f"boot:{f}") != kv.get(f"booted:{f}")
+    )
+    return ClosureFacts(
+        has_switch_to_configuration=kv.get("stc") == "yes",
+        system=kv.get("system", "").strip(),
+        sshd_units=frozenset(ln[5:] for ln in lines if ln.startswith("unit=")),
+        sshd_wanted=frozenset(ln[7:] for ln in lines if ln.startswith("wanted=")),
+        reboot_reasons=reboot,
+    )
+
+
+async def pre_activate_exists(remote: Remote, toplevel: str, relpath: str) -> bool:
+    done = await run_checked(
+        remote, ["test", "-x", f"{toplevel}/{relpath}"], "looking for the pre-activation check"
+    )
+    return done.ok
+
+
+async def run_pre_activate(
+    remote: Remote, toplevel: str, relpath: str, *, timeout: float, on_line: LineSink
+) -> Completed:
+    return await run_checked(
+        remote,
+        [f"{toplevel}/{relpath}"],
+        "the pre-activation check",
+        root=True,
+        timeout=timeout,
+        on_line=on_line,
+    )
+
+
+# ------------------------------------------------------------------ the agent
+def agent_script() -> bytes:
+    return (resources.files("deploy_flake") / "data" / "deploy-flake-agent.sh").read_bytes()
+
+
+def agent_path() -> str:
+    digest = hashlib.sha256(agent_script()).hexdigest()[:16]
+    return f"{AGENT_DIR}/agent-{digest}.sh"
+
+
+async def install_agent(remote: Remote) -> str:
+    path = agent_path()
+    script = 'umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1.tmp" && mv "$1.tmp" "$1"'
+    done = await process.run(
+        remote.command(["sh", "-c", script, "sh", path], root=True), stdin=agent_script(), timeout=60
+    )
+    if not done.ok:
+        raise DeployError(f"cannot install the deploy agent on {remote.dest.host}: {done.last_lines(2)}")
+    return path
+
+
+async def start_transaction(
+    remote: Remote,
+    deploy_id: str,
+    toplevel: str,
+    mode: str,
+    *,
+    activation_s: float,
+    health_s: float,
+    confirm_s: float,
+    boot_s: float,
+    holder: str,
+) -> None:
+    """Starts the agent's transaction in its own transient unit; returns at once."""
+    argv = [
+        "systemd-run",
+        f"--unit=deploy-flake-{deploy_id}",
+        "--description=deploy-flake activation",
+        "--collect",
+        "--service-type=exec",
+        "--property=KillMode=control-group",
+        "--",
+        "/bin/sh",
+        agent_path(),
+        "run",
+        deploy_id,
+        toplevel,
+        mode,
+        str(int(activation_s)),
+        str(int(health_s)),
+        str(int(confirm_s)),
+        str(int(boot_s)),
+        holder,
+    ]
+    done = await run_checked(remote, argv, "starting the activation", root=True, timeout=60)
+    if not done.ok:
+        raise DeployError(f"systemd-run failed on {remote.dest.host}: {done.last_lines(2)}")
+
+
+@dataclass(frozen=True)
+class AgentState:
+    state: str
+    reason: str
+
+
+def parse_state(line: str) -> AgentState | None:
+    if not line.startswith(STATE_MARK):
+        return None
+    state, _, reason = line[len(STATE_MARK) :].partition(" ")
+    return AgentState(state.strip(), reason.strip())
+
+
+def agent_command(remote: Remote, verb: str, deploy_id: str, *args: str, fresh: bool = False) -> list[str]:
+    return remote.command(["/bin/sh", agent_path(), verb, deploy_id, *args], root=True, fresh=fresh)
