@@ -43,6 +43,9 @@
         # kernel and initrd differ from every other config: a reboot is needed
         new-kernel = mkSystem { hostName = "new-kernel"; kernelVersion = "6.2.0"; };
 
+        # healthy, but its activation takes about 6 s (to interrupt it on purpose)
+        slow-activation = mkSystem { hostName = "slow-activation"; activationExtra = "sleep 6"; };
+
         # --- failure variants ----------------------------------------------
         # `switch-to-configuration test` exits 4: a unit fails to start
         fail-activation = mkSystem { hostName = "fail-activation"; extraUnits = [ units.failing ]; };

@@ -249,9 +249,7 @@ class HostDeploy:
                         "confirmation the host returns to its previous system by itself; check with "
                         f"`systemctl status deploy-flake-{self.deploy_id}` and `readlink /run/current-system`"
                     ) from None
-                await asyncio.sleep(2)
-                with contextlib.suppress(DeployError):
-                    await target.open_connection(self.remote, self.t.connect)
+                await self._reconnect()
                 continue
             if state.state in _STAGE_OF_STATE:
                 self.stage(_STAGE_OF_STATE[state.state])
@@ -270,6 +268,12 @@ class HostDeploy:
                     f"the activation on {self.dest.host} did not finish within "
                     f"{self._budget():.0f}s (state: {state.state})"
                 )
+
+    async def _reconnect(self) -> None:
+        """After a lost connection: wait a little, then open the shared connection again."""
+        await asyncio.sleep(2)
+        with contextlib.suppress(DeployError):
+            await target.open_connection(self.remote, self.t.connect)
 
     async def _watch(self, offset: int, max_s: int = 30) -> tuple[AgentState, int]:
         def show(text: str) -> None:
@@ -373,16 +377,24 @@ class HostDeploy:
             task.uncancel()
         self.note("interrupted: asking the host to roll back")
         try:
-            await process.run(target.agent_command(self.remote, "abort", self.deploy_id), timeout=15)
+            for fresh in (False, True):
+                done = await process.run(
+                    target.agent_command(self.remote, "abort", self.deploy_id, fresh=fresh), timeout=15
+                )
+                if done.returncode != 255:
+                    break
             offset, deadline = 0, time.monotonic() + self.t.activation + self.t.health + 30
             while time.monotonic() < deadline:
-                with contextlib.suppress(DeployError):
+                try:
                     state, offset = await self._watch(offset, max_s=10)
-                    if state.state in FINAL_STATES:
-                        self._conclude(state)
-                        if self.result.outcome is Outcome.ACTIVATED:
-                            self.note("the host had already committed the new system when interrupted")
-                        return
+                except DeployError:
+                    await self._reconnect()
+                    continue
+                if state.state in FINAL_STATES:
+                    self._conclude(state)
+                    if self.result.outcome is Outcome.ACTIVATED:
+                        self.note("the host had already committed the new system when interrupted")
+                    return
             raise DeployError("no answer")
         except (DeployError, ProcessTimeout, OSError):
             self.result.outcome = Outcome.UNKNOWN

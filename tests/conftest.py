@@ -1,0 +1,61 @@
+"""Lab fixtures: the image once per session, hosts reset before each test that uses them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.lab import LAB_DIR, VM_SSH_CONFIG, Host, lab
+
+POOL = ("alpha", "beta", "gamma", "delta")
+VM_NAME, VM_PORT = "vm1", "2311"
+_dirty: set[str] = set(POOL)  # hosts whose state a test may have changed
+
+
+def _wants_vm(session: pytest.Session) -> bool:
+    return any(item.get_closest_marker("vm") for item in session.items)
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    # The VM boots in the background (30-45 s under TCG) while the other tests run.
+    if os.geteuid() == 0 and any(item.get_closest_marker("vm") for item in items):
+        lab("build", timeout=1800)
+        lab("vm", "stop", VM_NAME, check=False)
+        (LAB_DIR / "vms" / VM_NAME / "disk.qcow2").unlink(missing_ok=True)
+        lab("vm", "start-bg", VM_NAME, VM_PORT)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.geteuid() == 0 and LAB_DIR.exists():
+        lab("stop", "--all", check=False)
+
+
+@pytest.fixture(scope="session")
+def lab_pool() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("lab hosts need root (systemd-nspawn, network namespaces)")
+    lab("build", timeout=1800)
+    yield
+
+
+@pytest.fixture
+def hosts(lab_pool: None) -> Iterator[dict[str, Host]]:
+    """Clean lab hosts alpha, beta, gamma and delta, running the initial generation."""
+    if _dirty:
+        lab("reset", *sorted(_dirty), timeout=300)
+        _dirty.clear()
+    yield {name: Host(name) for name in POOL}
+    _dirty.update(POOL)
+
+
+@pytest.fixture(scope="session")
+def vm() -> Host:
+    """The QEMU VM: a real kernel and real reboots (booted in the background at session start)."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab VM needs root")
+    lab("vm", "wait", VM_NAME, timeout=900)
+    return Host(VM_NAME, VM_SSH_CONFIG)

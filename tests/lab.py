@@ -1,0 +1,186 @@
+"""The lab seen from the tests: hosts to reset, inspect and break, and the deployer to run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_CMD = REPO / "lab" / "lab"
+FIXTURE_FLAKE = REPO / "lab" / "fixture-flake"
+LAB_DIR = Path(os.environ.get("DEPLOY_FLAKE_LAB", "/var/tmp/deploy-flake-lab"))
+SSH_CONFIG = LAB_DIR / "ssh_config"
+VM_SSH_CONFIG = LAB_DIR / "vm_ssh_config"
+CLIENT_KEY = LAB_DIR / "keys" / "id_ed25519"
+KNOWN_HOSTS = LAB_DIR / "known_hosts"
+
+
+def lab(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(LAB_CMD), *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+@dataclass
+class Deploy:
+    """A finished deploy-flake run."""
+
+    returncode: int
+    output: str
+    report: dict[str, object]
+
+    def host(self, destination: str) -> dict[str, object]:
+        hosts = self.report.get("hosts", [])
+        assert isinstance(hosts, list)
+        for h in hosts:
+            if h["destination"] == destination:
+                return dict(h)
+        raise AssertionError(f"{destination} not in report: {self.report}")
+
+
+class Host:
+    """A lab host as a test sees it: every look goes through a fresh SSH connection."""
+
+    def __init__(self, name: str, ssh_config: Path = SSH_CONFIG) -> None:
+        self.name = name
+        self.ssh_config = ssh_config
+
+    def ssh(
+        self, command: str, *, user: str = "root", check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [
+            "ssh",
+            "-F",
+            str(self.ssh_config),
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            "ConnectTimeout=5",
+            "-l",
+            user,
+            self.name,
+            command,
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{self.name}: {command!r} exited {done.returncode}: {done.stderr.strip()}")
+        return done
+
+    def out(self, command: str) -> str:
+        return self.ssh(command).stdout.strip()
+
+    def reachable(self) -> bool:
+        return self.ssh("true", check=False, timeout=20).returncode == 0
+
+    def current_system(self) -> str:
+        return self.out("readlink -f /run/current-system")
+
+    def boot_default(self) -> str:
+        return self.out("cat /boot/fixture-nixos/default")
+
+    def profile(self) -> str:
+        return self.out("readlink -f /nix/var/nix/profiles/system")
+
+    def generations(self) -> int:
+        return int(self.out("ls -d /nix/var/nix/profiles/system-*-link | wc -l"))
+
+    def system_state(self) -> str:
+        return self.ssh("systemctl is-system-running --wait", check=False, timeout=90).stdout.strip()
+
+    def failed_units(self) -> list[str]:
+        return self.out("systemctl list-units --failed --plain --no-legend | awk '{print $1}'").split()
+
+    def deploy_units(self) -> list[str]:
+        """deploy-flake transaction units still loaded (there should be none after a deploy)."""
+        return self.out(
+            "systemctl list-units --all --plain --no-legend 'deploy-flake-*' | awk '{print $1}'"
+        ).split()
+
+    def lock_free(self) -> bool:
+        return (
+            self.ssh(
+                "flock -n /run/deploy-flake/lock true || ! test -e /run/deploy-flake/lock", check=False
+            ).returncode
+            == 0
+        )
+
+    def assert_clean_after(self, *, running: str, boot: str) -> None:
+        """The state every deploy must end in, whatever happened."""
+        assert self.reachable(), f"{self.name} does not accept a new SSH login"
+        assert self.current_system() == running
+        assert self.boot_default() == boot
+        assert self.system_state() == "running", self.failed_units()
+        assert wait_for(lambda: not self.deploy_units(), 15), self.deploy_units()
+        assert self.lock_free(), "the deploy lock is still held"
+
+
+def wait_for(predicate: object, timeout: float, interval: float = 0.5) -> bool:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def deploy_argv(*args: str, ssh_config: Path | None = SSH_CONFIG, flake: Path = FIXTURE_FLAKE) -> list[str]:
+    argv = [sys.executable, "-m", "deploy_flake", "--flake", str(flake)]
+    if ssh_config is not None:
+        argv += ["--ssh-config", str(ssh_config)]
+    return argv + list(args)
+
+
+def deploy(
+    *args: str,
+    ssh_config: Path | None = SSH_CONFIG,
+    flake: Path = FIXTURE_FLAKE,
+    report: Path | None = None,
+    timeout: float = 600,
+) -> Deploy:
+    """Runs deploy-flake as a user would, and reads its --report."""
+    report_path = report or Path(f"/tmp/deploy-flake-test-report-{os.getpid()}-{time.monotonic_ns()}.json")
+    argv = deploy_argv("--report", str(report_path), *args, ssh_config=ssh_config, flake=flake)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    data: dict[str, object] = {}
+    if report_path.exists():
+        data = json.loads(report_path.read_text())
+        report_path.unlink()
+    return Deploy(done.returncode, done.stdout + done.stderr, data)
+
+
+class Background:
+    """deploy-flake running in the background, to interrupt it at a chosen moment."""
+
+    def __init__(self, *args: str, ssh_config: Path | None = SSH_CONFIG) -> None:
+        self.report_path = Path(f"/tmp/deploy-flake-test-report-{os.getpid()}-{time.monotonic_ns()}.json")
+        self.log_path = Path(f"/tmp/deploy-flake-test-log-{os.getpid()}-{time.monotonic_ns()}.txt")
+        self.log = self.log_path.open("w")
+        argv = deploy_argv("--report", str(self.report_path), *args, ssh_config=ssh_config)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_output(self, text: str, timeout: float = 60) -> None:
+        if not wait_for(lambda: text in self.output() or self.proc.poll() is not None, timeout, 0.1):
+            raise AssertionError(f"no {text!r} within {timeout}s:\n{self.output()}")
+        assert text in self.output(), f"exited before {text!r}:\n{self.output()}"
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = 300) -> Deploy:
+        rc = self.proc.wait(timeout)
+        self.log.close()
+        data: dict[str, object] = {}
+        if self.report_path.exists():
+            data = json.loads(self.report_path.read_text())
+            self.report_path.unlink()
+        return Deploy(rc, self.output(), data)

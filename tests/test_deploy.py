@@ -1,0 +1,239 @@
+"""The core pipeline on lab hosts, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host, deploy, deploy_argv, lab
+
+
+def test_three_hosts_in_parallel(hosts: dict[str, Host]) -> None:
+    alpha, beta, gamma = hosts["alpha"], hosts["beta"], hosts["gamma"]
+    before = alpha.current_system()
+    r = deploy("alpha", "nixos://beta/good", "deploy@gamma")
+    assert r.returncode == 0, r.output
+    for dest, host, config in (
+        ("alpha", alpha, "alpha"),
+        ("nixos://beta/good", beta, "good"),
+        ("deploy@gamma", gamma, "gamma"),
+    ):
+        res = r.host(dest)
+        assert res["outcome"] == "activated" and res["stage"] == "done" and res["config"] == config
+        assert res["previous_system"] == before
+        system = res["system"]
+        assert isinstance(system, str) and system.endswith(f"nixos-system-{config}-1")
+        host.assert_clean_after(running=system, boot=system)
+        assert host.profile() == system
+    assert "activated" in r.output and "deploy-flake summary" in r.output
+    # every output line carries its host
+    assert "[beta/good] finished switching to system configuration" in r.output
+
+
+def test_seed_command_line_forms(hosts: dict[str, Host]) -> None:
+    """`destination-host1 nixos://destination-host2/webserver`: host name as config, and a named one."""
+    r = deploy("delta", "nixos://beta/webserver")
+    assert r.returncode == 0, r.output
+    assert r.host("delta")["config"] == "delta"
+    assert r.host("nixos://beta/webserver")["config"] == "webserver"
+    assert hosts["beta"].out("systemctl is-active fixture-extra.service") == "active"
+
+
+def test_next_generation_restarts_stops_and_starts_units(hosts: dict[str, Host]) -> None:
+    assert deploy("nixos://alpha/good").returncode == 0
+    app_pid = hosts["alpha"].out("systemctl show -p MainPID --value fixture-app.service")
+    r = deploy("nixos://alpha/good-v2")
+    assert r.returncode == 0, r.output
+    assert "stopping the following units: fixture-oneshot.service" in r.output
+    assert "restarting the following units: fixture-app.service" in r.output
+    assert "starting the following units: fixture-extra.service" in r.output
+    alpha = hosts["alpha"]
+    assert alpha.out("systemctl show -p MainPID --value fixture-app.service") != app_pid
+    assert alpha.ssh("systemctl is-active fixture-oneshot.service", check=False).stdout.strip() == "inactive"
+    assert alpha.generations() == 3  # initial, good, good-v2
+
+
+def test_unhealthy_host_is_refused_and_unchanged(hosts: dict[str, Host]) -> None:
+    alpha = hosts["alpha"]
+    alpha.ssh("systemd-run --unit=broken-thing.service /bin/false", check=False)
+    assert alpha.system_state() == "degraded"
+    before, gens = alpha.current_system(), alpha.generations()
+    r = deploy("nixos://alpha/good")
+    assert r.returncode == 1, r.output
+    res = r.host("nixos://alpha/good")
+    assert res["outcome"] == "failed" and res["stage"] == "preflight"
+    assert "System is not healthy." in str(res["error"]) and "broken-thing.service" in str(res["error"])
+    assert alpha.current_system() == before and alpha.generations() == gens
+    # skipping the preflight check deploys anyway
+    assert deploy("--preflight-check=skip", "nixos://alpha/good").returncode == 0
+
+
+def test_failing_pre_activation_check_changes_nothing(hosts: dict[str, Host]) -> None:
+    alpha = hosts["alpha"]
+    before = alpha.current_system()
+    r = deploy("nixos://alpha/precheck-fail")
+    assert r.returncode == 1
+    assert "fixture: check 'always-fail' FAILED" in r.output
+    assert r.host("nixos://alpha/precheck-fail")["stage"] == "pre-activate"
+    alpha.assert_clean_after(running=before, boot=before)
+    assert alpha.generations() == 1
+
+
+def test_named_pre_activation_script(hosts: dict[str, Host]) -> None:
+    r = deploy("--pre-activate-script=sw/bin/nixos-version", "nixos://alpha/good")
+    assert r.returncode == 0, r.output
+    assert "fixture-1 (good)" in r.output
+    missing = deploy("--pre-activate-script=bin/no-such-check", "nixos://alpha/good-v2")
+    assert missing.returncode == 1 and "no executable bin/no-such-check" in missing.output
+
+
+def test_build_and_evaluation_failures(hosts: dict[str, Host]) -> None:
+    before = hosts["alpha"].current_system()
+    r = deploy("nixos://alpha/build-fail", "nixos://beta/eval-fail", "nixos://gamma/no-such-config")
+    assert r.returncode == 1
+    assert "fixture: this derivation intentionally fails to build" in r.output  # the build log is shown
+    assert "builder for" in str(r.host("nixos://alpha/build-fail")["error"])
+    assert "evaluation of eval-fail intentionally fails" in str(r.host("nixos://beta/eval-fail")["error"])
+    assert "no nixosConfigurations.no-such-config" in str(r.host("nixos://gamma/no-such-config")["error"])
+    assert all(h["stage"] == "build" and h["outcome"] == "failed" for h in r.report["hosts"])  # type: ignore[union-attr]
+    assert hosts["alpha"].current_system() == before
+
+
+def test_failing_activation_leaves_boot_entry_untouched(hosts: dict[str, Host]) -> None:
+    alpha = hosts["alpha"]
+    before = alpha.current_system()
+    r = deploy("nixos://alpha/fail-activation")
+    assert r.returncode == 3, r.output
+    res = r.host("nixos://alpha/fail-activation")
+    assert res["outcome"] == "rolled-back"
+    assert "fixture-failing.service" in str(res["error"])
+    assert "warning: the following units failed: fixture-failing.service" in r.output  # activation output
+    alpha.assert_clean_after(running=before, boot=before)
+    assert alpha.generations() == 1
+
+
+def test_one_failing_host_among_three(hosts: dict[str, Host]) -> None:
+    r = deploy("alpha", "nixos://beta/precheck-fail", "gamma")
+    assert r.returncode == 1
+    outcomes = {h["destination"]: h["outcome"] for h in r.report["hosts"]}  # type: ignore[union-attr]
+    assert outcomes == {"alpha": "activated", "nixos://beta/precheck-fail": "failed", "gamma": "activated"}
+    assert hosts["gamma"].current_system().endswith("nixos-system-gamma-1")
+
+
+def test_ssh_client_killed_during_activation(hosts: dict[str, Host]) -> None:
+    """The activation runs in a unit on the host: killing the deployer's ssh does not stop it."""
+    from tests.lab import Background, wait_for
+
+    bg = Background("nixos://alpha/slow-activation")
+    bg.wait_output("state: activating")
+    # kill every ssh client that talks to alpha, the shared connection included
+    killed = subprocess.run(
+        ["pkill", "-e", "-f", "^ssh .*cm-_alpha_"], capture_output=True, text=True, check=False
+    )
+    assert "killed" in killed.stdout
+    r = bg.finish()
+    assert r.returncode == 0, r.output
+    system = r.host("nixos://alpha/slow-activation")["system"]
+    assert isinstance(system, str)
+    assert wait_for(lambda: hosts["alpha"].current_system() == system, 10)
+    hosts["alpha"].assert_clean_after(running=system, boot=system)
+
+
+def test_non_root_user_with_sudo(hosts: dict[str, Host]) -> None:
+    r = deploy("deploy@alpha")
+    assert r.returncode == 0, r.output
+    assert hosts["alpha"].profile() == r.host("deploy@alpha")["system"]
+    # without sudo a non-root user cannot activate: a clear error, nothing changed
+    r2 = deploy("--no-sudo", "nixos://deploy@beta/good")
+    assert r2.returncode != 0
+    assert hosts["beta"].generations() == 1
+
+
+def test_ipv6_literal_with_port(hosts: dict[str, Host]) -> None:
+    from tests.lab import CLIENT_KEY, KNOWN_HOSTS
+
+    lab("forward", "alpha", "::1", "2622")
+    r = deploy(
+        "-o",
+        f"IdentityFile={CLIENT_KEY}",
+        "-o",
+        f"UserKnownHostsFile={KNOWN_HOSTS}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "nixos://root@[::1]:2622/good",
+        ssh_config=None,
+    )
+    assert r.returncode == 0, r.output
+    assert hosts["alpha"].current_system().endswith("nixos-system-good-1")
+
+
+def test_test_skip_writes_only_the_boot_entry(hosts: dict[str, Host]) -> None:
+    alpha = hosts["alpha"]
+    before = alpha.current_system()
+    r = deploy("--test=skip", "nixos://alpha/good")
+    assert r.returncode == 0, r.output
+    system = r.host("nixos://alpha/good")["system"]
+    assert alpha.current_system() == before and alpha.boot_default() == system
+
+
+def test_json_instrumentation(hosts: dict[str, Host]) -> None:
+    done = subprocess.run(
+        deploy_argv("--instrumentation=json", "alpha"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    kinds = {e["event"] for e in events}
+    assert {"stage", "output", "result"} <= kinds
+    assert events[-1]["event"] == "result" and events[-1]["outcome"] == "activated"
+
+
+def test_bad_input_fails_before_anything_changes(hosts: dict[str, Host]) -> None:
+    before = hosts["alpha"].current_system()
+    cases = [
+        (["nixos://alpha:99999/good"], "port"),
+        (["nixos://alpha/good;reboot"], "not a valid configuration name"),
+        (["nixos://alpha/$(touch /tmp/pwned)"], "not a valid configuration name"),
+        (["alpha", "--copy-timeout=soon"], "invalid duration"),
+        (["alpha", "-o", "NoEquals"], "KEY=VALUE"),
+    ]
+    for args, message in cases:
+        r = deploy(*args)
+        assert r.returncode == 2, (args, r.output)
+        assert message in r.output
+        assert "Traceback" not in r.output
+    missing = deploy("alpha", flake=FIXTURE_FLAKE / "nowhere")
+    assert missing.returncode == 2 and "no flake.nix" in missing.output
+    unreachable = deploy("nixos://no-such-host.invalid/good")
+    assert unreachable.returncode == 1 and "cannot reach no-such-host.invalid" in unreachable.output
+    assert "Traceback" not in unreachable.output
+    assert hosts["alpha"].current_system() == before and hosts["alpha"].generations() == 1
+    assert hosts["alpha"].ssh("test -e /tmp/pwned", check=False).returncode == 1
+
+
+def test_help_and_version() -> None:
+    done = subprocess.run(
+        deploy_argv("--help", ssh_config=SSH_CONFIG), capture_output=True, text=True, check=True
+    )
+    for option in (
+        "--preflight-check",
+        "--pre-activate-script",
+        "--test",
+        "--build-cmdline",
+        "--copy-timeout",
+        "--instrumentation",
+        "--jobs",
+        "--ssh-config",
+        "--ssh-option",
+        "--sudo",
+        "--report",
+        "--confirm-timeout",
+        "--activation-timeout",
+        "Exit codes",
+    ):
+        assert option in done.stdout
+    v = subprocess.run(deploy_argv("--version", ssh_config=None), capture_output=True, text=True, check=True)
+    assert "deploy-flake" in v.stdout
