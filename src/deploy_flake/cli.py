@@ -114,7 +114,15 @@ def _relative_path(ctx: click.Context, param: click.Parameter, value: str | None
     default="60s",
     show_default=True,
     metavar="DURATION",
-    help="Time for the system to settle as healthy after activating.",
+    help="Time for the system to finish starting after activating (is-system-running --wait).",
+)
+@click.option(
+    "--settle-time",
+    callback=_duration,
+    default="5s",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the system must stay healthy after activating, before it is confirmed.",
 )
 @click.option(
     "--confirm-timeout",
@@ -184,6 +192,7 @@ def deploy_flake(
     preflight_timeout: float,
     activation_timeout: float,
     health_timeout: float,
+    settle_time: float,
     confirm_timeout: float,
     boot_timeout: float,
     skip_checks: tuple[str, ...],
@@ -230,6 +239,7 @@ def deploy_flake(
                 preflight=preflight_timeout,
                 activation=activation_timeout,
                 health=health_timeout,
+                settle=settle_time,
                 confirm=confirm_timeout,
                 boot=boot_timeout,
             ),

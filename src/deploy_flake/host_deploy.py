@@ -217,6 +217,7 @@ class HostDeploy:
             mode,
             activation_s=t.activation,
             health_s=t.health,
+            settle_s=t.settle,
             confirm_s=t.confirm,
             boot_s=t.boot,
             holder=self.run.holder,
@@ -230,7 +231,7 @@ class HostDeploy:
     def _budget(self) -> float:
         t = self.t
         # activation, health twice, confirmation, commit, and a rollback's own activation and health
-        return 2 * t.activation + 3 * t.health + t.confirm + t.boot + 120
+        return 2 * t.activation + 3 * t.health + t.settle + t.confirm + t.boot + 120
 
     async def _follow(self) -> AgentState:
         """Streams the agent's log until it reaches a final state; confirms when asked."""

@@ -63,6 +63,7 @@ class Timeouts:
     pre_activate: float = 300
     activation: float = 300
     health: float = 60
+    settle: float = 5  # the system must stay healthy this long after activating
     confirm: float = 30
     boot: float = 300
 

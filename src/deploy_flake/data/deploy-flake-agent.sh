@@ -7,7 +7,7 @@
 # every decision that protects the host is taken here:
 #   1. take the host's deploy lock; record the running system
 #   2. switch-to-configuration test (bounded by the activation timeout)
-#   3. the system must become healthy: no unit newly failed
+#   3. the system must become healthy and stay so for SETTLE_S: no unit newly failed
 #   4. wait for the deployer's confirmation, which arrives over a brand-new
 #      SSH connection (proof that logins still work)
 #   5. only then: new system profile generation + switch-to-configuration boot
@@ -16,7 +16,7 @@
 # the new system was confirmed working.
 #
 # Usage:
-#   agent run ID NEW_SYSTEM MODE ACTIVATION_S HEALTH_S CONFIRM_S BOOT_S HOLDER
+#   agent run ID NEW_SYSTEM MODE ACTIVATION_S HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER
 #       MODE: test (the whole transaction) or boot (profile + boot entry only)
 #   agent watch ID OFFSET [MAX_S]  print the log from byte OFFSET on, then
 #                                  "@@deploy-flake-state STATE" once the state
@@ -38,6 +38,7 @@ ID=$2; valid_id "$ID"
 DIR=$BASE/$ID
 
 state_of() { cat "$DIR/state" 2>/dev/null || echo unknown; }
+print_state() { echo "@@deploy-flake-state ${1:-$(state_of)} $(head -n 1 "$DIR/reason" 2>/dev/null)"; }
 is_final() { case $1 in activated | rolled-back | rollback-failed | failed) return 0 ;; esac; return 1; }
 
 # ---------------------------------------------------------------- the transaction
@@ -88,6 +89,15 @@ fail_unchanged() {  # REASON: nothing was changed
   set_reason "$1"; log "$1"; set_state failed; exit 1
 }
 
+settle() {  # the system must stay healthy for SETTLE_S: units that crash soon after starting count
+  i=0
+  while [ "$i" -lt "$((SETTLE_S * 5))" ]; do
+    new=$(failed_units | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
+    [ -n "$new" ] && rollback "within ${SETTLE_S}s of the activation units failed: ${new% }"
+    sleep 0.2; i=$((i + 1))
+  done
+}
+
 wait_confirmation() {  # returns 0 when confirmed; rolls back otherwise
   i=0
   while [ "$i" -lt "$((CONFIRM_S * 5))" ]; do
@@ -119,8 +129,8 @@ commit() {  # profile generation + boot entry, undone if the boot step fails
 }
 
 run() {
-  [ $# -eq 8 ] || die "usage: agent run ID NEW MODE ACTIVATION_S HEALTH_S CONFIRM_S BOOT_S HOLDER"
-  NEW=$2 MODE=$3 ACT_S=$4 HEALTH_S=$5 CONFIRM_S=$6 BOOT_S=$7 HOLDER=$8
+  [ $# -eq 9 ] || die "usage: agent run ID NEW MODE ACTIVATION_S HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER"
+  NEW=$2 MODE=$3 ACT_S=$4 HEALTH_S=$5 SETTLE_S=$6 CONFIRM_S=$7 BOOT_S=$8 HOLDER=$9
   mkdir -p "$DIR"
   exec >>"$DIR/log" 2>&1
   set_state starting
@@ -155,6 +165,7 @@ run() {
   esac
   set_state checking
   if problem=$(health_problem "$HEALTH_S"); then rollback "after the activation $problem"; fi
+  settle
   set_state awaiting-confirmation
   wait_confirmation
   if problem=$(health_problem "$HEALTH_S"); then rollback "while waiting for confirmation $problem"; fi
@@ -174,22 +185,22 @@ watch() {  # OFFSET [MAX_S]
     [ "$i" -ge "$((max * 5))" ] && break
     sleep 0.2; i=$((i + 1))
   done
-  printf '\n@@deploy-flake-state %s %s\n' "$st" "$(head -n 1 "$DIR/reason" 2>/dev/null)"
+  echo; print_state "$st"  # the state read before the last of the log was printed
 }
 
 confirm() {
   st=$(state_of)
-  if [ "$st" != awaiting-confirmation ]; then echo "@@deploy-flake-state $st"; exit 1; fi
+  if [ "$st" != awaiting-confirmation ]; then print_state; exit 1; fi
   : > "$DIR/confirm"
   while ! is_final "$(state_of)"; do sleep 0.2; done
-  echo "@@deploy-flake-state $(state_of) $(head -n 1 "$DIR/reason" 2>/dev/null)"
+  print_state
 }
 
 case $cmd in
   run) shift 2; run "$ID" "$@" ;;
   watch) [ -d "$DIR" ] || die "no deploy $ID on this host"; watch "${3:-0}" "${4:-30}" ;;
   confirm) [ -d "$DIR" ] || die "no deploy $ID on this host"; confirm ;;
-  abort) [ -d "$DIR" ] || die "no deploy $ID on this host"; : > "$DIR/abort"; echo "@@deploy-flake-state $(state_of)" ;;
-  status) echo "@@deploy-flake-state $(state_of) $(head -n 1 "$DIR/reason" 2>/dev/null)" ;;
+  abort) [ -d "$DIR" ] || die "no deploy $ID on this host"; : > "$DIR/abort"; print_state ;;
+  status) print_state ;;
   *) die "unknown command '$cmd'" ;;
 esac
