@@ -33,10 +33,14 @@ class Deploy:
     output: str
     report: dict[str, object]
 
-    def host(self, destination: str) -> dict[str, object]:
+    @property
+    def hosts(self) -> list[dict[str, object]]:
         hosts = self.report.get("hosts", [])
         assert isinstance(hosts, list)
-        for h in hosts:
+        return [dict(h) for h in hosts]
+
+    def host(self, destination: str) -> dict[str, object]:
+        for h in self.hosts:
             if h["destination"] == destination:
                 return dict(h)
         raise AssertionError(f"{destination} not in report: {self.report}")

@@ -95,7 +95,7 @@ def test_build_and_evaluation_failures(hosts: dict[str, Host]) -> None:
     assert "builder for" in str(r.host("nixos://alpha/build-fail")["error"])
     assert "evaluation of eval-fail intentionally fails" in str(r.host("nixos://beta/eval-fail")["error"])
     assert "no nixosConfigurations.no-such-config" in str(r.host("nixos://gamma/no-such-config")["error"])
-    assert all(h["stage"] == "build" and h["outcome"] == "failed" for h in r.report["hosts"])  # type: ignore[union-attr]
+    assert all(h["stage"] == "build" and h["outcome"] == "failed" for h in r.hosts)
     assert hosts["alpha"].current_system() == before
 
 
@@ -115,7 +115,7 @@ def test_failing_activation_leaves_boot_entry_untouched(hosts: dict[str, Host]) 
 def test_one_failing_host_among_three(hosts: dict[str, Host]) -> None:
     r = deploy("alpha", "nixos://beta/precheck-fail", "gamma")
     assert r.returncode == 1
-    outcomes = {h["destination"]: h["outcome"] for h in r.report["hosts"]}  # type: ignore[union-attr]
+    outcomes = {h["destination"]: h["outcome"] for h in r.hosts}
     assert outcomes == {"alpha": "activated", "nixos://beta/precheck-fail": "failed", "gamma": "activated"}
     assert hosts["gamma"].current_system().endswith("nixos-system-gamma-1")
 
