@@ -69,6 +69,11 @@ def test_nix_gets_the_same_ssh_options() -> None:
     assert sshopts == r.command(["x"])[1:-4]  # everything but "-T -- host cmd"
 
 
+def test_nix_store_uri_brackets_ipv6() -> None:
+    assert _remote("nixos://root@[::1]:2222/x").nix_store_uri() == "ssh-ng://root@[::1]"
+    assert _remote("[2001:db8::5]").nix_store_uri() == "ssh-ng://[2001:db8::5]"
+
+
 def test_nix_sshopts_refuse_white_space() -> None:
     settings = SshSettings(control_dir=Path("/tmp/cm"), options=("ProxyCommand=nc %h 22",))
     with pytest.raises(UsageError):

@@ -50,6 +50,19 @@ known_hosts_set() {  # PATTERN LINE
   ) 9>"$LAB/known_hosts.lock"
 }
 
+# An ssh config block for a lab machine: strict host keys (known in advance, under
+# HostKeyAlias NAME), the lab's client key, no prompts. Extra lines (Port,
+# ProxyCommand) are appended as given.
+write_ssh_config() {  # FILE NAME [EXTRA_LINE...]
+  local f=$1 n=$2 line; shift 2
+  {
+    printf 'Host %s\n  HostName 127.0.0.1\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n' "$n" "$KEY"
+    printf '  BatchMode yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile %s\n' "$KNOWN"
+    printf '  GlobalKnownHostsFile /dev/null\n  HostKeyAlias %s\n  LogLevel ERROR\n' "$n"
+    for line in "$@"; do printf '  %s\n' "$line"; done
+  } > "$f"
+}
+
 # The hash of everything the image is made of: rebuild when it changes.
 recipe_hash() {
   (cd "$LAB_SRC" && cat lib/image.sh image/* fixture-flake/flake.nix fixture-flake/lib.nix fixture-flake/scripts/*) \

@@ -13,20 +13,7 @@ host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && kill -0 "
 
 write_host_ssh_config() {  # NAME
   local n=$1 d; d=$(host_dir "$1")
-  cat > "$d/ssh_config" <<CFG
-Host $n
-  HostName 127.0.0.1
-  User root
-  IdentityFile $KEY
-  IdentitiesOnly yes
-  BatchMode yes
-  StrictHostKeyChecking yes
-  UserKnownHostsFile $KNOWN
-  GlobalKnownHostsFile /dev/null
-  HostKeyAlias $n
-  ProxyCommand ip netns exec lab-$n socat - TCP:127.0.0.1:22
-  LogLevel ERROR
-CFG
+  write_ssh_config "$d/ssh_config" "$n" "ProxyCommand ip netns exec lab-$n socat - TCP:127.0.0.1:22"
   # one file for every host: ssh -F $LAB/ssh_config
   printf 'Include %s/hosts/*/ssh_config\n' "$LAB" > "$LAB/ssh_config"
 }
@@ -91,11 +78,13 @@ host_start() {  # NAME
   host_wait "$n"
 }
 
-kill_pidfile() {  # FILE [SECONDS]: SIGTERM, wait, SIGKILL
-  local f=$1 t=${2:-10} pid i
+# SIGTERM, wait, SIGKILL; only if the pid still runs a command line that contains
+# PATTERN: a stale pid file must never hit a process that reused the number.
+kill_pidfile() {  # FILE SECONDS PATTERN
+  local f=$1 t=$2 pattern=$3 pid i
   [ -e "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$pattern"; then
     kill "$pid" 2>/dev/null || true
     for ((i = 0; i < t * 10; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
@@ -107,9 +96,9 @@ host_stop() {  # NAME
   local n=$1 d h f; d=$(host_dir "$n")
   [ -d "$d" ] || return 0
   touch "$d/stopping"
-  for f in "$d"/forward-*.pid; do kill_pidfile "$f" 2; done
-  kill_pidfile "$d/nspawn.pid" 10   # nspawn turns SIGTERM into a clean poweroff
-  kill_pidfile "$d/super.pid" 5
+  for f in "$d"/forward-*.pid; do kill_pidfile "$f" 2 "lab-$n "; done
+  kill_pidfile "$d/nspawn.pid" 10 "--machine=$n "   # nspawn turns SIGTERM into a clean poweroff
+  kill_pidfile "$d/super.pid" 5 "$d "
   ip netns del "lab-$n" 2>/dev/null || true
   for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
     if [ -d "$h/lab-$n" ]; then find "$h/lab-$n" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi

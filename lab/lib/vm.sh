@@ -41,20 +41,7 @@ vm_need() {  # NAME: a VM that was set up by start
 
 vm_write_ssh_config() {  # NAME PORT
   local n=$1 d; d=$(vm_dir "$1")
-  cat > "$d/ssh_config" <<CFG
-Host $n
-  HostName 127.0.0.1
-  Port $2
-  User root
-  IdentityFile $KEY
-  IdentitiesOnly yes
-  BatchMode yes
-  StrictHostKeyChecking yes
-  UserKnownHostsFile $KNOWN
-  GlobalKnownHostsFile /dev/null
-  HostKeyAlias $n
-  LogLevel ERROR
-CFG
+  write_ssh_config "$d/ssh_config" "$n" "Port $2"
   # one file for every VM: ssh -F $LAB/vm_ssh_config NAME
   printf 'Include %s/vms/*/ssh_config\n' "$LAB" > "$LAB/vm_ssh_config"
 }

@@ -41,7 +41,7 @@ class PlainEvents:
     def note(self, label: str, text: str) -> None:
         self._print(label, f"deploy-flake: {text}")
 
-    def finished(self, result: HostResult) -> None:
+    def finished(self, label: str, result: HostResult) -> None:
         msg = f"== {result.outcome} (stage {result.stage}, {format_duration(result.duration_s)})"
         self._print(result.destination, msg + (f": {result.error}" if result.error else ""))
 
@@ -64,7 +64,7 @@ class JsonEvents:
     def note(self, label: str, text: str) -> None:
         self._emit(event="note", host=label, message=text)
 
-    def finished(self, result: HostResult) -> None:
+    def finished(self, label: str, result: HostResult) -> None:
         self._emit(event="result", **result.as_json())
 
 
@@ -110,8 +110,7 @@ class LiveEvents:
     def note(self, label: str, text: str) -> None:
         self.console.print(Text.assemble((f"[{label}] ", "cyan"), ("deploy-flake: ", "bold"), text))
 
-    def finished(self, result: HostResult) -> None:
-        label = next((lb for lb in self.rows if lb in (result.destination, result.host)), result.destination)
+    def finished(self, label: str, result: HostResult) -> None:
         stage, since, _ = self.rows.get(label, ("", time.monotonic(), ""))
         self.rows[label] = (stage, since, str(result.outcome))
 

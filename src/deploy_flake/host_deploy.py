@@ -94,7 +94,7 @@ class HostDeploy:
             if connected:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(target.close_connection(self.remote))
-        self.run.events.finished(self.result)
+        self.run.events.finished(self.label, self.result)
         return self.result
 
     async def _deploy_connected(self) -> None:

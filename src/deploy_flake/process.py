@@ -154,6 +154,8 @@ async def run_detached(argv: Sequence[str], *, timeout: float) -> Completed:
 
 async def _kill(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[None]]) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.returncode is not None:
+            break  # reaped: its pid may already belong to an unrelated process
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
         try:

@@ -128,6 +128,8 @@ class Remote:
         return " ".join(opts)
 
     def nix_store_uri(self) -> str:
-        """ssh-ng://[user@]host: the port travels in NIX_SSHOPTS (old Nix has no port in the URI)."""
+        """ssh-ng://[user@]host. The port travels in NIX_SSHOPTS (old Nix has no port in the URI).
+        IPv6 goes in brackets: Nix 2.4+ strips them, and Nix 2.31+ needs them."""
         user = f"{self.dest.user}@" if self.dest.user else ""
-        return f"ssh-ng://{user}{self.dest.host}"
+        host = f"[{self.dest.host}]" if self.dest.is_ipv6 else self.dest.host
+        return f"ssh-ng://{user}{host}"
