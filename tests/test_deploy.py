@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host, deploy, deploy_argv, lab
@@ -237,3 +238,32 @@ def test_help_and_version() -> None:
         assert option in done.stdout
     v = subprocess.run(deploy_argv("--version", ssh_config=None), capture_output=True, text=True, check=True)
     assert "deploy-flake" in v.stdout
+
+
+def test_copy_timeout_retries_then_fails_cleanly(hosts: dict[str, Host]) -> None:
+    before = hosts["alpha"].current_system()
+    r = deploy("--copy-timeout=1ms", "nixos://alpha/good")
+    assert r.returncode == 1, r.output
+    assert "copy attempt 1 failed" in r.output and "copy attempt 2 failed" in r.output
+    assert "copying the flake failed after 3 attempts" in str(r.host("nixos://alpha/good")["error"])
+    assert hosts["alpha"].current_system() == before
+
+
+def test_live_view_on_a_terminal(hosts: dict[str, Host]) -> None:
+    """On a terminal: prefixed output lines, then a summary table."""
+    import shlex
+
+    cmd = shlex.join(deploy_argv("alpha", "nixos://beta/good"))
+    done = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={"TERM": "xterm", "COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+    )
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stdout)
+    assert done.returncode == 0, screen
+    assert "[beta/good]" in screen
+    assert re.search(r"beta/good +(connect|copy|build)", screen)  # the live view's line for the host
+    assert "deploy-flake summary" in screen and "┃ host" in screen
