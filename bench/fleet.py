@@ -28,8 +28,18 @@ NAMES = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 def one_deploy(hosts: list[str], config: str, jobs: int) -> tuple[float, int, float]:
     """Seconds, exit code and the deployer's peak RSS in MiB."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    argv = [sys.executable, "-m", "deploy_flake", "--flake", str(FIXTURE_FLAKE), "--ssh-config", str(SSH_CONFIG),
-            "--jobs", str(jobs), *[f"nixos://{h}/{config}" for h in hosts]]
+    argv = [
+        sys.executable,
+        "-m",
+        "deploy_flake",
+        "--flake",
+        str(FIXTURE_FLAKE),
+        "--ssh-config",
+        str(SSH_CONFIG),
+        "--jobs",
+        str(jobs),
+        *[f"nixos://{h}/{config}" for h in hosts],
+    ]
     t0 = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - t0
