@@ -176,3 +176,17 @@ def test_failing_boot_step_puts_everything_back(hosts: dict[str, Host]) -> None:
     alpha.assert_clean_after(running=before, boot=before)
     assert alpha.profile() == profile and alpha.generations() == 1
     _clean_deploy_works(alpha, "nixos://alpha/good")
+
+
+def test_killed_transaction_unit_still_rolls_back(hosts: dict[str, Host]) -> None:
+    """Even the agent's own unit being killed (OOM, an admin) cannot leave the host half-switched."""
+    alpha = hosts["alpha"]
+    before = alpha.current_system()
+    bg = Background(CONFIRM, "nixos://alpha/slow-activation")
+    bg.wait_output("state: activating")
+    alpha.ssh("systemctl kill --signal=SIGKILL 'deploy-flake-*.service'")
+    r = bg.finish()
+    assert r.returncode == 3, r.output
+    assert "the activation unit was stopped" in str(r.host("nixos://alpha/slow-activation")["error"])
+    alpha.assert_clean_after(running=before, boot=before)
+    _clean_deploy_works(alpha, "nixos://alpha/good")

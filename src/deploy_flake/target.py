@@ -228,6 +228,9 @@ async def start_transaction(
         "--collect",
         "--service-type=exec",
         "--property=KillMode=control-group",
+        # if the transaction is killed before it ends, the host still rolls back
+        f"--property=ExecStopPost=/bin/sh {agent_path()} recover {deploy_id}",
+        f"--property=TimeoutStopSec={int(activation_s + health_s + 60)}",
         "--",
         "/bin/sh",
         agent_path(),

@@ -23,6 +23,8 @@
 #                                  needs the deployer or is final (or MAX_S passed)
 #   agent confirm ID               confirm; wait for the commit; print the final state
 #   agent abort ID                 roll back now (the deployer was interrupted)
+#   agent recover ID               the unit's ExecStopPost: if the transaction was
+#                                  killed before it ended, roll back (or put back)
 #   agent status ID                print the state
 set -u
 PATH="$PATH:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
@@ -108,20 +110,26 @@ wait_confirmation() {  # returns 0 when confirmed; rolls back otherwise
   rollback "no confirmation over a new SSH connection within ${CONFIRM_S}s (did the new configuration break SSH access?)"
 }
 
+restore_profile() {  # OLD_GENERATION BOOT_S: the profile and boot entry as they were
+  new_gen=$(readlink "$PROFILE" 2>/dev/null || true)
+  [ -n "$1" ] && [ "$new_gen" != "$1" ] || return 0
+  ln -sfn "$1" "$PROFILE.tmp" && mv -T "$PROFILE.tmp" "$PROFILE"
+  rm -f "${PROFILE%/*}/$new_gen"
+  timeout -k 10 "$2" "$PROFILE/bin/switch-to-configuration" boot 8>&- \
+    || log "warning: restoring the previous boot entry failed too"
+}
+
 commit() {  # profile generation + boot entry, undone if the boot step fails
   set_state committing
   old_gen=$(readlink "$PROFILE" 2>/dev/null || true)
+  printf '%s\n' "$old_gen" > "$DIR/old-generation"
   if ! nix-env -p "$PROFILE" --set "$NEW" 8>&-; then
     [ "$MODE" = test ] && rollback "could not add the new generation to $PROFILE"
     fail_unchanged "could not add the new generation to $PROFILE"
   fi
   if ! timeout -k 10 "$BOOT_S" "$NEW/bin/switch-to-configuration" boot 8>&-; then
     log "the boot step failed: putting the system profile back"
-    new_gen=$(readlink "$PROFILE")
-    if [ -n "$old_gen" ]; then ln -sfn "$old_gen" "$PROFILE.tmp" && mv -T "$PROFILE.tmp" "$PROFILE"; fi
-    [ "$new_gen" != "$old_gen" ] && rm -f "${PROFILE%/*}/$new_gen"
-    if [ -n "$old_gen" ]; then timeout -k 10 "$BOOT_S" "$PROFILE/bin/switch-to-configuration" boot 8>&- \
-      || log "warning: restoring the previous boot entry failed too"; fi
+    restore_profile "$old_gen" "$BOOT_S"
     [ "$MODE" = test ] && rollback "switch-to-configuration boot failed; the profile and boot entry were put back"
     fail_unchanged "switch-to-configuration boot failed; the profile and boot entry were put back"
   fi
@@ -146,6 +154,7 @@ run() {
   PREV=$(readlink -f /run/current-system 2>/dev/null || true)
   [ -x "$NEW/bin/switch-to-configuration" ] || fail_unchanged "$NEW has no bin/switch-to-configuration"
   printf '%s\n' "$PREV" > "$DIR/previous"
+  printf '%s %s %s %s\n' "$NEW" "$MODE" "$ACT_S" "$HEALTH_S" > "$DIR/params"
   failed_units > "$DIR/failed-before"
 
   if [ "$MODE" = boot ]; then
@@ -170,6 +179,26 @@ run() {
   wait_confirmation
   if problem=$(health_problem "$HEALTH_S"); then rollback "while waiting for confirmation $problem"; fi
   commit
+}
+
+# The unit stopped (killed, OOM, systemctl stop) before the transaction ended:
+# nothing may be left half-done. Runs as the unit's ExecStopPost.
+recover() {
+  st=$(state_of)
+  is_final "$st" && exit 0
+  exec >>"$DIR/log" 2>&1
+  exec 8>>"$BASE/lock"
+  flock -w 30 8 || { log "recover: the deploy lock is held by someone else; not touching the system"; exit 1; }
+  # shellcheck disable=SC2034  # MODE is part of the saved parameters
+  read -r NEW MODE ACT_S HEALTH_S < "$DIR/params" 2>/dev/null || { set_reason "the activation unit stopped before it began"; set_state failed; exit 1; }
+  PREV=$(cat "$DIR/previous")
+  log "the activation unit stopped in state $st: recovering"
+  case $st in
+    starting) set_reason "the activation unit stopped before it began"; set_state failed; exit 1 ;;
+    committing) restore_profile "$(cat "$DIR/old-generation" 2>/dev/null)" "$ACT_S" ;;
+  esac
+  if [ "$MODE" = boot ]; then set_reason "the activation unit was stopped while writing the boot entry; it was put back"; set_state failed; exit 1; fi
+  rollback "the activation unit was stopped before the deploy was confirmed (state $st)"
 }
 
 # ---------------------------------------------------------------- deployer-facing commands
@@ -202,5 +231,6 @@ case $cmd in
   confirm) [ -d "$DIR" ] || die "no deploy $ID on this host"; confirm ;;
   abort) [ -d "$DIR" ] || die "no deploy $ID on this host"; : > "$DIR/abort"; print_state ;;
   status) print_state ;;
+  recover) [ -d "$DIR" ] || exit 0; recover ;;
   *) die "unknown command '$cmd'" ;;
 esac
