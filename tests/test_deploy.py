@@ -45,6 +45,7 @@ def test_next_generation_restarts_stops_and_starts_units(hosts: dict[str, Host])
     app_pid = hosts["alpha"].out("systemctl show -p MainPID --value fixture-app.service")
     r = deploy("nixos://alpha/good-v2")
     assert r.returncode == 0, r.output
+    assert "change: fixture-app: 1.0 → 1.1" in r.output  # the closure diff, before activating
     assert "stopping the following units: fixture-oneshot.service" in r.output
     assert "restarting the following units: fixture-app.service" in r.output
     assert "starting the following units: fixture-extra.service" in r.output
@@ -267,3 +268,10 @@ def test_live_view_on_a_terminal(hosts: dict[str, Host]) -> None:
     assert "[beta/good]" in screen
     assert re.search(r"beta/good +(connect|copy|build)", screen)  # the live view's line for the host
     assert "deploy-flake summary" in screen and "┃ host" in screen
+
+
+def test_reboot_needed_is_reported(hosts: dict[str, Host]) -> None:
+    r = deploy("nixos://alpha/new-kernel")
+    assert r.returncode == 0, r.output
+    assert "reboot needed to use the new kernel, initrd, kernel-modules" in r.output
+    assert any("reboot needed" in n for n in r.host("nixos://alpha/new-kernel")["notes"])  # type: ignore[attr-defined]

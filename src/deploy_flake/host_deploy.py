@@ -136,6 +136,8 @@ class HostDeploy:
 
         self.stage(Stage.CHECK)
         await self._sanity_checks(toplevel, facts.system)
+        for change in await target.closure_diff(self.remote, facts.current_system, toplevel):
+            self.line(f"change: {change}")
 
         await self._pre_activate(toplevel)
 

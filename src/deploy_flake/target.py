@@ -166,6 +166,26 @@ async def closure_facts(remote: Remote, toplevel: str) -> ClosureFacts:
     )
 
 
+async def closure_diff(remote: Remote, current: str, new: str) -> list[str]:
+    """What changes, package by package (nix store diff-closures); empty when it cannot tell."""
+    if not current or current == new:
+        return []
+    argv = [
+        "nix",
+        "--extra-experimental-features",
+        "nix-command flakes",
+        "store",
+        "diff-closures",
+        current,
+        new,
+    ]
+    try:
+        done = await process.run(remote.command(argv), timeout=120)
+    except process.ProcessTimeout:
+        return []
+    return [ln.strip() for ln in done.stdout.splitlines() if ln.strip()] if done.ok else []
+
+
 async def pre_activate_exists(remote: Remote, toplevel: str, relpath: str) -> bool:
     done = await run_checked(
         remote, ["test", "-x", f"{toplevel}/{relpath}"], "looking for the pre-activation check"
