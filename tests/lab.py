@@ -122,6 +122,7 @@ class Host:
         assert self.system_state() == "running", self.failed_units()
         assert wait_for(lambda: not self.deploy_units(), 15), self.deploy_units()
         assert self.lock_free(), "the deploy lock is still held"
+        assert self.out("ls -d /tmp/deploy-flake-* 2>/dev/null || true") == "", "a build result link was left"
 
 
 def wait_for(predicate: object, timeout: float, interval: float = 0.5) -> bool:

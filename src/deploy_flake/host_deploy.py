@@ -54,6 +54,7 @@ class HostDeploy:
         self.result = HostResult(destination=dest.raw, host=dest.host, config=dest.config)
         self.deploy_id = f"{run.run_id}-{index}"
         self.started = False  # the agent's transaction is running on the host
+        self.gc_root = f"/tmp/deploy-flake-{self.deploy_id}.system"
 
     # ---------------------------------------------------------------- helpers
     def stage(self, stage: Stage) -> None:
@@ -93,9 +94,14 @@ class HostDeploy:
             self.result.duration_s = time.monotonic() - t0
             if connected:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(target.close_connection(self.remote))
+                    await asyncio.shield(self._disconnect())
         self.run.events.finished(self.label, self.result)
         return self.result
+
+    async def _disconnect(self) -> None:
+        """Drops the build's GC root (the profile holds the system if it was committed) and the connection."""
+        await process.run(self.remote.command(["rm", "-f", self.gc_root]), timeout=15)
+        await target.close_connection(self.remote)
 
     async def _deploy_connected(self) -> None:
         facts = await target.host_facts(self.remote)
@@ -118,6 +124,7 @@ class HostDeploy:
             self.run.flake,
             config,
             extra_args=self.opts.build_args,
+            gc_root=self.gc_root,
             timeout=self.t.build,
             on_line=self.line,
         )
@@ -223,6 +230,7 @@ class HostDeploy:
             confirm_s=t.confirm,
             boot_s=t.boot,
             holder=self.run.holder,
+            gc_root=self.gc_root,
         )
         self.started = True
         final = await self._follow()

@@ -76,12 +76,17 @@ async def build_toplevel(
     config: str,
     *,
     extra_args: tuple[str, ...],
+    gc_root: str,
     timeout: float,
     on_line: LineSink,
 ) -> str:
-    """Builds the system on the host, once, with its log streamed; returns the toplevel store path."""
+    """Builds the system on the host, once, with its log streamed; returns the toplevel store path.
+
+    The result link gc_root keeps the system from a garbage collection on the host
+    until the system profile holds it.
+    """
     installable = f"path:{flake.store_path}#{flake.toplevel_attr(config)}"
-    argv = ["nix", *NIX_FEATURES, "build", "--no-link", "--json", "-L", *extra_args, installable]
+    argv = ["nix", *NIX_FEATURES, "build", "--out-link", gc_root, "--json", "-L", *extra_args, installable]
     try:
         done = await process.run(remote.command(argv), timeout=timeout, on_stderr=on_line)
     except process.ProcessTimeout:

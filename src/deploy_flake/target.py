@@ -239,8 +239,12 @@ async def start_transaction(
     confirm_s: float,
     boot_s: float,
     holder: str,
+    gc_root: str,
 ) -> None:
-    """Starts the agent's transaction in its own transient unit; returns at once."""
+    """Starts the agent's transaction in its own transient unit; returns at once.
+
+    gc_root: the build's result link, which the agent drops once the deploy ends.
+    """
     argv = [
         "systemd-run",
         f"--unit=deploy-flake-{deploy_id}",
@@ -251,6 +255,7 @@ async def start_transaction(
         # if the transaction is killed before it ends, the host still rolls back
         f"--property=ExecStopPost=/bin/sh {agent_path()} recover {deploy_id}",
         f"--property=TimeoutStopSec={int(activation_s + health_s + 60)}",
+        f"--setenv=DEPLOY_FLAKE_GC_ROOT={gc_root}",
         "--",
         "/bin/sh",
         agent_path(),

@@ -45,7 +45,19 @@ is_final() { case $1 in activated | rolled-back | rollback-failed | failed) retu
 
 # ---------------------------------------------------------------- the transaction
 log() { echo "[deploy-flake] $*"; }
-set_state() { printf '%s\n' "$1" > "$DIR/state.tmp" && mv "$DIR/state.tmp" "$DIR/state"; log "state: $1"; }
+set_state() {
+  printf '%s\n' "$1" > "$DIR/state.tmp" && mv "$DIR/state.tmp" "$DIR/state"; log "state: $1"
+  if is_final "$1"; then drop_gc_root; fi
+}
+
+# The deployer's build result link kept the new system from garbage collection
+# until now; the profile holds it if it was committed.
+drop_gc_root() {
+  case ${DEPLOY_FLAKE_GC_ROOT:-} in
+    /tmp/deploy-flake-*.system) [ -L "$DEPLOY_FLAKE_GC_ROOT" ] && rm -f "$DEPLOY_FLAKE_GC_ROOT" ;;
+  esac
+  return 0
+}
 set_reason() { printf '%s\n' "$*" > "$DIR/reason"; }
 
 failed_units() {  # names of failed units, one per line
