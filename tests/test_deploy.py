@@ -46,6 +46,7 @@ def test_next_generation_restarts_stops_and_starts_units(hosts: dict[str, Host])
     r = deploy("nixos://alpha/good-v2")
     assert r.returncode == 0, r.output
     assert "change: fixture-app: 1.0 → 1.1" in r.output  # the closure diff, before activating
+    assert "\x1b[" not in r.output  # plain lines on a pipe
     assert "stopping the following units: fixture-oneshot.service" in r.output
     assert "restarting the following units: fixture-app.service" in r.output
     assert "starting the following units: fixture-extra.service" in r.output

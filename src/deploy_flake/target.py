@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -12,6 +13,7 @@ from deploy_flake.process import Completed, LineSink
 from deploy_flake.ssh import Remote
 
 AGENT_DIR = "/run/deploy-flake"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STATE_MARK = "@@deploy-flake-state "
 
 # Facts about a host, read in one round trip. A fixed script: nothing from the
@@ -183,7 +185,8 @@ async def closure_diff(remote: Remote, current: str, new: str) -> list[str]:
         done = await process.run(remote.command(argv), timeout=120)
     except process.ProcessTimeout:
         return []
-    return [ln.strip() for ln in done.stdout.splitlines() if ln.strip()] if done.ok else []
+    plain = _ANSI.sub("", done.stdout)  # Nix colours sizes even when not on a terminal
+    return [ln.strip() for ln in plain.splitlines() if ln.strip()] if done.ok else []
 
 
 async def pre_activate_exists(remote: Remote, toplevel: str, relpath: str) -> bool:

@@ -35,7 +35,7 @@ KEEP_RUNS=20
 die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
 valid_id() { case $1 in *[!A-Za-z0-9_.-]* | '') die "bad deploy id '$1'" ;; esac; }
 
-cmd=${1:-}; [ $# -ge 2 ] || die "usage: agent run|watch|confirm|abort|status ID ..."
+cmd=${1:-}; [ $# -ge 2 ] || die "usage: agent run|watch|confirm|abort|status|recover ID ..."
 ID=$2; valid_id "$ID"
 DIR=$BASE/$ID
 
@@ -106,6 +106,7 @@ fail_unchanged() {  # REASON: nothing was changed
 settle() {  # the system must stay healthy for SETTLE_S: units that crash soon after starting count
   i=0
   while [ "$i" -lt "$((SETTLE_S * 5))" ]; do
+    [ -e "$DIR/abort" ] && rollback "the deploy was interrupted before it was confirmed"
     new=$(failed_units | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
     [ -n "$new" ] && rollback "within ${SETTLE_S}s of the activation units failed: ${new% }"
     sleep 0.2; i=$((i + 1))
@@ -239,7 +240,11 @@ confirm() {
 
 case $cmd in
   run) shift 2; run "$ID" "$@" ;;
-  watch) [ -d "$DIR" ] || die "no deploy $ID on this host"; watch "${3:-0}" "${4:-30}" ;;
+  watch)
+    # right after systemd-run returns, a slow host may not have run the agent's first line yet
+    i=0; while [ ! -d "$DIR" ] && [ "$i" -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+    [ -d "$DIR" ] || die "no deploy $ID on this host"
+    watch "${3:-0}" "${4:-30}" ;;
   confirm) [ -d "$DIR" ] || die "no deploy $ID on this host"; confirm ;;
   abort) [ -d "$DIR" ] || die "no deploy $ID on this host"; : > "$DIR/abort"; print_state ;;
   status) print_state ;;
