@@ -126,6 +126,7 @@ def test_deployer_killed_while_waiting_for_confirmation(hosts: dict[str, Host]) 
 def test_ctrl_c_during_activation(hosts: dict[str, Host]) -> None:
     out = _killed_during(hosts, signal.SIGINT, "slow-activation", "state: activating", 3)
     assert "interrupted: asking the host to roll back" in out
+    assert out.count("state: activating") == 1  # the log goes on where it was, not from the start
     assert "rolled-back" in out
 
 

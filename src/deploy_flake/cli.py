@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 
 from deploy_flake import __version__
-from deploy_flake.destination import Destination, check_config_name
+from deploy_flake.destination import Destination
 from deploy_flake.display import JsonEvents, LiveEvents, PlainEvents, plain_summary, summary_table
 from deploy_flake.durations import parse_duration
 from deploy_flake.errors import DeployError, UsageError
@@ -222,9 +222,6 @@ def deploy_flake(
             raise UsageError(f"--ssh-config {ssh_config}: no such file")
         if not (flake_dir / "flake.nix").is_file():
             raise UsageError(f"no flake.nix in {flake_dir}: pass the flake's directory with --flake DIR")
-        for d in dests:
-            if d.config:
-                check_config_name(d.config, "configuration")
         options = DeployOptions(
             flake_dir=flake_dir,
             preflight=preflight_check == "run",

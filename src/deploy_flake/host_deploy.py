@@ -55,6 +55,7 @@ class HostDeploy:
         self.deploy_id = f"{run.run_id}-{index}"
         self.started = False  # the agent's transaction is running on the host
         self.gc_root = f"/tmp/deploy-flake-{self.deploy_id}.system"
+        self.log_offset = 0  # bytes of the agent's log already shown
 
     # ---------------------------------------------------------------- helpers
     def stage(self, stage: Stage) -> None:
@@ -245,12 +246,11 @@ class HostDeploy:
 
     async def _follow(self) -> AgentState:
         """Streams the agent's log until it reaches a final state; confirms when asked."""
-        offset = 0
         deadline = time.monotonic() + self._budget()
         confirm_tried = False
         while True:
             try:
-                state, offset = await self._watch(offset)
+                state = await self._watch()
             except AgentGone:
                 raise
             except DeployError as e:
@@ -272,7 +272,7 @@ class HostDeploy:
                 if confirmed is not None and confirmed.state in FINAL_STATES:
                     # stream what is left of the log, then report
                     with contextlib.suppress(DeployError):
-                        await self._watch(offset, max_s=1)
+                        await self._watch(max_s=1)
                     return confirmed
             if time.monotonic() > deadline:
                 raise DeployError(
@@ -286,14 +286,22 @@ class HostDeploy:
         with contextlib.suppress(DeployError):
             await target.open_connection(self.remote, self.t.connect)
 
-    async def _watch(self, offset: int, max_s: int = 30) -> tuple[AgentState, int]:
+    async def _watch(self, max_s: int = 30) -> AgentState:
+        """Shows the agent's log from where the last watch stopped; returns the state it reached."""
+
+        start = self.log_offset
+
         def show(text: str) -> None:
-            if text and not text.startswith(target.STATE_MARK):
+            if text.startswith(target.STATE_MARK):
+                return
+            # what was shown stays shown, even if this watch is cut off or cancelled
+            self.log_offset += len(text.encode()) + 1
+            if text:
                 self.line(text)
 
         try:
             done = await process.run(
-                target.agent_command(self.remote, "watch", self.deploy_id, str(offset), str(max_s)),
+                target.agent_command(self.remote, "watch", self.deploy_id, str(self.log_offset), str(max_s)),
                 timeout=max_s + 30,
                 on_stdout=show,
             )
@@ -309,7 +317,8 @@ class HostDeploy:
         tail = done.stdout[marker:]
         state = target.parse_state(tail.strip().splitlines()[0])
         assert state is not None
-        return state, offset + done.stdout_size - len(tail.encode())
+        self.log_offset = start + done.stdout_size - len(tail.encode())
+        return state
 
     async def _confirm(self) -> AgentState | None:
         """Confirms over a brand-new SSH connection, retrying within the confirmation window."""
@@ -394,10 +403,10 @@ class HostDeploy:
                 )
                 if done.returncode != 255:
                     break
-            offset, deadline = 0, time.monotonic() + self.t.activation + self.t.health + 30
+            deadline = time.monotonic() + self.t.activation + self.t.health + 30
             while time.monotonic() < deadline:
                 try:
-                    state, offset = await self._watch(offset, max_s=10)
+                    state = await self._watch(max_s=10)
                 except DeployError:
                     await self._reconnect()
                     continue
