@@ -5,21 +5,22 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.console import Console
 
-from deploy_flake import __version__
-from deploy_flake.destination import Destination
+from deploy_flake import __version__, process
+from deploy_flake.destination import Destination, SshTarget, check_distinct_hosts
 from deploy_flake.display import JsonEvents, LiveEvents, PlainEvents, plain_summary, summary_table
-from deploy_flake.durations import parse_duration
+from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.events import Events
 from deploy_flake.fleet import deploy_all
 from deploy_flake.models import EXIT_USAGE, SANITY_CHECKS, DeployOptions, HostResult, Timeouts, exit_code
 from deploy_flake.nix import build_args
-from deploy_flake.report import write_report
-from deploy_flake.ssh import check_ssh_option
+from deploy_flake.report import ReportError, check_report_path, write_report
+from deploy_flake.ssh import check_ssh_option, config_command
 
 EPILOG = """\b
 Exit codes:
@@ -32,13 +33,26 @@ The worst outcome among the hosts decides.
 """
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
+# ssh -G only reads configuration files; a `Match exec` in them may run a command.
+SSH_CONFIG_TIMEOUT_S = 30
+SSH_CONFIG_PARALLEL = 32
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: str, minimum: int) -> int:
     try:
-        return parse_duration(value)
+        return parse_whole_seconds(value, minimum=minimum)
     except UsageError as e:
-        raise click.BadParameter(str(e)) from None
+        _fail(f"{param.opts[0]} {e}")
+
+
+def _timeout(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """A stage timeout: whole seconds, at least 1 (on the host, `timeout 0` means no limit)."""
+    return _seconds(ctx, param, value, 1)
+
+
+def _settle(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """The settle time: whole seconds, 0 for none."""
+    return _seconds(ctx, param, value, 0)
 
 
 def _relative_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -85,60 +99,71 @@ def _relative_path(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--build-cmdline", metavar="ARGS", help="Extra arguments for nix build on the host.")
 @click.option(
     "--copy-timeout",
-    callback=_duration,
+    callback=_timeout,
     default="10m",
     show_default=True,
     metavar="DURATION",
-    help="Time for one attempt at copying the flake (3 attempts).",
+    help="Time for one attempt at copying the flake (3 attempts); whole seconds, at least 1s.",
 )
-@click.option("--build-timeout", callback=_duration, default="1h", show_default=True, metavar="DURATION")
+@click.option(
+    "--build-timeout",
+    callback=_timeout,
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="Longest build on the host; whole seconds, at least 1s.",
+)
 @click.option(
     "--preflight-timeout",
-    callback=_duration,
+    callback=_timeout,
     default="5m",
     show_default=True,
     metavar="DURATION",
-    help="How long the health check waits for a starting system.",
+    help="How long the health check waits for a starting system; whole seconds, at least 1s.",
 )
 @click.option(
     "--activation-timeout",
-    callback=_duration,
+    callback=_timeout,
     default="5m",
     show_default=True,
     metavar="DURATION",
-    help="Longest switch-to-configuration test; longer is stopped and rolled back.",
+    help="Longest switch-to-configuration test; longer is stopped and rolled back. "
+    "Whole seconds, at least 1s.",
 )
 @click.option(
     "--health-timeout",
-    callback=_duration,
+    callback=_timeout,
     default="60s",
     show_default=True,
     metavar="DURATION",
-    help="Time for the system to finish starting after activating (is-system-running --wait).",
+    help="Time for the system to finish starting after activating (is-system-running --wait); "
+    "whole seconds, at least 1s.",
 )
 @click.option(
     "--settle-time",
-    callback=_duration,
+    callback=_settle,
     default="5s",
     show_default=True,
     metavar="DURATION",
-    help="How long the system must stay healthy after activating, before it is confirmed.",
+    help="How long the system must stay healthy after activating, before it is confirmed; "
+    "whole seconds, 0 for none.",
 )
 @click.option(
     "--confirm-timeout",
-    callback=_duration,
+    callback=_timeout,
     default="30s",
     show_default=True,
     metavar="DURATION",
-    help="Time to confirm over a new SSH connection before the host rolls back by itself.",
+    help="Time to confirm over a new SSH connection before the host rolls back by itself; "
+    "whole seconds, at least 1s.",
 )
 @click.option(
     "--boot-timeout",
-    callback=_duration,
+    callback=_timeout,
     default="5m",
     show_default=True,
     metavar="DURATION",
-    help="Longest switch-to-configuration boot.",
+    help="Longest switch-to-configuration boot; whole seconds, at least 1s.",
 )
 @click.option(
     "--skip-check",
@@ -176,7 +201,7 @@ def _relative_path(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option(
     "--report",
     "report_path",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     help="Write a JSON report of every host to this file.",
 )
 @click.version_option(__version__, prog_name="deploy-flake")
@@ -187,14 +212,14 @@ def deploy_flake(
     pre_activate_script: str | None,
     test_mode: str,
     build_cmdline: str | None,
-    copy_timeout: float,
-    build_timeout: float,
-    preflight_timeout: float,
-    activation_timeout: float,
-    health_timeout: float,
-    settle_time: float,
-    confirm_timeout: float,
-    boot_timeout: float,
+    copy_timeout: int,
+    build_timeout: int,
+    preflight_timeout: int,
+    activation_timeout: int,
+    health_timeout: int,
+    settle_time: int,
+    confirm_timeout: int,
+    boot_timeout: int,
     skip_checks: tuple[str, ...],
     instrumentation: str,
     jobs: int | None,
@@ -214,14 +239,15 @@ def deploy_flake(
     """
     try:
         dests = [Destination.parse(d) for d in destinations]
-        if len({d.raw for d in dests}) != len(dests):
-            raise UsageError("a destination is given twice")
+        _check_no_repeats(dests)
         for opt in ssh_options:
             check_ssh_option(opt)
         if ssh_config is not None and not ssh_config.is_file():
             raise UsageError(f"--ssh-config {ssh_config}: no such file")
         if not (flake_dir / "flake.nix").is_file():
             raise UsageError(f"no flake.nix in {flake_dir}: pass the flake's directory with --flake DIR")
+        if report_path is not None:
+            check_report_path(report_path)
         options = DeployOptions(
             flake_dir=flake_dir,
             preflight=preflight_check == "run",
@@ -242,6 +268,7 @@ def deploy_flake(
             ),
             jobs=jobs,
         )
+        _check_distinct_hosts(dests, ssh_config, ssh_options)
     except (UsageError, ValueError) as e:
         _fail(str(e))
 
@@ -265,14 +292,72 @@ def deploy_flake(
         )
         sys.exit(e.code if isinstance(e.code, int) else 130)
 
-    if report_path is not None:
-        write_report(report_path, results)
+    report_error = _write_report(report_path, results)
     if instrumentation != "json":
         if tty:
             console.print(summary_table(results))
         else:
             click.echo(plain_summary(results))
+    if report_error is not None:
+        click.echo(
+            f"deploy-flake: error: {report_error} (the deploy itself finished: its exit code tells how)",
+            err=True,
+        )
     sys.exit(exit_code([r.outcome for r in results]))
+
+
+def _write_report(path: Path | None, results: list[HostResult]) -> str | None:
+    """Writes --report; what went wrong, if it could not be written."""
+    if path is None:
+        return None
+    try:
+        write_report(path, results)
+    except ReportError as e:
+        return str(e)
+    return None
+
+
+def _check_no_repeats(dests: list[Destination]) -> None:
+    seen: set[str] = set()
+    for d in dests:
+        if d.raw in seen:
+            raise UsageError(f"the destination {d.raw!r} is given twice")
+        seen.add(d.raw)
+
+
+def _check_distinct_hosts(
+    dests: list[Destination], ssh_config: Path | None, ssh_options: tuple[str, ...]
+) -> None:
+    """Refuses two destinations that ssh takes to the same machine (aliases, users, ports)."""
+    if len(dests) > 1:
+        check_distinct_hosts(asyncio.run(_ssh_targets(dests, ssh_config, ssh_options)))
+
+
+async def _ssh_targets(
+    dests: list[Destination], ssh_config: Path | None, ssh_options: tuple[str, ...]
+) -> list[SshTarget]:
+    limit = asyncio.Semaphore(SSH_CONFIG_PARALLEL)
+
+    async def one(dest: Destination) -> SshTarget:
+        async with limit:
+            return await _ssh_target(dest, ssh_config, ssh_options)
+
+    return list(await asyncio.gather(*(one(d) for d in dests)))
+
+
+async def _ssh_target(dest: Destination, ssh_config: Path | None, ssh_options: tuple[str, ...]) -> SshTarget:
+    argv = config_command(dest, config_file=ssh_config, options=ssh_options)
+    try:
+        done = await process.run(argv, timeout=SSH_CONFIG_TIMEOUT_S)
+    except process.ProcessTimeout:
+        raise UsageError(
+            f"reading the ssh configuration for {dest.raw!r} (ssh -G) took over {SSH_CONFIG_TIMEOUT_S}s"
+        ) from None
+    except OSError as e:
+        raise UsageError(f"cannot run ssh: {e.strerror or e}") from None
+    if not done.ok:
+        raise UsageError(f"ssh cannot read its configuration for {dest.raw!r}: {done.last_lines(1)}")
+    return SshTarget.from_ssh_config(dest, done.stdout)
 
 
 def _run(
@@ -287,7 +372,7 @@ def _run(
     )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"deploy-flake: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
 

@@ -133,3 +133,11 @@ class Remote:
         user = f"{self.dest.user}@" if self.dest.user else ""
         host = f"[{self.dest.host}]" if self.dest.is_ipv6 else self.dest.host
         return f"ssh-ng://{user}{host}"
+
+
+def config_command(dest: Destination, *, config_file: Path | None, options: Sequence[str]) -> list[str]:
+    """`ssh -G` argv: prints the configuration ssh would use for dest (host name, port, user,
+    proxy), with the same -F, -o, -p and -l as every other command. It connects nowhere."""
+    # No multiplexing options, so the control directory is never used.
+    settings = SshSettings(control_dir=Path("/nonexistent"), config_file=config_file, options=tuple(options))
+    return ["ssh", "-G", "-T", *Remote(dest, settings)._options(multiplex=False), "--", dest.host]
