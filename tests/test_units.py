@@ -12,7 +12,6 @@ from deploy_flake.durations import parse_duration
 from deploy_flake.errors import UsageError
 from deploy_flake.models import Outcome, exit_code
 from deploy_flake.ssh import Remote, SshSettings
-from deploy_flake.target import parse_state
 
 
 @pytest.mark.parametrize(
@@ -78,9 +77,3 @@ def test_nix_sshopts_refuse_white_space() -> None:
     settings = SshSettings(control_dir=Path("/tmp/cm"), options=("ProxyCommand=nc %h 22",))
     with pytest.raises(UsageError):
         Remote(Destination.parse("web1"), settings).nix_sshopts()
-
-
-def test_agent_state_lines() -> None:
-    s = parse_state("@@deploy-flake-state rolled-back the activation did not finish within 5s")
-    assert s is not None and s.state == "rolled-back" and s.reason.startswith("the activation")
-    assert parse_state("fixture: hello") is None

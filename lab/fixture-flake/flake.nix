@@ -46,7 +46,33 @@
         # healthy, but its activation takes about 6 s (to interrupt it on purpose)
         slow-activation = mkSystem { hostName = "slow-activation"; activationExtra = "sleep 6"; };
 
+        # healthy; `switch-to-configuration boot` takes about 6 s (to interrupt the commit)
+        slow-boot = mkSystem { hostName = "slow-boot"; bootDelay = 6; };
+
         # --- failure variants ----------------------------------------------
+        # a service crashes right after starting and is restarted every 2 s, forever:
+        # it never enters "failed"
+        crash-loop = mkSystem { hostName = "crash-loop"; extraUnits = [ units.crashLoop ]; };
+        # activation makes sudo ask the deploy user for a password
+        break-sudo = mkSystem {
+          hostName = "break-sudo";
+          activationExtra = ''
+            printf 'deploy ALL=(ALL) PASSWD: ALL\n' > /etc/sudoers.d/fixture-break
+            chmod 0440 /etc/sudoers.d/fixture-break
+          '';
+        };
+        # a unit fails to start, and the system's sw/bin holds broken core tools: a
+        # rollback that used the tools of the system it leaves would fail
+        broken-tools = mkSystem {
+          hostName = "broken-tools";
+          extraUnits = [ units.failing ];
+          swExtra = ''
+            for t in systemctl timeout sleep cat readlink flock awk sort comm tr sed stat nix-env ln mv rm; do
+              printf '#!/bin/sh\necho "broken-tools: $0 must not be used" >&2\nexit 97\n' > "$out/bin/$t"
+              chmod 0555 "$out/bin/$t"
+            done
+          '';
+        };
         # `switch-to-configuration test` exits 4: a unit fails to start
         fail-activation = mkSystem { hostName = "fail-activation"; extraUnits = [ units.failing ]; };
         # <toplevel>/activate fails: exit 2

@@ -120,6 +120,21 @@ let
         WantedBy=multi-user.target
       '';
     };
+    crashLoop = mkUnit {
+      name = "fixture-crash-loop.service";
+      text = ''
+        [Unit]
+        Description=fixture unit that crashes right after starting, and is restarted forever
+        StartLimitIntervalSec=0
+        [Service]
+        Type=simple
+        Restart=always
+        RestartSec=2
+        ExecStart=/bin/sh -c 'sleep 0.5; echo "fixture-crash-loop: crashed" >&2; exit 1'
+        [Install]
+        WantedBy=multi-user.target
+      '';
+    };
     lockout = mkUnit {
       name = "fixture-lockout.service";
       text = ''
@@ -166,6 +181,8 @@ let
     , kernelVersion ? "6.1.0"
     , systemType ? system          # what <toplevel>/system says
     , failBoot ? false             # `switch-to-configuration boot` fails
+    , bootDelay ? 0                # seconds `switch-to-configuration boot` takes
+    , swExtra ? ""                 # shell appended to the build of sw/ ($out is sw)
     }:
     let
       app = mkApp appVersion;
@@ -192,16 +209,18 @@ let
         : > "$out/etc/NIXOS"
       '';
 
-      sw = runSh "system-path" { inherit nixosVersion; } ''
+      sw = runSh "system-path" { inherit nixosVersion swExtra; } ''
         mkdir -p "$out/bin"
         printf '#!/bin/sh\necho "%s"\n' "$nixosVersion" > "$out/bin/nixos-version"
         chmod 0555 "$out/bin/nixos-version"
+        eval "$swExtra"
       '';
 
       toplevel = runSh "nixos-system-${hostName}-${version}" {
         inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType;
         precheckEnabled = if precheck == null then "" else "1";
         failBoot = if failBoot then "1" else "";
+        bootDelay = toString bootDelay;
         inherit extraDeps;
         stc = builtins.readFile ./scripts/switch-to-configuration.sh;
         activateScript = builtins.readFile ./scripts/activate.sh;
@@ -219,7 +238,7 @@ let
         for d in $extraDeps; do echo "$d"; done > "$out/extra-dependencies"
 
         { echo '#!/bin/sh'; echo "systemConfig=$out"; printf '%s\n' "$activateScript"; printf '%s\n' "$activationExtra"; } > "$out/activate"
-        { echo '#!/bin/sh'; echo "out=$out"; echo "failBoot=$failBoot"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
+        { echo '#!/bin/sh'; echo "out=$out"; echo "failBoot=$failBoot"; echo "bootDelay=$bootDelay"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
         { echo '#!/bin/sh'; echo "echo 'fixture init: stage 2 is emulated by the lab image' >&2; exit 1"; } > "$out/init"
         chmod 0555 "$out/activate" "$out/bin/switch-to-configuration" "$out/init"
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from deploy_flake import nix, process, target
+from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
 from deploy_flake.destination import Destination, check_config_name
 from deploy_flake.errors import DeployError
 from deploy_flake.events import Events
@@ -15,16 +16,8 @@ from deploy_flake.models import DeployOptions, HostResult, Outcome, Stage
 from deploy_flake.nix import Flake
 from deploy_flake.process import ProcessTimeout
 from deploy_flake.ssh import Remote, SshSettings
-from deploy_flake.target import AgentState
 
 DEFAULT_PRE_ACTIVATE = "pre-activate-safety-checks"
-FINAL_STATES = {"activated", "rolled-back", "rollback-failed", "failed"}
-_STAGE_OF_STATE = {
-    "activating": Stage.ACTIVATE,
-    "checking": Stage.ACTIVATE,
-    "awaiting-confirmation": Stage.CONFIRM,
-    "committing": Stage.COMMIT,
-}
 
 
 @dataclass(frozen=True)
@@ -39,10 +32,6 @@ class Run:
     holder: str
 
 
-class AgentGone(DeployError):
-    """The agent's state is not on the host: its unit never ran, or the host rebooted."""
-
-
 class HostDeploy:
     def __init__(self, run: Run, dest: Destination, index: int) -> None:
         self.run = run
@@ -53,9 +42,9 @@ class HostDeploy:
         self.remote = Remote(dest, run.ssh)
         self.result = HostResult(destination=dest.raw, host=dest.host, config=dest.config)
         self.deploy_id = f"{run.run_id}-{index}"
-        self.started = False  # the agent's transaction is running on the host
+        self.agent: Agent | None = None  # the host's transaction, once it was asked for
         self.gc_root = f"/tmp/deploy-flake-{self.deploy_id}.system"
-        self.log_offset = 0  # bytes of the agent's log already shown
+        self.profile_link = ""  # the system profile's generation when we connected
 
     # ---------------------------------------------------------------- helpers
     def stage(self, stage: Stage) -> None:
@@ -72,7 +61,13 @@ class HostDeploy:
         self.run.events.line(self.label, text)
 
     # ---------------------------------------------------------------- pipeline
+    @property
+    def started(self) -> bool:
+        """The host's transaction was asked for: the host may be acting on it."""
+        return self.agent is not None and self.agent.started
+
     async def deploy(self) -> HostResult:
+        """The whole pipeline; never raises: whatever happens ends this host only."""
         t0 = time.monotonic()
         connected = False
         try:
@@ -81,16 +76,15 @@ class HostDeploy:
             connected = True
             await self._deploy_connected()
         except DeployError as e:
-            self.result.error = str(e)
-            if self.started:  # the agent decides; we could not find out what it decided
-                self.result.outcome = Outcome.UNKNOWN
+            self._ended_by(str(e))
         except asyncio.CancelledError:
-            self.result.error = "interrupted"
             if self.started:
                 await self._interrupted()
             else:
                 self.result.error = "interrupted before anything was changed"
                 self.result.outcome = Outcome.FAILED
+        except Exception as e:  # a bug or the deployer's own trouble (OSError): this host only
+            self._ended_by(f"internal error: {type(e).__name__}: {e}")
         finally:
             self.result.duration_s = time.monotonic() - t0
             if connected:
@@ -99,9 +93,22 @@ class HostDeploy:
         self.run.events.finished(self.label, self.result)
         return self.result
 
+    def _ended_by(self, error: str) -> None:
+        self.result.error = error
+        if self.started:  # the agent decides; we could not find out what it decided
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                f"{error}. Without a confirmation the host returns to its previous system by "
+                f"itself; check with `systemctl status deploy-flake-{self.deploy_id}`, "
+                f"`cat /run/deploy-flake/{self.deploy_id}/log` and `readlink /run/current-system`"
+            )
+        else:
+            self.result.outcome = Outcome.FAILED
+
     async def _disconnect(self) -> None:
-        """Drops the build's GC root (the profile holds the system if it was committed) and the connection."""
-        await process.run(self.remote.command(["rm", "-f", self.gc_root]), timeout=15)
+        """Drops the build's GC root unless the agent holds it now, and the connection."""
+        if not self.started:
+            await process.run(self.remote.command(["rm", "-f", self.gc_root]), timeout=15)
         await target.close_connection(self.remote)
 
     async def _deploy_connected(self) -> None:
@@ -115,6 +122,7 @@ class HostDeploy:
         )
         self.result.config = config
         self.result.previous_system = facts.current_system or None
+        self.profile_link = facts.profile_link
 
         self.stage(Stage.COPY)
         await self._copy()
@@ -216,155 +224,130 @@ class HostDeploy:
             )
 
     # ---------------------------------------------------------------- activation
-    async def _activate(self, toplevel: str) -> None:
+    def _settings(self, toplevel: str) -> Settings:
         t = self.t
-        await target.install_agent(self.remote)
-        mode = "test" if self.opts.test else "boot"
-        await target.start_transaction(
-            self.remote,
-            self.deploy_id,
-            toplevel,
-            mode,
-            activation_s=t.activation,
-            health_s=t.health,
-            settle_s=t.settle,
-            confirm_s=t.confirm,
-            boot_s=t.boot,
+        return Settings(
+            new_system=toplevel,
+            mode=Mode.TEST if self.opts.test else Mode.BOOT,
+            activation_s=_whole(t.activation),
+            health_s=_whole(t.health),
+            settle_s=_whole(t.settle, minimum=0),
+            confirm_s=_whole(t.confirm),
+            boot_s=_whole(t.boot),
             holder=self.run.holder,
             gc_root=self.gc_root,
         )
-        self.started = True
-        final = await self._follow()
-        self._conclude(final)
-        if final.state == "rolled-back":
-            await self._verify_after_rollback()
 
-    def _budget(self) -> float:
-        t = self.t
-        # activation, health twice, confirmation, commit, and a rollback's own activation and health
-        return 2 * t.activation + 3 * t.health + t.settle + t.confirm + t.boot + 120
+    async def _activate(self, toplevel: str) -> None:
+        agent = Agent(self.remote, self.deploy_id, self._settings(toplevel))
+        await agent.install()
+        self.agent = agent
+        status = await agent.start()
+        self._saw(status)
+        if not status.phase.final and status.phase is not Phase.NONE:
+            status = await self._follow(agent)
+            if status.phase is Phase.AWAITING_CONFIRMATION:
+                status = await self._confirm(agent)
+        await self._conclude(agent, status)
 
-    async def _follow(self) -> AgentState:
-        """Streams the agent's log until it reaches a final state; confirms when asked."""
-        deadline = time.monotonic() + self._budget()
-        confirm_tried = False
-        while True:
-            try:
-                state = await self._watch()
-            except AgentGone:
-                raise
-            except DeployError as e:
-                if time.monotonic() > deadline:
-                    raise DeployError(
-                        f"lost contact with {self.dest.host} during the activation ({e}). Without the "
-                        "confirmation the host returns to its previous system by itself; check with "
-                        f"`systemctl status deploy-flake-{self.deploy_id}` and `readlink /run/current-system`"
-                    ) from None
-                await self._reconnect()
-                continue
-            if state.state in _STAGE_OF_STATE:
-                self.stage(_STAGE_OF_STATE[state.state])
-            if state.state in FINAL_STATES:
-                return state
-            if state.state == "awaiting-confirmation" and not confirm_tried:
-                confirm_tried = True
-                confirmed = await self._confirm()
-                if confirmed is not None and confirmed.state in FINAL_STATES:
-                    # stream what is left of the log, then report
-                    with contextlib.suppress(DeployError):
-                        await self._watch(max_s=1)
-                    return confirmed
-            if time.monotonic() > deadline:
-                raise DeployError(
-                    f"the activation on {self.dest.host} did not finish within "
-                    f"{self._budget():.0f}s (state: {state.state})"
-                )
+    def _saw(self, status: Status) -> None:
+        """The agent's record of the system it returns to is the truth (ours may be stale)."""
+        if status.previous_system:
+            self.result.previous_system = status.previous_system
 
-    async def _reconnect(self) -> None:
-        """After a lost connection: wait a little, then open the shared connection again."""
-        await asyncio.sleep(2)
-        with contextlib.suppress(DeployError):
-            await target.open_connection(self.remote, self.t.connect)
+    def _on_phase(self, phase: Phase) -> None:
+        if phase.stage is not None:
+            self.stage(phase.stage)
 
-    async def _watch(self, max_s: int = 30) -> AgentState:
-        """Shows the agent's log from where the last watch stopped; returns the state it reached."""
-
-        start = self.log_offset
-
-        def show(text: str) -> None:
-            if text.startswith(target.STATE_MARK):
-                return
-            # what was shown stays shown, even if this watch is cut off or cancelled
-            self.log_offset += len(text.encode()) + 1
-            if text:
-                self.line(text)
-
-        try:
-            done = await process.run(
-                target.agent_command(self.remote, "watch", self.deploy_id, str(self.log_offset), str(max_s)),
-                timeout=max_s + 30,
-                on_stdout=show,
-            )
-        except ProcessTimeout:
-            raise DeployError("no answer from the host") from None
-        marker = done.stdout.rfind("\n" + target.STATE_MARK)
-        if done.returncode not in (0, 255) and marker < 0:
-            raise AgentGone(
-                f"the activation unit deploy-flake-{self.deploy_id} is gone: {done.last_lines(1)}"
-            )
-        if done.returncode != 0 or marker < 0:
-            raise DeployError(done.last_lines(1) or f"ssh exited with {done.returncode}")
-        tail = done.stdout[marker:]
-        state = target.parse_state(tail.strip().splitlines()[0])
-        assert state is not None
-        self.log_offset = start + done.stdout_size - len(tail.encode())
-        return state
-
-    async def _confirm(self) -> AgentState | None:
-        """Confirms over a brand-new SSH connection, retrying within the confirmation window."""
-        self.stage(Stage.CONFIRM)
-        window_end = time.monotonic() + self.t.confirm
-        last_error = ""
-        while time.monotonic() < window_end:
-            try:
-                done = await process.run(
-                    target.agent_command(self.remote, "confirm", self.deploy_id, fresh=True),
-                    timeout=self.t.boot + self.t.health + 60,
-                )
-            except ProcessTimeout:
-                return None
-            state = next((s for s in map(target.parse_state, done.stdout.splitlines()) if s), None)
-            if state is not None:
-                if state.state in FINAL_STATES:
-                    self.note("confirmed over a new SSH connection")
-                return state
-            last_error = done.last_lines(1) or f"ssh exited with {done.returncode}"
-            await asyncio.sleep(2)
-        self.note(
-            f"cannot log in to {self.dest.host} over a new SSH connection ({last_error}): "
-            "the host rolls back to its previous system by itself"
+    async def _follow(self, agent: Agent, *, until_final: bool = False) -> Status:
+        status = await agent.follow(
+            self.line,
+            self._on_phase,
+            until=(lambda p: p.final) if until_final else (lambda p: p is Phase.AWAITING_CONFIRMATION),
+            reconnect=self._reconnect,
         )
-        return None
+        self._saw(status)
+        return status
 
-    def _conclude(self, final: AgentState) -> None:
-        outcome = {
-            "activated": Outcome.ACTIVATED,
-            "rolled-back": Outcome.ROLLED_BACK,
-            "failed": Outcome.FAILED,
-        }.get(final.state, Outcome.UNKNOWN)
+    async def _confirm(self, agent: Agent) -> Status:
+        """Confirms over a brand-new SSH connection, then follows the commit to its end."""
+        self.stage(Stage.CONFIRM)
+        status, login_error = await agent.confirm()
+        if status is None:
+            self.note(
+                f"cannot log in to {self.dest.host} over a new SSH connection ({login_error}): "
+                "the host rolls back to its previous system by itself"
+            )
+        elif status.phase is Phase.ACTIVATED:
+            self.note("confirmed over a new SSH connection")
+        if status is None or not status.phase.final:
+            status = await self._follow(agent, until_final=True)
+        else:
+            # stream what is left of the log, then report
+            with contextlib.suppress(DeployError):
+                await agent.watch(1, self.line)
+        self._saw(status)
+        return status
+
+    async def _conclude(self, agent: Agent, status: Status) -> None:
+        if status.phase is Phase.NONE:
+            await self._transaction_vanished(agent)
+            return
+        outcome = status.phase.outcome or Outcome.UNKNOWN
         self.result.outcome = outcome
         if outcome is Outcome.ACTIVATED:
             self.stage(Stage.DONE)
             return
-        if final.state == "rollback-failed":
+        previous = status.previous_system or self.result.previous_system or "the previous system"
+        if status.phase is Phase.ROLLBACK_FAILED:
             self.result.error = (
-                f"{final.reason}. The host may be running a mix of both systems: log in and run "
-                f"`{self.result.previous_system}/bin/switch-to-configuration test`"
+                f"{status.reason}. The host may be running a mix of both systems: log in and run "
+                f"`{previous}/bin/switch-to-configuration test`, then `systemctl --failed`; "
+                f"the log is /run/deploy-flake/{self.deploy_id}/log"
+            )
+        elif status.phase is Phase.RESTORE_FAILED:
+            self.result.error = (
+                f"{status.reason}. Check `readlink /nix/var/nix/profiles/system` "
+                f"(it should name {self.profile_link or 'the generation from before the deploy'}) and "
+                f"`readlink -f /run/current-system` (it should be {previous}); "
+                f"the log is /run/deploy-flake/{self.deploy_id}/log"
             )
         elif outcome is Outcome.ROLLED_BACK:
-            self.result.error = f"rolled back: {final.reason}"
+            self.result.error = f"rolled back: {status.reason}"
+            await self._verify_after_rollback()
         else:
-            self.result.error = final.reason or "the activation failed"
+            self.result.error = status.reason or "the activation failed"
+
+    async def _transaction_vanished(self, agent: Agent) -> None:
+        """The host has no record of the transaction: it rebooted (its /run is gone), or the
+        unit never started. What the host runs now, seen over a new login, decides."""
+        facts = await target.host_facts(self.remote, fresh=True)
+        previous = self.result.previous_system or ""
+        new = agent.settings.new_system
+        if facts.current_system == previous and facts.profile_link == self.profile_link:
+            self.result.outcome = Outcome.ROLLED_BACK
+            self.result.error = (
+                "rolled back: the host lost the record of the deploy (did it reboot?) and runs its "
+                "previous system; the boot entry was not changed"
+            )
+        elif facts.current_system == new and facts.profile_link != self.profile_link:
+            self.result.outcome = Outcome.ACTIVATED
+            self.note(
+                "the host lost the record of the deploy (did it reboot?) but runs the new, committed system"
+            )
+            self.stage(Stage.DONE)
+        else:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                f"the host lost the record of the deploy (did it reboot?): it runs {facts.current_system}, "
+                f"its system profile is {facts.profile_link}; check `readlink -f /run/current-system` "
+                "and `systemctl --failed`"
+            )
+
+    async def _reconnect(self) -> None:
+        """After a lost connection: open the shared connection again."""
+        with contextlib.suppress(DeployError):
+            await target.open_connection(self.remote, self.t.connect)
 
     async def _verify_after_rollback(self) -> None:
         """A new login must work and the previous system must be running again."""
@@ -391,34 +374,33 @@ class HostDeploy:
         )
 
     async def _interrupted(self) -> None:
-        """Ctrl-C or SIGTERM after the transaction started: ask the host to roll back, and wait for it."""
+        """Ctrl-C or SIGTERM after the transaction was asked for: ask the host to roll back
+        (or never to start), and follow it to its end."""
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
+        agent = self.agent
+        assert agent is not None
         self.note("interrupted: asking the host to roll back")
         try:
-            for fresh in (False, True):
-                done = await process.run(
-                    target.agent_command(self.remote, "abort", self.deploy_id, fresh=fresh), timeout=15
-                )
-                if done.returncode != 255:
-                    break
-            deadline = time.monotonic() + self.t.activation + self.t.health + 30
-            while time.monotonic() < deadline:
-                try:
-                    state = await self._watch(max_s=10)
-                except DeployError:
-                    await self._reconnect()
-                    continue
-                if state.state in FINAL_STATES:
-                    self._conclude(state)
-                    if self.result.outcome is Outcome.ACTIVATED:
-                        self.note("the host had already committed the new system when interrupted")
-                    return
-            raise DeployError("no answer")
-        except (DeployError, ProcessTimeout, OSError):
+            status = await agent.abort()
+            if status is None or (not status.phase.final and status.phase is not Phase.NONE):
+                status = await self._follow(agent, until_final=True)
+            if status.phase is Phase.NONE:
+                status = Status(Phase.FAILED, reason="interrupted before the transaction started")
+            await self._conclude(agent, status)
+            if self.result.outcome is Outcome.ACTIVATED:
+                self.note("the host had already committed the new system when interrupted")
+            elif self.result.outcome is Outcome.FAILED:
+                self.result.error = f"interrupted: {status.reason or 'nothing was changed'}"
+        except (DeployError, ProcessTimeout, OSError) as e:
             self.result.outcome = Outcome.UNKNOWN
             self.result.error = (
-                f"interrupted; without confirmation {self.dest.host} returns to its previous "
-                f"system within {self.t.confirm:.0f}s of its activation by itself"
+                f"interrupted, and then {e}; without confirmation {self.dest.host} returns to its "
+                f"previous system by itself within {self.t.confirm:.0f}s of its activation"
             )
+
+
+def _whole(seconds: float, *, minimum: int = 1) -> int:
+    """The agent counts whole seconds; the command line refuses anything it cannot enforce."""
+    return max(minimum, int(-(-seconds // 1)))

@@ -17,6 +17,7 @@ class Stage(StrEnum):
     ACTIVATE = "activate"
     CONFIRM = "confirm"
     COMMIT = "commit"
+    ROLLBACK = "rollback"
     DONE = "done"
 
 

@@ -1,20 +1,16 @@
-"""One function per operation on a host's system: facts, health, checks, the agent."""
+"""One function per operation on a host's system: facts, health, checks."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
-from importlib import resources
 
 from deploy_flake import process
 from deploy_flake.errors import DeployError
 from deploy_flake.process import Completed, LineSink
 from deploy_flake.ssh import Remote
 
-AGENT_DIR = "/run/deploy-flake"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-STATE_MARK = "@@deploy-flake-state "
 
 # Facts about a host, read in one round trip. A fixed script: nothing from the
 # command line is ever put into it.
@@ -25,6 +21,7 @@ echo "machine=$(uname -m)"
 echo "current=$(readlink -f /run/current-system 2>/dev/null)"
 echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
 echo "nix=$(nix --version 2>/dev/null)"
+echo "profile=$(readlink /nix/var/nix/profiles/system 2>/dev/null)"
 """
 
 
@@ -36,6 +33,7 @@ class HostFacts:
     current_system: str
     booted_system: str
     nix_version: str
+    profile_link: str  # the generation the system profile points at (system-N-link)
 
 
 async def open_connection(remote: Remote, timeout: float) -> None:
@@ -65,11 +63,14 @@ async def run_checked(
     what: str,
     *,
     root: bool = False,
+    fresh: bool = False,
     timeout: float = 120,
     on_line: LineSink | None = None,
 ) -> Completed:
     try:
-        done = await process.run(remote.command(argv, root=root), timeout=timeout, on_stderr=on_line)
+        done = await process.run(
+            remote.command(argv, root=root, fresh=fresh), timeout=timeout, on_stderr=on_line
+        )
     except process.ProcessTimeout:
         raise DeployError(f"{what} did not finish within {timeout:.0f}s") from None
     if done.returncode == 255:
@@ -77,8 +78,11 @@ async def run_checked(
     return done
 
 
-async def host_facts(remote: Remote) -> HostFacts:
-    done = await run_checked(remote, ["sh", "-c", _FACTS_SCRIPT], "reading the host's facts", timeout=60)
+async def host_facts(remote: Remote, *, fresh: bool = False) -> HostFacts:
+    """fresh: over a new connection, not the shared one (which may have died with a reboot)."""
+    done = await run_checked(
+        remote, ["sh", "-c", _FACTS_SCRIPT], "reading the host's facts", fresh=fresh, timeout=60
+    )
     if not done.ok:
         raise DeployError(f"cannot read facts of {remote.dest.host}: {done.last_lines(2)}")
     kv = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
@@ -90,6 +94,7 @@ async def host_facts(remote: Remote) -> HostFacts:
         current_system=kv.get("current", ""),
         booted_system=kv.get("booted", ""),
         nix_version=kv.get("nix", ""),
+        profile_link=kv.get("profile", ""),
     )
 
 
@@ -207,89 +212,3 @@ async def run_pre_activate(
         timeout=timeout,
         on_line=on_line,
     )
-
-
-# ------------------------------------------------------------------ the agent
-def agent_script() -> bytes:
-    return (resources.files("deploy_flake") / "data" / "deploy-flake-agent.sh").read_bytes()
-
-
-def agent_path() -> str:
-    digest = hashlib.sha256(agent_script()).hexdigest()[:16]
-    return f"{AGENT_DIR}/agent-{digest}.sh"
-
-
-async def install_agent(remote: Remote) -> str:
-    path = agent_path()
-    script = 'umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1.tmp" && mv "$1.tmp" "$1"'
-    done = await process.run(
-        remote.command(["sh", "-c", script, "sh", path], root=True), stdin=agent_script(), timeout=60
-    )
-    if not done.ok:
-        raise DeployError(f"cannot install the deploy agent on {remote.dest.host}: {done.last_lines(2)}")
-    return path
-
-
-async def start_transaction(
-    remote: Remote,
-    deploy_id: str,
-    toplevel: str,
-    mode: str,
-    *,
-    activation_s: float,
-    health_s: float,
-    settle_s: float,
-    confirm_s: float,
-    boot_s: float,
-    holder: str,
-    gc_root: str,
-) -> None:
-    """Starts the agent's transaction in its own transient unit; returns at once.
-
-    gc_root: the build's result link, which the agent drops once the deploy ends.
-    """
-    argv = [
-        "systemd-run",
-        f"--unit=deploy-flake-{deploy_id}",
-        "--description=deploy-flake activation",
-        "--collect",
-        "--service-type=exec",
-        "--property=KillMode=control-group",
-        # if the transaction is killed before it ends, the host still rolls back
-        f"--property=ExecStopPost=/bin/sh {agent_path()} recover {deploy_id}",
-        f"--property=TimeoutStopSec={int(activation_s + health_s + 60)}",
-        f"--setenv=DEPLOY_FLAKE_GC_ROOT={gc_root}",
-        "--",
-        "/bin/sh",
-        agent_path(),
-        "run",
-        deploy_id,
-        toplevel,
-        mode,
-        str(int(activation_s)),
-        str(int(health_s)),
-        str(int(settle_s)),
-        str(int(confirm_s)),
-        str(int(boot_s)),
-        holder,
-    ]
-    done = await run_checked(remote, argv, "starting the activation", root=True, timeout=60)
-    if not done.ok:
-        raise DeployError(f"systemd-run failed on {remote.dest.host}: {done.last_lines(2)}")
-
-
-@dataclass(frozen=True)
-class AgentState:
-    state: str
-    reason: str
-
-
-def parse_state(line: str) -> AgentState | None:
-    if not line.startswith(STATE_MARK):
-        return None
-    state, _, reason = line[len(STATE_MARK) :].partition(" ")
-    return AgentState(state.strip(), reason.strip())
-
-
-def agent_command(remote: Remote, verb: str, deploy_id: str, *args: str, fresh: bool = False) -> list[str]:
-    return remote.command(["/bin/sh", agent_path(), verb, deploy_id, *args], root=True, fresh=fresh)

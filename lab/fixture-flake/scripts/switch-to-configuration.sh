@@ -1,4 +1,4 @@
-# Fixture switch-to-configuration ($out and $failBoot are set by the builder).
+# Fixture switch-to-configuration ($out, $failBoot and $bootDelay are set by the builder).
 # Imitates NixOS's: the verbs switch|boot|test|dry-activate, its messages on
 # stderr and its exit codes: 1 usage, lock busy or boot loader failure,
 # 2 activation script failed, 3 daemon-reload failed, 4 units failed.
@@ -36,8 +36,23 @@ mkdir -p "$STATE"
 export NIXOS_ACTION="$action"
 echo "$(date +%s) $action $out" >> "$STATE/history"
 
-# Like NixOS >= 23.05: one switch at a time. Children do not inherit the lock.
-exec 9>>"$STATE/switch-to-configuration.lock"
+# Lab fault injection: /run/fixture-faults/VERB holding "TOPLEVEL COUNT" makes
+# that system's VERB fail COUNT more times (a rollback or a boot entry restore
+# that fails, on demand).
+fault=/run/fixture-faults/$action
+if [ -f "$fault" ]; then
+  read -r fault_system fault_count < "$fault" || true
+  if [ "$fault_system" = "$out" ] && [ "${fault_count:-0}" -gt 0 ]; then
+    echo "$fault_system $((fault_count - 1))" > "$fault"
+    echo "fixture: injected failure of switch-to-configuration $action" >&2
+    exit 1
+  fi
+fi
+
+# Like NixOS (switch-to-configuration-ng): one switch at a time, under
+# /run/nixos/switch-to-configuration.lock. Children do not inherit the lock.
+mkdir -p /run/nixos
+exec 9>>/run/nixos/switch-to-configuration.lock
 if ! flock -n 9; then
   echo "Could not acquire lock" >&2
   exit 1
@@ -45,6 +60,7 @@ fi
 
 if [ "$action" = switch ] || [ "$action" = boot ]; then
   echo "updating fixture bootloader entries..." >&2
+  [ "${bootDelay:-0}" -gt 0 ] && sleep "$bootDelay"
   if [ -n "$failBoot" ]; then
     echo "fixture: cannot write $BOOT_DIR: No space left on device" >&2
     echo "Failed to install bootloader" >&2

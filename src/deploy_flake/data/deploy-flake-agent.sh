@@ -1,253 +1,506 @@
 #!/bin/sh
-# deploy-flake-agent: the target side of a deploy. Runs on the host as root,
+# deploy-flake-agent: the target side of a deploy. Runs on the host as root and
 # needs only POSIX sh, coreutils, util-linux (flock), systemd and nix.
+# Its deployer-side counterpart, with the same protocol, is deploy_flake/agent.py.
 #
 # The activation transaction runs inside a transient systemd unit, so nothing
 # that happens to the deployer or its SSH connection can interrupt it, and
 # every decision that protects the host is taken here:
-#   1. take the host's deploy lock; record the running system
+#   1. take the host's deploy lock; finish any earlier transaction that was
+#      killed before it ended; refuse while another switch is running
 #   2. switch-to-configuration test (bounded by the activation timeout)
-#   3. the system must become healthy and stay so for SETTLE_S: no unit newly failed
+#   3. the system must become healthy and stay so for SETTLE_S: no unit newly
+#      failed, none crash-looping (auto-restart, or its restart count rising)
 #   4. wait for the deployer's confirmation, which arrives over a brand-new
 #      SSH connection (proof that logins still work)
-#   5. only then: new system profile generation + switch-to-configuration boot
+#   5. only then, if the profile is still the one the deploy found: a new
+#      system profile generation and switch-to-configuration boot
 # Any failure, timeout, abort request or missing confirmation before step 5
-# re-activates the previous system: the boot entry is never touched before
-# the new system was confirmed working.
+# re-activates the previous system (retried once): the boot entry is never
+# touched before the new system was confirmed. If the unit itself is killed,
+# its ExecStopPost (`recover`) does the same. Tools always come from the
+# system that ran before the deploy, never from the one being tried.
 #
-# Usage:
-#   agent run ID NEW_SYSTEM MODE ACTIVATION_S HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER
-#       MODE: test (the whole transaction) or boot (profile + boot entry only)
-#   agent watch ID OFFSET [MAX_S]  print the log from byte OFFSET on, then
-#                                  "@@deploy-flake-state STATE" once the state
-#                                  needs the deployer or is final (or MAX_S passed)
-#   agent confirm ID               confirm; wait for the commit; print the final state
-#   agent abort ID                 roll back now (the deployer was interrupted)
-#   agent recover ID               the unit's ExecStopPost: if the transaction was
-#                                  killed before it ended, roll back (or put back)
-#   agent status ID                print the state
+# Usage (as root; ID is the deploy's id):
+#   agent start ID < SETTINGS  record the settings (KEY=VALUE lines: NEW MODE ACTIVATION_S
+#                              HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER GC_ROOT) and run
+#                              `agent run ID` in the transient unit deploy-flake-ID
+#   agent run ID               the transaction (the unit's main process)
+#   agent recover ID           the unit's ExecStopPost: finish a transaction that was killed
+#   agent finish ID            the same, by a newer transaction that holds the deploy lock
+#   agent watch ID OFFSET MAX_S  the log from byte OFFSET on, then the status, once the
+#                              transaction needs the deployer or ended (or MAX_S passed)
+#   agent confirm ID           confirm; wait (bounded) for the commit; print the status
+#   agent abort ID             roll back now, or never start (the deployer was interrupted)
+#   agent status ID            print the status
+# Every verb but run and recover ends with one status line:
+#   @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>REASON
+# PHASE: none pending starting activating checking awaiting-confirmation committing
+# rolling-back (in progress) or activated rolled-back failed rollback-failed
+# restore-failed (final).
 set -u
-PATH="$PATH:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+export LC_ALL=C
+PATH="${PATH:-/usr/bin:/bin}:/run/current-system/sw/bin:/usr/bin:/bin"
+
 BASE=/run/deploy-flake
 PROFILE=/nix/var/nix/profiles/system
+SWITCH_LOCK=/run/nixos/switch-to-configuration.lock
+OTHER_SWITCHES="nixos-upgrade.service nixos-rebuild-switch-to-configuration.service"
 KEEP_RUNS=20
+LOCK_WAIT_S=30   # agent.py LOCK_WAIT_S
+PROFILE_SET_S=120  # agent.py PROFILE_SET_S
+KILL_GRACE_S=10
 
 die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
-valid_id() { case $1 in *[!A-Za-z0-9_.-]* | '') die "bad deploy id '$1'" ;; esac; }
 
-cmd=${1:-}; [ $# -ge 2 ] || die "usage: agent run|watch|confirm|abort|status|recover ID ..."
-ID=$2; valid_id "$ID"
+cmd=${1:-}
+[ $# -ge 2 ] || die "usage: agent start|run|recover|watch|confirm|abort|status ID ..."
+ID=$2
+case $ID in '' | .* | *[!A-Za-z0-9_.-]*) die "bad deploy id '$ID'" ;; esac
 DIR=$BASE/$ID
+AGENT=$0
+case $AGENT in /*) ;; *) die "run the agent by its absolute path" ;; esac
 
-state_of() { cat "$DIR/state" 2>/dev/null || echo unknown; }
-print_state() { echo "@@deploy-flake-state ${1:-$(state_of)} $(head -n 1 "$DIR/reason" 2>/dev/null)"; }
-is_final() { case $1 in activated | rolled-back | rollback-failed | failed) return 0 ;; esac; return 1; }
+# Every tool from SYSTEM (the one that ran before the deploy), then NixOS's
+# wrappers and the base directories; never from a system being activated.
+use_tools_of() {
+  PATH="${1:+$1/sw/bin:}/run/wrappers/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  export PATH
+}
+PREV=""
+if [ -r "$DIR/previous" ]; then read -r PREV < "$DIR/previous" || :; fi
+use_tools_of "${PREV:-$(readlink -f /run/current-system 2>/dev/null)}"
 
-# ---------------------------------------------------------------- the transaction
-log() { echo "[deploy-flake] $*"; }
+# ---------------------------------------------------------------- state
+state_of() {
+  if [ -r "$DIR/state" ]; then cat "$DIR/state"
+  elif [ -d "$DIR" ]; then echo pending
+  else echo none
+  fi
+}
+is_final() { case $1 in activated | rolled-back | failed | rollback-failed | restore-failed) return 0 ;; esac; return 1; }
+
+print_status() {  # [PHASE]
+  st=${1:-$(state_of)}
+  prev=$(cat "$DIR/previous" 2>/dev/null)
+  new=$(param NEW)
+  reason=$(head -n 1 "$DIR/reason" 2>/dev/null | tr '\t' ' ')
+  printf '@@deploy-flake-state\t%s\t%s\t%s\t%s\n' "$st" "$prev" "$new" "$reason"
+}
+
+log() { echo "[deploy-flake] $*" >> "$DIR/log"; }
+set_reason() { printf '%s\n' "$*" > "$DIR/reason"; }
 set_state() {
-  printf '%s\n' "$1" > "$DIR/state.tmp" && mv "$DIR/state.tmp" "$DIR/state"; log "state: $1"
+  printf '%s\n' "$1" > "$DIR/state.tmp" && mv -f "$DIR/state.tmp" "$DIR/state"
+  log "state: $1"
   if is_final "$1"; then drop_gc_root; fi
 }
 
 # The deployer's build result link kept the new system from garbage collection
-# until now; the profile holds it if it was committed.
+# until the transaction ended; the profile holds it if it was committed, and
+# the new generation's link is kept if the boot entry may still name it.
 drop_gc_root() {
-  case ${DEPLOY_FLAKE_GC_ROOT:-} in
-    /tmp/deploy-flake-*.system) [ -L "$DEPLOY_FLAKE_GC_ROOT" ] && rm -f "$DEPLOY_FLAKE_GC_ROOT" ;;
+  gc=$(param GC_ROOT)
+  case $gc in
+    /tmp/deploy-flake-*.system) [ -L "$gc" ] && rm -f "$gc" ;;
   esac
   return 0
 }
-set_reason() { printf '%s\n' "$*" > "$DIR/reason"; }
 
-failed_units() {  # names of failed units, one per line
-  systemctl list-units --failed --plain --no-legend --no-pager 8>&- 2>/dev/null | awk '{print $1}' | sort
+# ---------------------------------------------------------------- settings
+param() { sed -n "s/^$1=//p" "$DIR/settings" 2>/dev/null | head -n 1; }
+load_settings() {
+  NEW=$(param NEW) MODE=$(param MODE) ACT_S=$(param ACTIVATION_S) HEALTH_S=$(param HEALTH_S)
+  SETTLE_S=$(param SETTLE_S) CONFIRM_S=$(param CONFIRM_S) BOOT_S=$(param BOOT_S) HOLDER=$(param HOLDER)
 }
-
-# Healthy: the system settles as "running" within the bound, or only units
-# that had failed before the deploy are failed. Prints what is wrong.
-health_problem() {  # TIMEOUT_S
-  st=$(timeout "$1" systemctl is-system-running --wait 8>&- 2>/dev/null)
-  [ "$st" = running ] && return 1
-  new=$(failed_units | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
-  if [ -n "$new" ]; then echo "units failed: ${new% }"; return 0; fi
-  case $st in
-    degraded) return 1 ;;  # only units that were already failed before the deploy
-    starting | initializing | "") echo "the system did not finish starting within ${1}s (state: ${st:-no answer})"; return 0 ;;
-    *) echo "the system is $st"; return 0 ;;
+is_uint() { case $1 in '' | *[!0-9]*) return 1 ;; esac; return 0; }
+settings_problem() {  # prints what is wrong with the settings; false when nothing is
+  [ -r "$DIR/settings" ] || { echo "no settings for deploy $ID"; return 0; }
+  case $NEW in
+    /nix/store/?*) case $NEW in *[!A-Za-z0-9/+._?=-]* | */../* | */..) echo "NEW is not a store path: '$NEW'"; return 0 ;; esac ;;
+    *) echo "NEW is not a store path: '$NEW'"; return 0 ;;
   esac
+  case $MODE in test | boot) ;; *) echo "MODE must be test or boot, not '$MODE'"; return 0 ;; esac
+  for kv in "ACTIVATION_S=$ACT_S" "HEALTH_S=$HEALTH_S" "CONFIRM_S=$CONFIRM_S" "BOOT_S=$BOOT_S"; do
+    v=${kv#*=}
+    if ! is_uint "$v" || [ "$v" -lt 1 ]; then
+      echo "${kv%%=*} must be a whole number of seconds, at least 1 (not '$v'): a zero limit would be no limit"; return 0
+    fi
+  done
+  is_uint "$SETTLE_S" || { echo "SETTLE_S must be a whole number of seconds (not '$SETTLE_S')"; return 0; }
+  case $(param GC_ROOT) in '' | /tmp/deploy-flake-*.system) ;; *) echo "GC_ROOT is not a deploy-flake result link"; return 0 ;; esac
+  return 1
+}
+# The longest recovery of a killed transaction: the unit's stop timeout must cover it.
+recovery_s() { echo $((LOCK_WAIT_S + PROFILE_SET_S + BOOT_S + KILL_GRACE_S + 2 * (ACT_S + KILL_GRACE_S + HEALTH_S) + 60)); }
+
+# ---------------------------------------------------------------- health
+# One poll loop for every wait: CMD runs every 0.2 s until it succeeds (0) or MAX_S passed (1).
+tick() { read -r UP _ < /proc/uptime; UP=${UP%.*}${UP#*.}; UP=${UP#"${UP%%[!0]*}"}; UP=${UP:-0}; }  # centiseconds
+poll() {  # MAX_S CMD...
+  poll_max=$1; shift; tick; poll_end=$((UP + poll_max * 100))
+  while :; do
+    "$@" && return 0
+    tick; [ "$UP" -lt "$poll_end" ] || return 1
+    sleep 0.2
+  done
 }
 
-activate() {  # SYSTEM TIMEOUT_S: switch-to-configuration test, bounded; prints nothing, returns its exit code
-  timeout -k 10 "$2" "$1/bin/switch-to-configuration" test 8>&-
+failed_units() { systemctl list-units --failed --all --plain --no-legend --no-pager 8>&- 2>/dev/null | awk '{print $1}' | sort -u; }
+crashing_units() {  # units waiting to be restarted after a crash
+  systemctl list-units --all --plain --no-legend --no-pager --state=auto-restart 8>&- 2>/dev/null | awk '{print $1}' | sort -u
+}
+restart_counts() {  # "UNIT NRESTARTS" for every loaded service
+  systemctl show -p Id -p NRestarts '*.service' 8>&- 2>/dev/null | awk -F= '
+    $1 == "Id" { id = $2 } $1 == "NRestarts" { n = $2 }
+    /^$/ { if (id != "") print id, n + 0; id = ""; n = 0 }
+    END { if (id != "") print id, n + 0 }' | sort
+}
+snapshot_units() {  # what was already wrong before the deploy does not count against it
+  failed_units > "$DIR/failed-before"
+  crashing_units > "$DIR/crashing-before"
+  restart_counts > "$DIR/restarts-before"
+}
+# What is wrong with the units since the deploy began; false when nothing is.
+# With "counts", a service whose restart count rose since the snapshot counts too.
+unit_problems() {  # [counts]
+  failed=$(failed_units | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
+  looping=$({
+    crashing_units
+    if [ "${1:-}" = counts ]; then
+      restart_counts | awk 'NR == FNR { b[$1] = $2; next } $2 > (($1 in b) ? b[$1] : 0) { print $1 }' "$DIR/restarts-before" -
+    fi
+  } | sort -u | comm -13 "$DIR/crashing-before" - | tr '\n' ' ')
+  [ -n "$failed$looping" ] || return 1
+  msg=${failed:+units failed: ${failed% }}
+  [ -n "$looping" ] && msg="${msg:+$msg; }units keep crashing and restarting: ${looping% }"
+  echo "$msg"
+}
+# Healthy: the system settles within TIMEOUT_S and no unit failed or crash-loops
+# since the deploy began. Prints what is wrong; false when healthy.
+health_problem() {  # TIMEOUT_S [counts]
+  st=$(timeout -k 5 "$1" systemctl is-system-running --wait 8>&- 2>/dev/null)
+  if unit_problems "${2:-}"; then return 0; fi
+  case $st in
+    running | degraded) return 1 ;;  # degraded: only units that had failed before the deploy
+    starting | initializing | "") echo "the system did not finish starting within ${1}s (state: ${st:-no answer})" ;;
+    *) echo "the system is $st" ;;
+  esac
+  return 0
 }
 
+other_switch() {  # prints what else is switching this host's system; false when nothing is
+  for u in $OTHER_SWITCHES; do
+    s=$(systemctl show -p ActiveState --value "$u" 8>&- 2>/dev/null)
+    case $s in active | activating | reloading | deactivating) echo "$u is $s"; return 0 ;; esac
+  done
+  if [ -e "$SWITCH_LOCK" ] && ! flock -n "$SWITCH_LOCK" true 8>&-; then
+    echo "another switch-to-configuration holds $SWITCH_LOCK"; return 0
+  fi
+  return 1
+}
+
+# ---------------------------------------------------------------- transaction steps
+activate() {  # SYSTEM: switch-to-configuration test, bounded; returns its exit code
+  timeout -k "$KILL_GRACE_S" "$ACT_S" "$1/bin/switch-to-configuration" test 8>&-
+}
+
+# Back to the previous system, retried once; exits with the final state.
 rollback() {  # REASON
   set_reason "$1"
   set_state rolling-back
-  log "rolling back to $PREV: $1"
-  activate "$PREV" "$ACT_S"; rc=$?
-  if [ "$rc" -ne 0 ]; then
-    printf '%s\n' "$1; re-activating the previous system failed too (exit $rc)" > "$DIR/reason"
-    set_state rollback-failed; exit 1
-  fi
-  if problem=$(health_problem "$HEALTH_S"); then
-    printf '%s\n' "$1; after the rollback the system is still not healthy: $problem" > "$DIR/reason"
-    set_state rollback-failed; exit 1
-  fi
+  attempt=1
+  while :; do
+    log "rolling back to $PREV (attempt $attempt): $1"
+    activate "$PREV"; rc=$?
+    if [ "$rc" -ne 0 ]; then
+      why="re-activating the previous system failed (exit $rc)"
+    elif why=$(health_problem "$HEALTH_S"); then
+      why="after the rollback the system is not healthy: $why"
+    else
+      break
+    fi
+    log "$why"
+    if [ "$attempt" -ge 2 ]; then
+      set_reason "$1; $why, twice"
+      set_state rollback-failed; exit 1
+    fi
+    attempt=2
+  done
   log "back on $PREV and healthy"
+  if [ -n "${RESTORE_PROBLEM:-}" ]; then
+    set_reason "$1; $RESTORE_PROBLEM"; set_state restore-failed; exit 1
+  fi
   set_state rolled-back; exit 1
 }
 
-fail_unchanged() {  # REASON: nothing was changed
-  set_reason "$1"; log "$1"; set_state failed; exit 1
-}
-
-settle() {  # the system must stay healthy for SETTLE_S: units that crash soon after starting count
-  i=0
-  while [ "$i" -lt "$((SETTLE_S * 5))" ]; do
-    [ -e "$DIR/abort" ] && rollback "the deploy was interrupted before it was confirmed"
-    new=$(failed_units | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
-    [ -n "$new" ] && rollback "within ${SETTLE_S}s of the activation units failed: ${new% }"
-    sleep 0.2; i=$((i + 1))
-  done
-}
-
-wait_confirmation() {  # returns 0 when confirmed; rolls back otherwise
-  i=0
-  while [ "$i" -lt "$((CONFIRM_S * 5))" ]; do
-    [ -e "$DIR/abort" ] && rollback "the deploy was interrupted before it was confirmed"
-    [ -e "$DIR/confirm" ] && return 0
-    sleep 0.2; i=$((i + 1))
-  done
-  rollback "no confirmation over a new SSH connection within ${CONFIRM_S}s (did the new configuration break SSH access?)"
-}
-
-restore_profile() {  # OLD_GENERATION BOOT_S: the profile and boot entry as they were
-  new_gen=$(readlink "$PROFILE" 2>/dev/null || true)
-  [ -n "$1" ] && [ "$new_gen" != "$1" ] || return 0
-  ln -sfn "$1" "$PROFILE.tmp" && mv -T "$PROFILE.tmp" "$PROFILE"
-  rm -f "${PROFILE%/*}/$new_gen"
-  timeout -k 10 "$2" "$PROFILE/bin/switch-to-configuration" boot 8>&- \
-    || log "warning: restoring the previous boot entry failed too"
-}
-
-commit() {  # profile generation + boot entry, undone if the boot step fails
-  set_state committing
-  old_gen=$(readlink "$PROFILE" 2>/dev/null || true)
-  printf '%s\n' "$old_gen" > "$DIR/old-generation"
-  if ! nix-env -p "$PROFILE" --set "$NEW" 8>&-; then
-    [ "$MODE" = test ] && rollback "could not add the new generation to $PROFILE"
-    fail_unchanged "could not add the new generation to $PROFILE"
+# Nothing changed on the running system: failed (or restore-failed, if the
+# profile or boot entry could not be put back).
+conclude_unchanged() {  # REASON
+  log "$1"
+  if [ -n "${RESTORE_PROBLEM:-}" ]; then
+    set_reason "$1; $RESTORE_PROBLEM"; set_state restore-failed; exit 1
   fi
-  if ! timeout -k 10 "$BOOT_S" "$NEW/bin/switch-to-configuration" boot 8>&-; then
-    log "the boot step failed: putting the system profile back"
-    restore_profile "$old_gen" "$BOOT_S"
-    [ "$MODE" = test ] && rollback "switch-to-configuration boot failed; the profile and boot entry were put back"
-    fail_unchanged "switch-to-configuration boot failed; the profile and boot entry were put back"
+  set_reason "$1"; set_state failed; exit 1
+}
+
+aborted() { [ -e "$DIR/abort" ]; }
+settle_problem() {  # the settle window's check: interrupted, or units failing since the deploy
+  if aborted; then PROBLEM="the deploy was interrupted before it was confirmed"; return 0; fi
+  if PROBLEM=$(unit_problems counts); then PROBLEM="within ${SETTLE_S}s of the activation $PROBLEM"; return 0; fi
+  return 1
+}
+confirmed_or_aborted() { [ -e "$DIR/confirm" ] || aborted; }
+
+profile_generation() { readlink "$PROFILE" 2>/dev/null || true; }
+
+# The profile and the boot entry as the deploy found them. The new
+# generation's link goes last: until the old boot entry is written again, the
+# boot loader may still name the new system, and that link keeps it alive.
+restore_profile() {
+  old=$(cat "$DIR/old-generation" 2>/dev/null)
+  now=$(profile_generation)
+  new=$(cat "$DIR/new-generation" 2>/dev/null)
+  [ -n "$new" ] || new=$now
+  if [ -z "$old" ]; then
+    RESTORE_PROBLEM="there was no system profile before the deploy to put back; check $PROFILE"
+    return 1
+  fi
+  if [ "$now" != "$old" ]; then
+    if ! { ln -sfn "$old" "$PROFILE.tmp" && mv -fT "$PROFILE.tmp" "$PROFILE"; }; then
+      RESTORE_PROBLEM="putting $PROFILE back to $old failed; check \`readlink $PROFILE\`"
+      return 1
+    fi
+  fi
+  if ! timeout -k "$KILL_GRACE_S" "$BOOT_S" "$PROFILE/bin/switch-to-configuration" boot 8>&-; then
+    RESTORE_PROBLEM="writing the previous boot entry again failed: the boot loader may still default to $NEW; run \`$PROFILE/bin/switch-to-configuration boot\` on the host"
+    return 1
+  fi
+  if [ -n "$new" ] && [ "$new" != "$old" ]; then rm -f "${PROFILE%/*}/$new"; fi
+  log "the system profile and the boot entry are back on $old"
+  return 0
+}
+
+changed_profile() {  # the profile as someone else left it
+  g=$(profile_generation)
+  when=$(stat -c %y "$PROFILE" 2>/dev/null | cut -d. -f1)
+  echo "it is now $g -> $(readlink -f "$PROFILE" 2>/dev/null), changed at ${when:-an unknown time}; $(other_switch || echo "no other switch is running now")"
+}
+
+commit() {  # profile generation + boot entry, undone if either step fails
+  set_state committing
+  if [ "$(profile_generation)" != "$(cat "$DIR/old-generation" 2>/dev/null)" ]; then
+    why="the system profile was changed by someone else during the deploy ($(changed_profile))"
+    [ "$MODE" = test ] && rollback "$why"
+    conclude_unchanged "$why"
+  fi
+  if [ "$MODE" = test ] && [ "$(readlink -f /run/current-system)" != "$NEW" ]; then
+    rollback "another switch replaced the running system during the deploy (it runs $(readlink -f /run/current-system))"
+  fi
+  if ! timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --set "$NEW" 8>&-; then
+    why="could not add the new generation to $PROFILE"
+    [ "$(profile_generation)" = "$(cat "$DIR/old-generation")" ] || restore_profile
+    [ "$MODE" = test ] && rollback "$why"
+    conclude_unchanged "$why"
+  fi
+  profile_generation > "$DIR/new-generation"
+  if ! timeout -k "$KILL_GRACE_S" "$BOOT_S" "$NEW/bin/switch-to-configuration" boot 8>&-; then
+    log "the boot step failed: putting the system profile and the boot entry back"
+    why="switch-to-configuration boot failed; the profile and boot entry were put back"
+    restore_profile || why="switch-to-configuration boot failed"
+    [ "$MODE" = test ] && rollback "$why"
+    conclude_unchanged "$why"
   fi
   set_state activated
 }
 
+# Transactions that never reached a final state (their unit was killed, and
+# this deploy took the lock before their own recovery could): finish them
+# first, or this deploy would take their unconfirmed system for "previous".
+finish_earlier() {
+  for d in "$BASE"/*/; do
+    d=${d%/}
+    if [ "$d" = "$DIR" ] || [ ! -f "$d/state" ]; then continue; fi
+    st=$(cat "$d/state")
+    is_final "$st" && continue
+    log "finishing the earlier deploy ${d##*/}, left in state $st"
+    /bin/sh "$AGENT" finish "${d##*/}" >> "$d/log" 2>&1  # inherits the lock (fd 8)
+    log "the earlier deploy ${d##*/} is now $(cat "$d/state" 2>/dev/null)"
+  done
+}
+
+forget_old_runs() {  # keep the last few finished transactions; never a live one
+  # shellcheck disable=SC2012  # deploy ids have no odd characters
+  ls -1dt "$BASE"/*/ 2>/dev/null | while read -r d; do
+    d=${d%/}
+    [ "$d" != "$DIR" ] && is_final "$(cat "$d/state" 2>/dev/null)" && echo "$d"
+  done | tail -n +$((KEEP_RUNS + 1)) | while read -r d; do rm -rf "$d"; done
+}
+
 run() {
-  [ $# -eq 9 ] || die "usage: agent run ID NEW MODE ACTIVATION_S HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER"
-  NEW=$2 MODE=$3 ACT_S=$4 HEALTH_S=$5 SETTLE_S=$6 CONFIRM_S=$7 BOOT_S=$8 HOLDER=$9
-  mkdir -p "$DIR"
+  [ -d "$DIR" ] || die "no deploy $ID on this host"
   exec >>"$DIR/log" 2>&1
+  is_final "$(state_of)" && exit 0  # settled before it ran (the deploy was interrupted)
+  load_settings
+  if problem=$(settings_problem); then conclude_unchanged "$problem"; fi
   set_state starting
   exec 8>>"$BASE/lock"
   if ! flock -n 8; then
-    fail_unchanged "another deploy is in progress on this host: $(cat "$BASE/holder" 2>/dev/null || echo unknown)"
+    conclude_unchanged "another deploy is in progress on this host: $(cat "$BASE/holder" 2>/dev/null || echo unknown)"
   fi
+  aborted && conclude_unchanged "the deploy was interrupted before anything was changed"
   printf '%s (deploy %s, since %s)\n' "$HOLDER" "$ID" "$(date -u +%FT%TZ)" > "$BASE/holder"
-  # keep the state of the last few deploys only
-  # shellcheck disable=SC2012  # run ids have no odd characters
-  ls -1dt "$BASE"/*/ 2>/dev/null | tail -n +$((KEEP_RUNS + 1)) | while read -r d; do rm -rf "$d"; done
+  finish_earlier
+  forget_old_runs
 
   PREV=$(readlink -f /run/current-system 2>/dev/null || true)
-  [ -x "$NEW/bin/switch-to-configuration" ] || fail_unchanged "$NEW has no bin/switch-to-configuration"
+  use_tools_of "$PREV"
   printf '%s\n' "$PREV" > "$DIR/previous"
-  printf '%s %s %s %s\n' "$NEW" "$MODE" "$ACT_S" "$HEALTH_S" > "$DIR/params"
-  failed_units > "$DIR/failed-before"
+  profile_generation > "$DIR/old-generation"
+  [ -x "$NEW/bin/switch-to-configuration" ] || conclude_unchanged "$NEW has no bin/switch-to-configuration"
+  if busy=$(other_switch); then conclude_unchanged "another switch is in progress on this host: $busy"; fi
+  snapshot_units
 
-  if [ "$MODE" = boot ]; then
-    commit; exit 0
-  fi
+  if [ "$MODE" = boot ]; then commit; exit 0; fi
   if [ -z "$PREV" ] || [ ! -x "$PREV/bin/switch-to-configuration" ]; then
-    fail_unchanged "no previous system (/run/current-system) to return to; deploy with --test=skip and reboot"
+    conclude_unchanged "no previous system (/run/current-system) to return to; deploy with --test=skip and reboot"
   fi
 
   set_state activating
   log "activating $NEW (previous: $PREV)"
-  activate "$NEW" "$ACT_S"; rc=$?
+  activate "$NEW"; rc=$?
   case $rc in
     0) ;;
     124 | 137) rollback "the activation did not finish within ${ACT_S}s and was stopped" ;;
-    *) rollback "switch-to-configuration test failed (exit $rc)$(units=$(failed_units | comm -13 "$DIR/failed-before" - | tr '\n' ' '); [ -n "$units" ] && echo "; units failed: ${units% }")" ;;
+    *) rollback "switch-to-configuration test failed (exit $rc)$(p=$(unit_problems counts) && echo "; $p")" ;;
   esac
   set_state checking
-  if problem=$(health_problem "$HEALTH_S"); then rollback "after the activation $problem"; fi
-  settle
+  if problem=$(health_problem "$HEALTH_S" counts); then rollback "after the activation $problem"; fi
+  if poll "$SETTLE_S" settle_problem; then rollback "$PROBLEM"; fi
   set_state awaiting-confirmation
-  wait_confirmation
-  if problem=$(health_problem "$HEALTH_S"); then rollback "while waiting for confirmation $problem"; fi
+  poll "$CONFIRM_S" confirmed_or_aborted
+  aborted && rollback "the deploy was interrupted before it was confirmed"
+  [ -e "$DIR/confirm" ] || rollback "no confirmation over a new SSH connection within ${CONFIRM_S}s (did the new configuration break SSH access?)"
+  if problem=$(health_problem "$HEALTH_S" counts); then rollback "while waiting for confirmation $problem"; fi
   commit
 }
 
 # The unit stopped (killed, OOM, systemctl stop) before the transaction ended:
 # nothing may be left half-done. Runs as the unit's ExecStopPost.
 recover() {
-  st=$(state_of)
-  is_final "$st" && exit 0
+  [ -d "$DIR" ] || exit 0
+  is_final "$(state_of)" && exit 0
   exec >>"$DIR/log" 2>&1
   exec 8>>"$BASE/lock"
-  flock -w 30 8 || { log "recover: the deploy lock is held by someone else; not touching the system"; exit 1; }
-  # shellcheck disable=SC2034  # MODE is part of the saved parameters
-  read -r NEW MODE ACT_S HEALTH_S < "$DIR/params" 2>/dev/null || { set_reason "the activation unit stopped before it began"; set_state failed; exit 1; }
-  PREV=$(cat "$DIR/previous")
+  if ! flock -w "$LOCK_WAIT_S" 8; then
+    log "recover: the deploy lock is still held by $(cat "$BASE/holder" 2>/dev/null); the next deploy finishes this one"
+    exit 1
+  fi
+  is_final "$(state_of)" && exit 0  # a newer deploy finished it meanwhile
+  recover_locked
+}
+
+recover_locked() {  # with the deploy lock held, for the transaction in $DIR
+  st=$(state_of)
+  load_settings
+  PREV=$(cat "$DIR/previous" 2>/dev/null)
+  use_tools_of "$PREV"
   log "the activation unit stopped in state $st: recovering"
   case $st in
-    starting) set_reason "the activation unit stopped before it began"; set_state failed; exit 1 ;;
-    committing) restore_profile "$(cat "$DIR/old-generation" 2>/dev/null)" "$ACT_S" ;;
+    pending | starting)
+      set_reason "the activation unit stopped before anything was changed"; set_state failed; exit 1 ;;
+    committing)
+      restore_profile ;;
   esac
-  if [ "$MODE" = boot ]; then set_reason "the activation unit was stopped while writing the boot entry; it was put back"; set_state failed; exit 1; fi
+  if [ "$MODE" = boot ]; then
+    conclude_unchanged "the activation unit was stopped while writing the boot entry; it was put back"
+  fi
   rollback "the activation unit was stopped before the deploy was confirmed (state $st)"
 }
 
-# ---------------------------------------------------------------- deployer-facing commands
-watch() {  # OFFSET [MAX_S]
-  off=$1 max=${2:-30} i=0
+# ---------------------------------------------------------------- deployer-facing verbs
+start() {
+  umask 077
+  mkdir -p "$DIR" || die "cannot create $DIR"
+  exec 7>>"$DIR/start.lock"
+  flock 7
+  [ -e "$DIR/settings" ] && die "deploy $ID was started already"
+  if ! { cat > "$DIR/settings.tmp" && mv -f "$DIR/settings.tmp" "$DIR/settings"; }; then
+    die "cannot write the settings of deploy $ID"
+  fi
+  load_settings
+  if problem=$(settings_problem); then
+    set_reason "$problem"; set_state failed; print_status; exit 0
+  fi
+  if aborted; then
+    set_reason "interrupted before the activation unit started; nothing was changed"; set_state failed
+    print_status; exit 0
+  fi
+  # Nothing from the deployer is in this command line but the (checked) id: systemd
+  # would expand '$' in it. The settings travel in $DIR/settings.
+  if ! out=$(systemd-run --unit="deploy-flake-$ID" --description="deploy-flake activation $ID" \
+      --collect --service-type=exec --property=KillMode=control-group \
+      --property="ExecStopPost=/bin/sh $AGENT recover $ID" \
+      --property="TimeoutStopSec=$(recovery_s)" \
+      -- /bin/sh "$AGENT" run "$ID" 2>&1); then
+    if [ ! -e "$DIR/state" ]; then
+      set_reason "systemd-run failed: $(echo "$out" | tail -n 1)"; set_state failed
+    fi
+  fi
+  print_status
+}
+
+watch() {  # OFFSET MAX_S
+  off=$1
+  if ! is_uint "$off" || ! is_uint "$2"; then die "watch: OFFSET and MAX_S are numbers"; fi
+  tick; watch_end=$((UP + $2 * 100))
   while :; do
-    st=$(state_of)          # read the state before the log: what led to it is printed first
+    st=$(state_of)  # read the state before the log: what led to it is printed first
     size=$(stat -c %s "$DIR/log" 2>/dev/null || echo 0)
     if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; off=$size; fi
-    case $st in
-      awaiting-confirmation | activated | rolled-back | rollback-failed | failed) break ;;
-    esac
-    [ "$i" -ge "$((max * 5))" ] && break
-    sleep 0.2; i=$((i + 1))
+    case $st in none | awaiting-confirmation) break ;; esac
+    is_final "$st" && break
+    tick; [ "$UP" -lt "$watch_end" ] || break
+    sleep 0.2
   done
-  echo; print_state "$st"  # the state read before the last of the log was printed
+  echo
+  print_status "$st"  # the state read before the last of the log was printed
 }
 
 confirm() {
-  st=$(state_of)
-  if [ "$st" != awaiting-confirmation ]; then print_state; exit 1; fi
-  : > "$DIR/confirm"
-  while ! is_final "$(state_of)"; do sleep 0.2; done
-  print_state
+  if [ "$(state_of)" = awaiting-confirmation ]; then
+    : > "$DIR/confirm"
+    load_settings
+    # the commit (or, after a confirmation that came too late, the rollback) ends within this
+    final_now() { is_final "$(state_of)"; }
+    poll $((PROFILE_SET_S + BOOT_S + KILL_GRACE_S + HEALTH_S + 2 * (ACT_S + KILL_GRACE_S + HEALTH_S) + PROFILE_SET_S + BOOT_S + 60)) final_now || :
+  fi
+  print_status
+}
+
+abort() {
+  [ -d "$BASE" ] || { print_status; exit 0; }
+  mkdir -p "$DIR" && : > "$DIR/abort"
+  # A start in progress finishes first; a transaction that was asked for but
+  # whose unit never ran is settled here, so that nobody waits for it.
+  exec 7>>"$DIR/start.lock"
+  flock -w "$LOCK_WAIT_S" 7 || :
+  if [ ! -e "$DIR/state" ] && [ "$(systemctl show -p LoadState --value "deploy-flake-$ID.service" 2>/dev/null)" != loaded ]; then
+    set_reason "interrupted before the activation unit started; nothing was changed"; set_state failed
+  fi
+  print_status
 }
 
 case $cmd in
-  run) shift 2; run "$ID" "$@" ;;
-  watch)
-    # right after systemd-run returns, a slow host may not have run the agent's first line yet
-    i=0; while [ ! -d "$DIR" ] && [ "$i" -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
-    [ -d "$DIR" ] || die "no deploy $ID on this host"
-    watch "${3:-0}" "${4:-30}" ;;
-  confirm) [ -d "$DIR" ] || die "no deploy $ID on this host"; confirm ;;
-  abort) [ -d "$DIR" ] || die "no deploy $ID on this host"; : > "$DIR/abort"; print_state ;;
-  status) print_state ;;
-  recover) [ -d "$DIR" ] || exit 0; recover ;;
+  start) start ;;
+  run) run ;;
+  recover) recover ;;
+  finish)
+    flock -n 8 2>/dev/null || die "finish: only for a transaction that holds the deploy lock"
+    recover_locked ;;  # internal: a newer transaction, holding the lock, finishes this one
+  watch) watch "${3:-0}" "${4:-30}" ;;
+  confirm) confirm ;;
+  abort) abort ;;
+  status) print_status ;;
   *) die "unknown command '$cmd'" ;;
 esac

@@ -1,0 +1,414 @@
+"""The deployer's side of the host agent: its protocol, in one module.
+
+The agent (data/deploy-flake-agent.sh) runs the activation transaction on the
+host in a transient systemd unit and takes every decision that protects the
+host there. This module is everything the deployer knows about it: the phases
+a transaction goes through, the settings it is given, the status line it
+answers with, how long it may take, and a client that starts, follows,
+confirms and aborts one transaction over ssh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+
+from deploy_flake import process
+from deploy_flake.errors import DeployError
+from deploy_flake.models import Outcome, Stage
+from deploy_flake.process import ProcessTimeout
+from deploy_flake.ssh import Remote
+
+AGENT_DIR = "/run/deploy-flake"
+STATUS_MARK = "@@deploy-flake-state\t"
+# Fixed limits of the agent itself (see the script): nix-env --set, and how long
+# a recovery waits for the deploy lock.
+PROFILE_SET_S = 120
+LOCK_WAIT_S = 30
+_KILL_GRACE_S = 10  # timeout -k: a stopped activation gets this long before SIGKILL
+_MARGIN_S = 60  # ssh round trips, polling, process start-up
+
+
+class Phase(StrEnum):
+    """Where a transaction is, as the agent reports it."""
+
+    NONE = "none"  # the host has no such transaction (never started, or the host rebooted)
+    PENDING = "pending"  # asked to start; its unit has not run yet
+    STARTING = "starting"
+    ACTIVATING = "activating"
+    CHECKING = "checking"
+    AWAITING_CONFIRMATION = "awaiting-confirmation"
+    COMMITTING = "committing"
+    ROLLING_BACK = "rolling-back"
+    ACTIVATED = "activated"
+    ROLLED_BACK = "rolled-back"
+    FAILED = "failed"
+    ROLLBACK_FAILED = "rollback-failed"
+    RESTORE_FAILED = "restore-failed"
+
+    @property
+    def final(self) -> bool:
+        return self in _OUTCOME
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """What a final phase means for the host; None while it is in progress."""
+        return _OUTCOME.get(self)
+
+    @property
+    def stage(self) -> Stage | None:
+        """The deploy stage shown while the transaction is in this phase."""
+        return _STAGE.get(self)
+
+
+_OUTCOME = {
+    Phase.ACTIVATED: Outcome.ACTIVATED,
+    Phase.ROLLED_BACK: Outcome.ROLLED_BACK,
+    Phase.FAILED: Outcome.FAILED,
+    Phase.ROLLBACK_FAILED: Outcome.UNKNOWN,
+    Phase.RESTORE_FAILED: Outcome.UNKNOWN,
+}
+_STAGE = {
+    Phase.PENDING: Stage.ACTIVATE,
+    Phase.STARTING: Stage.ACTIVATE,
+    Phase.ACTIVATING: Stage.ACTIVATE,
+    Phase.CHECKING: Stage.ACTIVATE,
+    Phase.AWAITING_CONFIRMATION: Stage.CONFIRM,
+    Phase.COMMITTING: Stage.COMMIT,
+    Phase.ROLLING_BACK: Stage.ROLLBACK,
+}
+
+
+class Mode(StrEnum):
+    TEST = "test"  # the whole transaction: activate, check, confirm, then profile and boot entry
+    BOOT = "boot"  # only the profile generation and the boot entry (next boot)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one transaction is asked to do, handed to the agent by name."""
+
+    new_system: str
+    mode: Mode
+    activation_s: int
+    health_s: int
+    settle_s: int
+    confirm_s: int
+    boot_s: int
+    holder: str  # who deploys, for a second deploy's "in progress" message
+    gc_root: str = ""  # the build's result link, dropped by the agent when the transaction ends
+
+    def __post_init__(self) -> None:
+        for name in ("activation_s", "health_s", "confirm_s", "boot_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 second")
+        if self.settle_s < 0:
+            raise ValueError("settle_s must not be negative")
+
+    def encode(self) -> bytes:
+        """KEY=VALUE lines, as the agent's `start` reads them on stdin."""
+        fields = {
+            "NEW": self.new_system,
+            "MODE": str(self.mode),
+            "ACTIVATION_S": str(self.activation_s),
+            "HEALTH_S": str(self.health_s),
+            "SETTLE_S": str(self.settle_s),
+            "CONFIRM_S": str(self.confirm_s),
+            "BOOT_S": str(self.boot_s),
+            "HOLDER": " ".join(self.holder.split()),
+            "GC_ROOT": self.gc_root,
+        }
+        return "".join(f"{k}={v}\n" for k, v in fields.items()).encode()
+
+    # ------------------------------------------------------------ time budgets
+    def _activation(self) -> int:
+        return self.activation_s + _KILL_GRACE_S
+
+    def _rollback(self) -> int:
+        """A rollback with its one retry: activation and health check, twice."""
+        return 2 * (self._activation() + self.health_s)
+
+    def _restore(self) -> int:
+        return PROFILE_SET_S + self.boot_s + _KILL_GRACE_S
+
+    def recovery_s(self) -> int:
+        """The longest recovery of a killed transaction: lock wait, putting the profile back, rollback."""
+        return LOCK_WAIT_S + self._restore() + self._rollback()
+
+    def _commit(self) -> int:
+        return PROFILE_SET_S + self.boot_s + _KILL_GRACE_S
+
+    def remaining_s(self, phase: Phase) -> int:
+        """The longest the agent may still take, from entering `phase`, to reach a final phase.
+
+        The one deadline rule of the deployer: after seeing a phase, it waits this
+        long (and a margin) for the next sign of progress before it gives up.
+        """
+        after_confirmation = self.health_s + self._commit() + self._restore() + self._rollback()
+        awaiting = self.confirm_s + after_confirmation
+        checking = 2 * self.health_s + self.settle_s + awaiting
+        activating = self._activation() + checking
+        table = {
+            Phase.AWAITING_CONFIRMATION: awaiting,
+            Phase.CHECKING: checking,
+            Phase.ACTIVATING: activating,
+            Phase.COMMITTING: self._commit() + self._restore() + self._rollback(),
+            Phase.ROLLING_BACK: self._rollback(),
+        }
+        if phase.final:
+            return 0
+        # not yet activating: an earlier, killed transaction may be finished first
+        return table.get(phase, self.recovery_s() + activating) + _MARGIN_S
+
+    def confirm_wait_s(self) -> int:
+        """How long the agent's `confirm` waits for the commit (or the rollback) to end."""
+        return self.remaining_s(Phase.AWAITING_CONFIRMATION) - self.confirm_s
+
+
+@dataclass(frozen=True)
+class Status:
+    """The agent's answer: the phase, the system it returns to, and why it is where it is."""
+
+    phase: Phase
+    previous_system: str = ""
+    new_system: str = ""
+    reason: str = ""
+
+
+def parse_status(line: str) -> Status | None:
+    """Reads a status line: @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>REASON."""
+    if not line.startswith(STATUS_MARK):
+        return None
+    parts = line[len(STATUS_MARK) :].rstrip("\r\n").split("\t", 3)
+    parts += [""] * (4 - len(parts))
+    try:
+        phase = Phase(parts[0].strip())
+    except ValueError:
+        return None
+    return Status(phase, parts[1].strip(), parts[2].strip(), parts[3].strip())
+
+
+def last_status(text: str) -> Status | None:
+    for line in reversed(text.splitlines()):
+        status = parse_status(line)
+        if status is not None:
+            return status
+    return None
+
+
+def script() -> bytes:
+    return (resources.files("deploy_flake") / "data" / "deploy-flake-agent.sh").read_bytes()
+
+
+def script_path() -> str:
+    """Where the agent lives on the host: named by its content, so versions never mix."""
+    return f"{AGENT_DIR}/agent-{hashlib.sha256(script()).hexdigest()[:16]}.sh"
+
+
+class AgentLost(DeployError):
+    """No answer from the agent within the time it may take: its final state is not known here."""
+
+
+LineSink = Callable[[str], None]
+PhaseSink = Callable[[Phase], None]
+
+
+class Agent:
+    """One transaction on one host, seen from the deployer."""
+
+    def __init__(self, remote: Remote, deploy_id: str, settings: Settings) -> None:
+        self.remote = remote
+        self.deploy_id = deploy_id
+        self.settings = settings
+        self.unit = f"deploy-flake-{deploy_id}"
+        self.started = False  # from the moment start was asked: the host may be acting on it
+        self.last: Status | None = None
+        self._log_offset = 0  # bytes of the agent's log already shown
+
+    # ------------------------------------------------------------ commands
+    def _command(self, verb: str, *args: str, fresh: bool = False) -> list[str]:
+        return self.remote.command(
+            ["/bin/sh", script_path(), verb, self.deploy_id, *args], root=True, fresh=fresh
+        )
+
+    async def _call(
+        self,
+        verb: str,
+        *args: str,
+        timeout: float,
+        fresh: bool = False,
+        stdin: bytes | None = None,
+        on_line: LineSink | None = None,
+    ) -> tuple[Status | None, process.Completed]:
+        """Runs one agent verb; its status, or None when the answer did not come from the agent
+        (ssh failed, sudo refused, the host is rebooting)."""
+        done = await process.run(
+            self._command(verb, *args, fresh=fresh), stdin=stdin, timeout=timeout, on_stdout=on_line
+        )
+        status = last_status(done.stdout)
+        if status is not None:
+            self.last = status
+        return status, done
+
+    async def install(self) -> None:
+        """Puts the agent script on the host (a temporary file per deploy, then renamed)."""
+        path = script_path()
+        sh = 'umask 077 && mkdir -p "${1%/*}" && cat > "$1.$2.tmp" && mv -f "$1.$2.tmp" "$1"'
+        try:
+            done = await process.run(
+                self.remote.command(["sh", "-c", sh, "sh", path, self.deploy_id], root=True),
+                stdin=script(),
+                timeout=60,
+            )
+        except ProcessTimeout:
+            raise DeployError("installing the deploy agent did not finish within 60s") from None
+        if not done.ok:
+            raise DeployError(
+                f"cannot install the deploy agent on {self.remote.dest.host}: {done.last_lines(2)}"
+            )
+
+    async def start(self) -> Status:
+        """Asks the host to start the transaction in its own unit; returns its first status.
+
+        `started` is set before the request leaves: from then on, only the agent's
+        own answer can say that nothing was changed.
+        """
+        self.started = True
+        try:
+            status, done = await self._call("start", stdin=self.settings.encode(), timeout=120)
+        except ProcessTimeout:
+            status, done = None, None
+        if status is not None:
+            return status
+        # the answer was lost: ask what the host did
+        why = done.last_lines(1) if done is not None else "no answer within 120s"
+        asked = await self.status_when_reachable(30)
+        if asked is None:
+            raise DeployError(f"starting the activation: {why}; the host's state is not known")
+        return asked
+
+    async def status(self, *, fresh: bool = False) -> Status | None:
+        try:
+            status, _ = await self._call("status", timeout=30, fresh=fresh)
+        except ProcessTimeout:
+            return None
+        return status
+
+    async def status_when_reachable(self, within_s: float) -> Status | None:
+        deadline = time.monotonic() + within_s
+        while True:
+            for fresh in (False, True):
+                status = await self.status(fresh=fresh)
+                if status is not None:
+                    return status
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(2)
+
+    async def watch(self, max_s: int, on_line: LineSink) -> Status | None:
+        """Shows the agent's log from where the last watch stopped, until the transaction needs
+        the deployer or ends (or max_s passed); its status, None when the host did not answer."""
+        start = self._log_offset
+
+        def show(text: str) -> None:
+            if text.startswith(STATUS_MARK):
+                return
+            # what was shown stays shown, even if this watch is cut off or cancelled
+            self._log_offset += len(text.encode()) + 1
+            if text:
+                on_line(text)
+
+        try:
+            status, done = await self._call(
+                "watch", str(self._log_offset), str(max_s), timeout=max_s + 30, on_line=show
+            )
+        except ProcessTimeout:
+            return None
+        if status is None:
+            return None
+        marker = done.stdout.rfind("\n" + STATUS_MARK)
+        if marker >= 0:
+            self._log_offset = start + done.stdout_size - len(done.stdout[marker:].encode())
+        return status
+
+    async def follow(
+        self,
+        on_line: LineSink,
+        on_phase: PhaseSink,
+        *,
+        until: Callable[[Phase], bool] = lambda p: p.final,
+        reconnect: Callable[[], object] | None = None,
+    ) -> Status:
+        """Follows the transaction until `until(phase)` holds (by default: a final phase).
+
+        One deadline rule: after each new phase the agent gets Settings.remaining_s(phase)
+        to make progress; without an answer by then, AgentLost.
+        """
+        phase = self.last.phase if self.last else Phase.PENDING
+        deadline = time.monotonic() + self.settings.remaining_s(phase)
+        last_problem = "no answer"
+        while True:
+            status = await self.watch(30, on_line)
+            if status is not None:
+                if status.phase != phase:
+                    phase = status.phase
+                    deadline = time.monotonic() + self.settings.remaining_s(phase)
+                    on_phase(phase)
+                if until(phase) or phase.final or phase is Phase.NONE:
+                    return status
+            if time.monotonic() > deadline:
+                raise AgentLost(
+                    f"no word from the activation on {self.remote.dest.host} within "
+                    f"{self.settings.remaining_s(phase)}s of it entering {phase} ({last_problem})"
+                )
+            if status is None:
+                last_problem = "the host did not answer"
+                await asyncio.sleep(2)
+                if reconnect is not None:
+                    await _quietly(reconnect)
+
+    async def confirm(self) -> tuple[Status | None, str]:
+        """Confirms over a brand-new SSH connection, retrying within the confirmation window.
+
+        Returns the agent's status after the confirmation (the commit waited for), or None
+        with the last login error when no new connection got through in time.
+        """
+        window_end = time.monotonic() + self.settings.confirm_s
+        last_error = ""
+        while time.monotonic() < window_end:
+            try:
+                status, done = await self._call(
+                    "confirm", fresh=True, timeout=self.settings.confirm_wait_s() + 30
+                )
+            except ProcessTimeout:
+                return None, "the confirmation got no answer"
+            if status is not None:
+                return status, ""
+            last_error = done.last_lines(1) or f"ssh exited with {done.returncode}"
+            await asyncio.sleep(min(2.0, max(0.0, window_end - time.monotonic())))
+        return None, last_error
+
+    async def abort(self) -> Status | None:
+        """Asks the host to roll back now (or never to start); any connection that works."""
+        for fresh in (False, True):
+            try:
+                status, _ = await self._call("abort", timeout=60, fresh=fresh)
+            except ProcessTimeout:
+                continue
+            if status is not None:
+                return status
+        return None
+
+
+async def _quietly(action: Callable[[], object]) -> None:
+    result = action()
+    if asyncio.iscoroutine(result):
+        try:
+            await result
+        except DeployError:
+            pass

@@ -1,0 +1,93 @@
+"""The agent's protocol as the deployer reads it: phases, status lines, settings, time budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy_flake.agent import Mode, Phase, Settings, last_status, parse_status
+from deploy_flake.models import Outcome, Stage
+
+
+def _settings(**kw: object) -> Settings:
+    base: dict[str, object] = {
+        "new_system": "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web-1",
+        "mode": Mode.TEST,
+        "activation_s": 300,
+        "health_s": 60,
+        "settle_s": 5,
+        "confirm_s": 30,
+        "boot_s": 300,
+        "holder": "me@laptop",
+    }
+    base.update(kw)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+def test_status_line() -> None:
+    s = parse_status("@@deploy-flake-state\trolled-back\t/nix/store/a-old\t/nix/store/b-new\tthe unit failed")
+    assert s is not None
+    assert s.phase is Phase.ROLLED_BACK and s.phase.final and s.phase.outcome is Outcome.ROLLED_BACK
+    assert s.previous_system == "/nix/store/a-old" and s.new_system == "/nix/store/b-new"
+    assert s.reason == "the unit failed"
+    assert parse_status("fixture: hello") is None
+    assert parse_status("@@deploy-flake-state\tno-such-phase\t\t\t") is None
+    short = parse_status("@@deploy-flake-state\tnone")
+    assert short is not None and short.phase is Phase.NONE and short.reason == ""
+
+
+def test_last_status_wins() -> None:
+    text = "log line\n@@deploy-flake-state\tchecking\t\t\t\nmore\n@@deploy-flake-state\tactivated\t\t\t\n"
+    status = last_status(text)
+    assert status is not None and status.phase is Phase.ACTIVATED
+
+
+@pytest.mark.parametrize(
+    ("phase", "outcome", "stage"),
+    [
+        (Phase.ACTIVATING, None, Stage.ACTIVATE),
+        (Phase.AWAITING_CONFIRMATION, None, Stage.CONFIRM),
+        (Phase.COMMITTING, None, Stage.COMMIT),
+        (Phase.ROLLING_BACK, None, Stage.ROLLBACK),
+        (Phase.ACTIVATED, Outcome.ACTIVATED, None),
+        (Phase.FAILED, Outcome.FAILED, None),
+        (Phase.ROLLBACK_FAILED, Outcome.UNKNOWN, None),
+        (Phase.RESTORE_FAILED, Outcome.UNKNOWN, None),
+        (Phase.NONE, None, None),
+    ],
+)
+def test_phase_meaning(phase: Phase, outcome: Outcome | None, stage: Stage | None) -> None:
+    assert phase.outcome is outcome and phase.final == (outcome is not None)
+    assert phase.stage is stage
+
+
+def test_settings_travel_by_name() -> None:
+    text = _settings(holder="me@laptop\n(evil)\tx").encode().decode()
+    lines = dict(line.split("=", 1) for line in text.splitlines())
+    assert lines["MODE"] == "test" and lines["ACTIVATION_S"] == "300" and lines["SETTLE_S"] == "5"
+    assert lines["HOLDER"] == "me@laptop (evil) x"  # one line, whatever the user or host name holds
+
+
+@pytest.mark.parametrize("field", ["activation_s", "health_s", "confirm_s", "boot_s"])
+def test_settings_refuse_a_zero_limit(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        _settings(**{field: 0})
+    assert _settings(settle_s=0).settle_s == 0
+
+
+def test_budgets_shrink_as_the_transaction_advances() -> None:
+    s = _settings()
+    order = [
+        Phase.PENDING,
+        Phase.ACTIVATING,
+        Phase.CHECKING,
+        Phase.AWAITING_CONFIRMATION,
+        Phase.COMMITTING,
+        Phase.ROLLING_BACK,
+    ]
+    budgets = [s.remaining_s(p) for p in order]
+    assert budgets == sorted(budgets, reverse=True), budgets
+    assert s.remaining_s(Phase.ACTIVATED) == 0
+    # a late confirmation still leaves time for the commit and a rollback after it
+    assert s.confirm_wait_s() >= s.boot_s + 2 * (s.activation_s + s.health_s)
+    # a killed transaction's recovery must fit in the unit's stop timeout, which covers it
+    assert s.recovery_s() >= 30 + s.boot_s + 2 * (s.activation_s + s.health_s)
