@@ -54,7 +54,13 @@ class Host:
         self.ssh_config = ssh_config
 
     def ssh(
-        self, command: str, *, user: str = "root", check: bool = True, timeout: float = 60
+        self,
+        command: str,
+        *,
+        user: str = "root",
+        check: bool = True,
+        timeout: float = 60,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         argv = [
             "ssh",
@@ -71,7 +77,7 @@ class Host:
             self.name,
             command,
         ]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, input=input)
         if check and done.returncode != 0:
             raise AssertionError(f"{self.name}: {command!r} exited {done.returncode}: {done.stderr.strip()}")
         return done
@@ -113,6 +119,23 @@ class Host:
             ).returncode
             == 0
         )
+
+    def inject_fault(self, verb: str, system: str, count: int) -> None:
+        """The fixture's switch-to-configuration VERB of SYSTEM fails COUNT more times."""
+        self.ssh(f"mkdir -p /run/fixture-faults && echo '{system} {count}' > /run/fixture-faults/{verb}")
+
+    def kill_transactions(self) -> None:
+        """SIGKILL every process of the deploy's transaction unit (an OOM kill, an admin)."""
+        self.ssh("systemctl kill --signal=SIGKILL 'deploy-flake-*.service'")
+
+    def transaction_states(self) -> dict[str, str]:
+        """deploy id -> the agent's recorded state, for every transaction on the host."""
+        out = self.out(
+            "for d in /run/deploy-flake/*/; do [ -f $d/state ] && echo ${d%/} $(cat $d/state); done; true"
+        )
+        return {
+            line.split()[0].rsplit("/", 1)[1]: line.split()[1] for line in out.splitlines() if line.strip()
+        }
 
     def assert_clean_after(self, *, running: str, boot: str) -> None:
         """The state every deploy must end in, whatever happened."""

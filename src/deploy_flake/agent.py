@@ -165,10 +165,6 @@ class Settings:
         # not yet activating: an earlier, killed transaction may be finished first
         return table.get(phase, self.recovery_s() + activating) + _MARGIN_S
 
-    def confirm_wait_s(self) -> int:
-        """How long the agent's `confirm` waits for the commit (or the rollback) to end."""
-        return self.remaining_s(Phase.AWAITING_CONFIRMATION) - self.confirm_s
-
 
 @dataclass(frozen=True)
 class Status:
@@ -232,8 +228,15 @@ class Agent:
 
     # ------------------------------------------------------------ commands
     def _command(self, verb: str, *args: str, fresh: bool = False) -> list[str]:
+        # The agent and the transactions' records both live in /run: without the script
+        # (the host rebooted), there is no such transaction either, and that is the answer.
+        run_or_none = (
+            '[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "@@deploy-flake-state\\tnone\\t\\t\\t\\n"'
+        )
         return self.remote.command(
-            ["/bin/sh", script_path(), verb, self.deploy_id, *args], root=True, fresh=fresh
+            ["/bin/sh", "-c", run_or_none, script_path(), verb, self.deploy_id, *args],
+            root=True,
+            fresh=fresh,
         )
 
     async def _call(
@@ -375,16 +378,15 @@ class Agent:
     async def confirm(self) -> tuple[Status | None, str]:
         """Confirms over a brand-new SSH connection, retrying within the confirmation window.
 
-        Returns the agent's status after the confirmation (the commit waited for), or None
-        with the last login error when no new connection got through in time.
+        Returns the agent's status once it took the confirmation (committing, or rolling
+        back if its window had just closed), or None with the last login error when no
+        new connection got through in time.
         """
         window_end = time.monotonic() + self.settings.confirm_s
         last_error = ""
         while time.monotonic() < window_end:
             try:
-                status, done = await self._call(
-                    "confirm", fresh=True, timeout=self.settings.confirm_wait_s() + 30
-                )
+                status, done = await self._call("confirm", fresh=True, timeout=60)
             except ProcessTimeout:
                 return None, "the confirmation got no answer"
             if status is not None:

@@ -16,8 +16,17 @@ from deploy_flake.display import JsonEvents, LiveEvents, PlainEvents, plain_summ
 from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.events import Events
-from deploy_flake.fleet import deploy_all
-from deploy_flake.models import EXIT_USAGE, SANITY_CHECKS, DeployOptions, HostResult, Timeouts, exit_code
+from deploy_flake.fleet import InterruptedTwice, deploy_all
+from deploy_flake.models import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    SANITY_CHECKS,
+    DeployOptions,
+    HostResult,
+    Timeouts,
+    exit_code,
+)
 from deploy_flake.nix import build_args
 from deploy_flake.report import ReportError, check_report_path, write_report
 from deploy_flake.ssh import check_ssh_option, config_command
@@ -29,6 +38,7 @@ Exit codes:
   2  bad usage or input; nothing was done on any host
   3  a host was rolled back to its previous configuration
   4  a host's state is unknown (see the message for what to check)
+  130 interrupted twice: stopped at once (the report says what is known)
 The worst outcome among the hosts decides.
 """
 
@@ -284,13 +294,17 @@ def deploy_flake(
             results = _run(dests, options, ssh_config, ssh_options, PlainEvents())
     except DeployError as e:
         _fail(str(e))
-    except SystemExit as e:
+    except InterruptedTwice as e:
+        _write_report(report_path, e.results)
         click.echo(
             "deploy-flake: interrupted twice: hosts that were activating return to their "
             "previous system by themselves once the confirmation timeout passes",
             err=True,
         )
-        sys.exit(e.code if isinstance(e.code, int) else 130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # a bug before any host was started: one line, never a traceback
+        click.echo(f"deploy-flake: internal error: {type(e).__name__}: {e}", err=True)
+        sys.exit(EXIT_FAILED)
 
     report_error = _write_report(report_path, results)
     if instrumentation != "json":

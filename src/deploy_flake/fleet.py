@@ -12,12 +12,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy_flake import nix
+from deploy_flake import nix, process
 from deploy_flake.destination import Destination
 from deploy_flake.events import Events
 from deploy_flake.host_deploy import HostDeploy, Run
 from deploy_flake.models import DeployOptions, HostResult
 from deploy_flake.ssh import SshSettings
+
+
+class InterruptedTwice(Exception):
+    """A second Ctrl-C or SIGTERM: stop at once; every host's result as far as it is known."""
+
+    def __init__(self, results: list[HostResult]) -> None:
+        super().__init__("interrupted twice")
+        self.results = results
 
 
 async def deploy_all(
@@ -40,18 +48,44 @@ async def deploy_all(
             holder=f"{getpass.getuser()}@{socket.gethostname()}",
         )
         limit = asyncio.Semaphore(options.jobs or len(destinations) or 1)
+        deploys = [HostDeploy(run, d, i) for i, d in enumerate(destinations)]
 
-        async def one(i: int, dest: Destination) -> HostResult:
-            deploy = HostDeploy(run, dest, i)
-            async with limit:
+        async def one(deploy: HostDeploy) -> HostResult:
+            try:
+                await limit.acquire()
+            except asyncio.CancelledError:  # interrupted while waiting for its turn (--jobs)
+                return deploy.skipped("interrupted before it started; nothing was changed")
+            try:
                 return await deploy.deploy()
+            finally:
+                limit.release()
 
-        tasks = [asyncio.create_task(one(i, d)) for i, d in enumerate(destinations)]
-        _cancel_on_signals(tasks)
-        return list(await asyncio.gather(*tasks))
+        tasks = [asyncio.create_task(one(d)) for d in deploys]
+        hard_stop = asyncio.Event()
+        _cancel_on_signals(tasks, hard_stop)
+        everything = asyncio.gather(*tasks)
+        stopper = asyncio.ensure_future(_wait_event(hard_stop))
+        await asyncio.wait([everything, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if everything.done():
+            stopper.cancel()
+            return list(everything.result())
+        # Interrupted twice: every process of ours goes now; each host is reported as
+        # far as it is known (the hosts' own agents still finish or roll back).
+        process.kill_all()
+        everything.cancel()
+        results = [d.abandoned() for d in deploys]
+        await asyncio.wait([everything], timeout=10)  # their processes are gone: quick
+        if everything.done() and not everything.cancelled():
+            everything.exception()  # retrieved: nothing left to report
+        raise InterruptedTwice(results)
 
 
-def _cancel_on_signals(tasks: list[asyncio.Task[HostResult]]) -> None:
+async def _wait_event(event: asyncio.Event) -> list[HostResult]:
+    await event.wait()
+    return []
+
+
+def _cancel_on_signals(tasks: list[asyncio.Task[HostResult]], hard_stop: asyncio.Event) -> None:
     """The first Ctrl-C or SIGTERM lets every host roll back cleanly; a second one ends at once."""
     loop = asyncio.get_running_loop()
     hits = 0
@@ -60,7 +94,8 @@ def _cancel_on_signals(tasks: list[asyncio.Task[HostResult]]) -> None:
         nonlocal hits
         hits += 1
         if hits > 1:
-            raise SystemExit(130)
+            hard_stop.set()
+            return
         for t in tasks:
             t.cancel()
 

@@ -45,6 +45,7 @@ class HostDeploy:
         self.agent: Agent | None = None  # the host's transaction, once it was asked for
         self.gc_root = f"/tmp/deploy-flake-{self.deploy_id}.system"
         self.profile_link = ""  # the system profile's generation when we connected
+        self.finished = False
 
     # ---------------------------------------------------------------- helpers
     def stage(self, stage: Stage) -> None:
@@ -90,7 +91,32 @@ class HostDeploy:
             if connected:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._disconnect())
+        self.finished = True
         self.run.events.finished(self.label, self.result)
+        return self.result
+
+    def skipped(self, why: str) -> HostResult:
+        """Never started: nothing was done on the host."""
+        self.result.outcome = Outcome.FAILED
+        self.result.error = why
+        self.finished = True
+        self.run.events.finished(self.label, self.result)
+        return self.result
+
+    def abandoned(self) -> HostResult:
+        """The result as far as it is known, when the deployer stops at once (interrupted twice)."""
+        if self.finished:
+            return self.result
+        if self.started:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                "interrupted twice before the host answered. Without a confirmation it returns to "
+                f"its previous system by itself within {self.t.confirm:.0f}s of its activation; check "
+                f"with `systemctl status deploy-flake-{self.deploy_id}` and `readlink /run/current-system`"
+            )
+        else:
+            self.result.outcome = Outcome.FAILED
+            self.result.error = "interrupted twice before anything was changed"
         return self.result
 
     def _ended_by(self, error: str) -> None:
@@ -278,14 +304,14 @@ class HostDeploy:
                 f"cannot log in to {self.dest.host} over a new SSH connection ({login_error}): "
                 "the host rolls back to its previous system by itself"
             )
-        elif status.phase is Phase.ACTIVATED:
-            self.note("confirmed over a new SSH connection")
+        confirmed = status is not None and status.phase in (Phase.COMMITTING, Phase.ACTIVATED)
         if status is None or not status.phase.final:
             status = await self._follow(agent, until_final=True)
-        else:
-            # stream what is left of the log, then report
+        else:  # stream what is left of the log, then report
             with contextlib.suppress(DeployError):
                 await agent.watch(1, self.line)
+        if confirmed and status.phase is Phase.ACTIVATED:
+            self.note("confirmed over a new SSH connection")
         self._saw(status)
         return status
 
@@ -391,7 +417,7 @@ class HostDeploy:
             await self._conclude(agent, status)
             if self.result.outcome is Outcome.ACTIVATED:
                 self.note("the host had already committed the new system when interrupted")
-            elif self.result.outcome is Outcome.FAILED:
+            elif self.result.outcome is Outcome.FAILED and "interrupted" not in status.reason:
                 self.result.error = f"interrupted: {status.reason or 'nothing was changed'}"
         except (DeployError, ProcessTimeout, OSError) as e:
             self.result.outcome = Outcome.UNKNOWN

@@ -14,6 +14,16 @@ LineSink = Callable[[str], None]
 
 # How much of a stream is kept for error messages and parsing.
 _KEEP_BYTES = 4 * 1024 * 1024
+# Every process started here and not yet reaped, for kill_all.
+_LIVE: set[asyncio.subprocess.Process] = set()
+
+
+def kill_all() -> None:
+    """SIGKILLs every process this module started that still runs (a hard stop)."""
+    for proc in list(_LIVE):
+        if proc.returncode is None:  # not reaped: its pid is still its own
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ async def run(
         env=full_env,
         start_new_session=True,
     )
+    _LIVE.add(proc)
     out: list[bytes] = []
     err: list[bytes] = []
 
@@ -123,6 +134,9 @@ async def run(
     except asyncio.CancelledError:
         await asyncio.shield(_kill(proc, tasks))
         raise
+    finally:
+        if proc.returncode is not None:
+            _LIVE.discard(proc)
     return result()
 
 
@@ -137,6 +151,7 @@ async def run_detached(argv: Sequence[str], *, timeout: float) -> Completed:
             stderr=err,
             start_new_session=True,
         )
+        _LIVE.add(proc)
         try:
             await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
@@ -148,6 +163,9 @@ async def run_detached(argv: Sequence[str], *, timeout: float) -> Completed:
         except asyncio.CancelledError:
             await asyncio.shield(_kill(proc, []))
             raise
+        finally:
+            if proc.returncode is not None:
+                _LIVE.discard(proc)
         err.seek(0)
         return Completed(tuple(argv), proc.returncode or 0, "", err.read().decode(errors="replace"))
 

@@ -112,6 +112,9 @@ class Remote:
             self.dest.host,
         ]
 
+    def check_master_command(self) -> list[str]:
+        return ["ssh", "-o", f"ControlPath={self.control_path}", "-O", "check", "--", self.dest.host]
+
     def exit_master_command(self) -> list[str]:
         return ["ssh", "-o", f"ControlPath={self.control_path}", "-O", "exit", "--", self.dest.host]
 

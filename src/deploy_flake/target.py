@@ -37,7 +37,14 @@ class HostFacts:
 
 
 async def open_connection(remote: Remote, timeout: float) -> None:
-    """Opens the shared connection; fails here, early, when the host is unreachable."""
+    """Opens the shared connection, unless it is open; fails here, early, when the host is
+    unreachable. A dead master's socket is removed first: with it in place, a new
+    `ssh -f -N` would disable multiplexing and linger as a connection of its own."""
+    if remote.control_path.exists():
+        check = await process.run(remote.check_master_command(), timeout=10)
+        if check.ok:
+            return
+        remote.control_path.unlink(missing_ok=True)
     try:
         done = await process.run_detached(remote.master_command(), timeout=timeout)
     except process.ProcessTimeout:

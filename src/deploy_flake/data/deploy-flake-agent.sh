@@ -30,7 +30,7 @@
 #   agent finish ID            the same, by a newer transaction that holds the deploy lock
 #   agent watch ID OFFSET MAX_S  the log from byte OFFSET on, then the status, once the
 #                              transaction needs the deployer or ended (or MAX_S passed)
-#   agent confirm ID           confirm; wait (bounded) for the commit; print the status
+#   agent confirm ID           confirm; print the status once the transaction took it
 #   agent abort ID             roll back now, or never start (the deployer was interrupted)
 #   agent status ID            print the status
 # Every verb but run and recover ends with one status line:
@@ -467,13 +467,11 @@ watch() {  # OFFSET MAX_S
   print_status "$st"  # the state read before the last of the log was printed
 }
 
-confirm() {
+confirm() {  # the transaction takes it within a poll (0.2 s), unless its window just closed
   if [ "$(state_of)" = awaiting-confirmation ]; then
     : > "$DIR/confirm"
-    load_settings
-    # the commit (or, after a confirmation that came too late, the rollback) ends within this
-    final_now() { is_final "$(state_of)"; }
-    poll $((PROFILE_SET_S + BOOT_S + KILL_GRACE_S + HEALTH_S + 2 * (ACT_S + KILL_GRACE_S + HEALTH_S) + PROFILE_SET_S + BOOT_S + 60)) final_now || :
+    taken() { [ "$(state_of)" != awaiting-confirmation ]; }
+    poll 10 taken || :
   fi
   print_status
 }
