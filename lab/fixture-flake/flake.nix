@@ -102,6 +102,14 @@
         slow-build = mkSystem { hostName = "slow-build"; extraDeps = [ (fx.slowDrv 20) ]; };
       };
 
+      # the lab hosts as an inventory (deploy-flake --on @web, --on '*')
+      deployFlake.hosts = {
+        alpha = { destination = "nixos://alpha/alpha"; tags = [ "web" "eu" ]; };
+        beta = { destination = "nixos://beta/beta"; tags = [ "web" "us" ]; };
+        gamma = { destination = "nixos://gamma/gamma"; tags = [ "db" "eu" ]; };
+        delta = { destination = "nixos://delta/delta"; tags = [ "db" "us" ]; user = "deploy"; sudo = true; };
+      };
+
       lib = { inherit (fx) mkSystem units; };
     };
 }

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy_flake import process
-from deploy_flake.errors import DeployError
+from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.process import LineSink
 from deploy_flake.ssh import Remote
 
 # Hosts need not enable flakes in their nix.conf.
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
+# The flake output that describes the hosts (see inventory.py).
+INVENTORY_ATTR = "deployFlake.hosts"
+INVENTORY_EVAL_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,63 @@ def _build_failure(stderr: str, config: str) -> str:
         return f"the flake has no nixosConfigurations.{config}: name the configuration with nixos://HOST/NAME"
     first = errors[0] if errors else (lines[-1] if lines else "nix build failed")
     return f"the build failed: {first.removeprefix('error: ')}"
+
+
+async def eval_inventory(flake_dir: Path) -> object:
+    """The flake's deployFlake.hosts output as JSON data: one local `nix eval`, nothing built.
+
+    Every failure is a UsageError: it happens before any host is touched.
+    """
+    if not (flake_dir / "flake.nix").is_file():
+        raise UsageError(f"no flake.nix in {flake_dir}: pass the flake's directory with --flake DIR")
+    argv = ["nix", *NIX_FEATURES, "eval", "--json", f"{flake_ref(flake_dir)}#{INVENTORY_ATTR}"]
+    try:
+        done = await process.run(argv, timeout=INVENTORY_EVAL_TIMEOUT_S)
+    except FileNotFoundError:
+        raise UsageError(
+            "the nix command is not installed here; deploy-flake needs Nix on this machine"
+        ) from None
+    except process.ProcessTimeout:
+        raise UsageError(
+            f"evaluating {INVENTORY_ATTR} of the flake at {flake_dir} did not finish within "
+            f"{INVENTORY_EVAL_TIMEOUT_S}s"
+        ) from None
+    if not done.ok:  # stdout may hold a partial document: never parse it
+        raise UsageError(_inventory_failure(done.stderr, flake_dir))
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        raise UsageError(f"unexpected output from nix eval: {done.stdout[:200]!r}") from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_STORE_SOURCE = re.compile(r"/nix/store/[a-z0-9]{32}-source/")
+
+
+def _inventory_failure(stderr: str, flake_dir: Path) -> str:
+    message, where = _last_nix_error(stderr)
+    if "does not provide attribute" in message and f"'{INVENTORY_ATTR}'" in message:
+        return f"the flake at {flake_dir} has no {INVENTORY_ATTR} output: {message}"
+    return f"cannot evaluate {INVENTORY_ATTR} of the flake at {flake_dir}: {message}{where}"
+
+
+def _last_nix_error(stderr: str) -> tuple[str, str]:
+    """Nix's last `error:` message (newer Nix prints a trace of errors, the real one last),
+    and where it happened (" (at flake.nix:3:5)") when Nix says so."""
+    lines = [_ANSI.sub("", ln).strip() for ln in stderr.splitlines()]
+    lines = [ln for ln in lines if ln]
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
+    if not starts:
+        return (lines[-1] if lines else "nix eval failed"), ""
+    i = starts[-1]
+    message = lines[i].removeprefix("error:").strip()
+    if not message and i + 1 < len(lines):  # `error:` alone, the message on the next line
+        i += 1
+        message = lines[i]
+    where = ""
+    if i + 1 < len(lines) and lines[i + 1].startswith("at "):
+        where = f" ({_STORE_SOURCE.sub('', lines[i + 1]).rstrip(':')})"
+    return message or "nix eval failed", where
 
 
 def build_args(cmdline: str | None) -> tuple[str, ...]:
