@@ -205,7 +205,11 @@ class Background:
         self.proc.send_signal(sig)
 
     def finish(self, timeout: float = 300) -> Deploy:
-        rc = self.proc.wait(timeout)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"deploy-flake still running after {timeout}s:\n{self.output()}") from None
         self.log.close()
         data: dict[str, object] = {}
         if self.report_path.exists():

@@ -356,7 +356,11 @@ async def _ssh_targets(
         async with limit:
             return await _ssh_target(dest, ssh_config, ssh_options)
 
-    return list(await asyncio.gather(*(one(d) for d in dests)))
+    answers = await asyncio.gather(*(one(d) for d in dests), return_exceptions=True)
+    for answer in answers:  # the first problem in command-line order, whichever finished first
+        if isinstance(answer, BaseException):
+            raise answer
+    return [a for a in answers if isinstance(a, SshTarget)]
 
 
 async def _ssh_target(dest: Destination, ssh_config: Path | None, ssh_options: tuple[str, ...]) -> SshTarget:
