@@ -158,8 +158,14 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.5) -> bool:
     return bool(predicate())
 
 
+COMMANDS = ("deploy", "status", "plan", "rollback")
+
+
 def deploy_argv(*args: str, ssh_config: Path | None = SSH_CONFIG, flake: Path = FIXTURE_FLAKE) -> list[str]:
-    argv = [sys.executable, "-m", "deploy_flake", "--flake", str(flake)]
+    """deploy-flake's argv with the lab's flake and ssh config (after the subcommand, if any)."""
+    command = [args[0]] if args and args[0] in COMMANDS else []
+    args = args[len(command) :]
+    argv = [sys.executable, "-m", "deploy_flake", *command, "--flake", str(flake)]
     if ssh_config is not None:
         argv += ["--ssh-config", str(ssh_config)]
     return argv + list(args)
@@ -174,13 +180,21 @@ def deploy(
 ) -> Deploy:
     """Runs deploy-flake as a user would, and reads its --report."""
     report_path = report or Path(f"/tmp/deploy-flake-test-report-{os.getpid()}-{time.monotonic_ns()}.json")
-    argv = deploy_argv("--report", str(report_path), *args, ssh_config=ssh_config, flake=flake)
+    cmd = args[:1] if args and args[0] in COMMANDS else ()
+    argv = deploy_argv(
+        *cmd, "--report", str(report_path), *args[len(cmd) :], ssh_config=ssh_config, flake=flake
+    )
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     data: dict[str, object] = {}
     if report_path.exists():
         data = json.loads(report_path.read_text())
         report_path.unlink()
     return Deploy(done.returncode, done.stdout + done.stderr, data)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """deploy-flake as a user runs it (any subcommand), with the lab's flake and ssh config."""
+    return subprocess.run(deploy_argv(*args), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 class Background:

@@ -102,6 +102,8 @@ class Settings:
     boot_s: int
     holder: str  # who deploys, for a second deploy's "in progress" message
     gc_root: str = ""  # the build's result link, dropped by the agent when the transaction ends
+    flake: str = ""  # what the host records as the source of its last deploy
+    generation: int | None = None  # an existing profile generation of new_system: a rollback to it
 
     def __post_init__(self) -> None:
         for name in ("activation_s", "health_s", "confirm_s", "boot_s"):
@@ -122,6 +124,8 @@ class Settings:
             "BOOT_S": str(self.boot_s),
             "HOLDER": " ".join(self.holder.split()),
             "GC_ROOT": self.gc_root,
+            "FLAKE": " ".join(self.flake.split()),
+            "GENERATION": "" if self.generation is None else str(self.generation),
         }
         return "".join(f"{k}={v}\n" for k, v in fields.items()).encode()
 

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 
 from deploy_flake import __version__, process
 from deploy_flake.destination import Destination, SshTarget, check_distinct_hosts
-from deploy_flake.display import JsonEvents, LiveEvents, PlainEvents, plain_summary, summary_table
+from deploy_flake.display import (
+    JsonEvents,
+    LiveEvents,
+    PlainEvents,
+    QuietEvents,
+    plain_plan,
+    plain_status,
+    plain_summary,
+    status_document,
+    status_table,
+    summary_table,
+)
 from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.events import Events
-from deploy_flake.fleet import InterruptedTwice, deploy_all
+from deploy_flake.fleet import InterruptedTwice, Target, deploy_all
+from deploy_flake.inventory import load_inventory, select
 from deploy_flake.models import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -24,12 +38,16 @@ from deploy_flake.models import (
     SANITY_CHECKS,
     DeployOptions,
     HostResult,
+    Job,
     Timeouts,
     exit_code,
 )
 from deploy_flake.nix import build_args
 from deploy_flake.report import ReportError, check_report_path, write_report
 from deploy_flake.ssh import check_ssh_option, config_command
+
+CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+F = TypeVar("F", bound=Callable[..., Any])
 
 EPILOG = """\b
 Exit codes:
@@ -73,171 +91,203 @@ def _relative_path(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
-@click.argument("destinations", nargs=-1, required=True, metavar="DESTINATION...")
-@click.option(
-    "--flake",
-    "flake_dir",
-    default=".",
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="The flake's directory.",
-)
-@click.option(
-    "--preflight-check",
-    type=click.Choice(["run", "skip"]),
-    default="run",
-    show_default=True,
-    help="Refuse hosts whose running system is not healthy (systemctl is-system-running).",
-)
-@click.option(
-    "--pre-activate-script",
-    callback=_relative_path,
-    metavar="RELATIVE_PATH",
-    help="Program in the new system to run before activating it; non-zero stops the deploy. "
-    "[default: pre-activate-safety-checks, when present]",
-)
-@click.option(
-    "--test",
-    "test_mode",
-    type=click.Choice(["run", "skip"]),
-    default="run",
-    show_default=True,
-    help="run: activate with switch-to-configuration test and confirm before writing the boot "
-    "entry. skip: only add the profile generation and boot entry (applies at next boot).",
-)
-@click.option("--build-cmdline", metavar="ARGS", help="Extra arguments for nix build on the host.")
-@click.option(
-    "--copy-timeout",
-    callback=_timeout,
-    default="10m",
-    show_default=True,
-    metavar="DURATION",
-    help="Time for one attempt at copying the flake (3 attempts); whole seconds, at least 1s.",
-)
-@click.option(
-    "--build-timeout",
-    callback=_timeout,
-    default="1h",
-    show_default=True,
-    metavar="DURATION",
-    help="Longest build on the host; whole seconds, at least 1s.",
-)
-@click.option(
-    "--preflight-timeout",
-    callback=_timeout,
-    default="5m",
-    show_default=True,
-    metavar="DURATION",
-    help="How long the health check waits for a starting system; whole seconds, at least 1s.",
-)
-@click.option(
-    "--activation-timeout",
-    callback=_timeout,
-    default="5m",
-    show_default=True,
-    metavar="DURATION",
-    help="Longest switch-to-configuration test; longer is stopped and rolled back. "
-    "Whole seconds, at least 1s.",
-)
-@click.option(
-    "--health-timeout",
-    callback=_timeout,
-    default="60s",
-    show_default=True,
-    metavar="DURATION",
-    help="Time for the system to finish starting after activating (is-system-running --wait); "
-    "whole seconds, at least 1s.",
-)
-@click.option(
-    "--settle-time",
-    callback=_settle,
-    default="5s",
-    show_default=True,
-    metavar="DURATION",
-    help="How long the system must stay healthy after activating, before it is confirmed; "
-    "whole seconds, 0 for none.",
-)
-@click.option(
-    "--confirm-timeout",
-    callback=_timeout,
-    default="30s",
-    show_default=True,
-    metavar="DURATION",
-    help="Time to confirm over a new SSH connection before the host rolls back by itself; "
-    "whole seconds, at least 1s.",
-)
-@click.option(
-    "--boot-timeout",
-    callback=_timeout,
-    default="5m",
-    show_default=True,
-    metavar="DURATION",
-    help="Longest switch-to-configuration boot; whole seconds, at least 1s.",
-)
-@click.option(
-    "--skip-check",
-    "skip_checks",
+_COMMON = [
+    click.option(
+        "--flake",
+        "flake_dir",
+        default=".",
+        show_default=True,
+        type=click.Path(path_type=Path),
+        help="The flake's directory.",
+    ),
+    click.option(
+        "--instrumentation",
+        type=click.Choice(["tui", "json"]),
+        default="tui",
+        show_default=True,
+        help="tui: live view on a terminal, plain lines otherwise. json: one JSON event per line.",
+    ),
+    click.option("--jobs", "-j", type=click.IntRange(min=1), help="Hosts deployed at once.  [default: all]"),
+    click.option(
+        "--ssh-config",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="ssh config file for every ssh call (ssh -F), Nix's copying included.",
+    ),
+    click.option(
+        "--ssh-option",
+        "-o",
+        "ssh_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="ssh option for every ssh call, Nix's copying included (repeatable).",
+    ),
+    click.option(
+        "--sudo/--no-sudo",
+        default=None,
+        help="Run system commands through sudo -n.  [default: when the login user is not root]",
+    ),
+    click.option(
+        "--report",
+        "report_path",
+        type=click.Path(path_type=Path),
+        help="Write a JSON report of every host to this file.",
+    ),
+]
+
+_ACTIVATION = [
+    click.option(
+        "--preflight-check",
+        type=click.Choice(["run", "skip"]),
+        default="run",
+        show_default=True,
+        help="Refuse hosts whose running system is not healthy (systemctl is-system-running).",
+    ),
+    click.option(
+        "--pre-activate-script",
+        callback=_relative_path,
+        metavar="RELATIVE_PATH",
+        help="Program in the new system to run before activating it; non-zero stops the deploy. "
+        "[default: pre-activate-safety-checks, when present]",
+    ),
+    click.option(
+        "--preflight-timeout",
+        callback=_timeout,
+        default="5m",
+        show_default=True,
+        metavar="DURATION",
+        help="How long the health check waits for a starting system; whole seconds, at least 1s.",
+    ),
+    click.option(
+        "--activation-timeout",
+        callback=_timeout,
+        default="5m",
+        show_default=True,
+        metavar="DURATION",
+        help="Longest switch-to-configuration test; longer is stopped and rolled back. "
+        "Whole seconds, at least 1s.",
+    ),
+    click.option(
+        "--health-timeout",
+        callback=_timeout,
+        default="60s",
+        show_default=True,
+        metavar="DURATION",
+        help="Time for the system to finish starting after activating (is-system-running --wait); "
+        "whole seconds, at least 1s.",
+    ),
+    click.option(
+        "--settle-time",
+        callback=_settle,
+        default="5s",
+        show_default=True,
+        metavar="DURATION",
+        help="How long the system must stay healthy after activating, before it is confirmed; "
+        "whole seconds, 0 for none.",
+    ),
+    click.option(
+        "--confirm-timeout",
+        callback=_timeout,
+        default="30s",
+        show_default=True,
+        metavar="DURATION",
+        help="Time to confirm over a new SSH connection before the host rolls back by itself; "
+        "whole seconds, at least 1s.",
+    ),
+    click.option(
+        "--boot-timeout",
+        callback=_timeout,
+        default="5m",
+        show_default=True,
+        metavar="DURATION",
+        help="Longest switch-to-configuration boot; whole seconds, at least 1s.",
+    ),
+    click.option(
+        "--skip-check",
+        "skip_checks",
+        multiple=True,
+        type=click.Choice(SANITY_CHECKS),
+        help="Skip a sanity check of the new system (repeatable).",
+    ),
+]
+
+_BUILD = [
+    click.option(
+        "--test",
+        "test_mode",
+        type=click.Choice(["run", "skip"]),
+        default="run",
+        show_default=True,
+        help="run: activate with switch-to-configuration test and confirm before writing the boot "
+        "entry. skip: only add the profile generation and boot entry (applies at next boot).",
+    ),
+    click.option("--build-cmdline", metavar="ARGS", help="Extra arguments for nix build on the host."),
+    click.option(
+        "--copy-timeout",
+        callback=_timeout,
+        default="10m",
+        show_default=True,
+        metavar="DURATION",
+        help="Time for one attempt at copying the flake (3 attempts); whole seconds, at least 1s.",
+    ),
+    click.option(
+        "--build-timeout",
+        callback=_timeout,
+        default="1h",
+        show_default=True,
+        metavar="DURATION",
+        help="Longest build on the host; whole seconds, at least 1s.",
+    ),
+]
+
+
+def _with(*groups: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def apply(f: F) -> F:
+        for group in reversed(groups):
+            for decorator in reversed(group):
+                f = decorator(f)
+        return f
+
+    return apply
+
+
+_DESTINATIONS = click.argument("destinations", nargs=-1, metavar="DESTINATION...")
+_ON = click.option(
+    "--on",
+    "selectors",
     multiple=True,
-    type=click.Choice(SANITY_CHECKS),
-    help="Skip a sanity check of the new system (repeatable).",
+    metavar="SELECTOR",
+    help="Hosts from the flake's inventory (deployFlake.hosts): a name, a glob, or @TAG "
+    "(repeatable, union; --on '*' for all).",
 )
-@click.option(
-    "--instrumentation",
-    type=click.Choice(["tui", "json"]),
-    default="tui",
-    show_default=True,
-    help="tui: live view on a terminal, plain lines otherwise. json: one JSON event per line.",
-)
-@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Hosts deployed at once.  [default: all]")
-@click.option(
-    "--ssh-config",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="ssh config file for every ssh call (ssh -F), Nix's copying included.",
-)
-@click.option(
-    "--ssh-option",
-    "-o",
-    "ssh_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="ssh option for every ssh call, Nix's copying included (repeatable).",
-)
-@click.option(
-    "--sudo/--no-sudo",
-    default=None,
-    help="Run system commands through sudo -n.  [default: when the login user is not root]",
-)
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(path_type=Path),
-    help="Write a JSON report of every host to this file.",
-)
+
+
+class _DeployByDefault(click.Group):
+    """`deploy-flake [OPTIONS] DESTINATION...` deploys, as it always did; subcommands beside it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] in ("-h", "--help"):
+            args = ["deploy", *args]
+        elif args[0] not in self.commands and args[0] != "--version":
+            args = ["deploy", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DeployByDefault, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="deploy-flake")
-def deploy_flake(
-    destinations: tuple[str, ...],
-    flake_dir: Path,
-    preflight_check: str,
-    pre_activate_script: str | None,
-    test_mode: str,
-    build_cmdline: str | None,
-    copy_timeout: int,
-    build_timeout: int,
-    preflight_timeout: int,
-    activation_timeout: int,
-    health_timeout: int,
-    settle_time: int,
-    confirm_timeout: int,
-    boot_timeout: int,
-    skip_checks: tuple[str, ...],
-    instrumentation: str,
-    jobs: int | None,
-    ssh_config: Path | None,
-    ssh_options: tuple[str, ...],
-    sudo: bool | None,
-    report_path: Path | None,
-) -> None:
+def main_group() -> None:
+    """Deploy a flake's NixOS configurations to hosts over SSH."""
+
+
+@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
+@_DESTINATIONS
+@_ON
+@_with(_COMMON, _BUILD, _ACTIVATION)
+@click.option(
+    "--dry-activate",
+    is_flag=True,
+    help="Build and show what would change, like `deploy-flake plan`; change nothing.",
+)
+def deploy(dry_activate: bool, **kw: Any) -> None:
     """Deploy a flake's NixOS configurations to hosts over SSH.
 
     Each DESTINATION is HOST, USER@HOST, or nixos://[USER@]HOST[:PORT]/[CONFIGURATION]
@@ -246,38 +296,84 @@ def deploy_flake(
     is checked, activates it with switch-to-configuration test, and must be
     confirmed over a new SSH connection before the boot entry is written;
     otherwise it returns to its previous system by itself.
+
+    Other commands: status, plan, rollback (deploy-flake COMMAND --help). A host
+    named like a command is deployed with `deploy-flake deploy HOST`.
     """
+    _execute(Job.PLAN if dry_activate else Job.DEPLOY, kw)
+
+
+@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
+@_DESTINATIONS
+@_ON
+@_with(_COMMON, _BUILD, _ACTIVATION)
+def plan(**kw: Any) -> None:
+    """Copy and build as a deploy would, and show per host what activating would change.
+
+    Shows the closure difference against the running system, the units that would be
+    stopped, restarted, reloaded and started (switch-to-configuration dry-activate),
+    whether a reboot would be needed, and the sanity checks' verdict. Nothing is
+    activated, no profile generation or boot entry is written. Takes every option a
+    deploy takes.
+    """
+    _execute(Job.PLAN, kw)
+
+
+@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
+@_DESTINATIONS
+@_ON
+@click.option(
+    "--to",
+    "rollback_to",
+    type=click.IntRange(min=1),
+    metavar="GENERATION",
+    help="The system profile's generation to return to.  [default: the one before the current]",
+)
+@_with(_COMMON, _ACTIVATION)
+def rollback(**kw: Any) -> None:
+    """Return hosts to an earlier generation of their system profile.
+
+    Through the same transaction as a deploy: switch-to-configuration test, health
+    check, settle time, confirmation over a new SSH login, and only then the system
+    profile and the boot entry. A rollback that fails is itself rolled back.
+    """
+    _execute(Job.ROLLBACK, kw)
+
+
+@main_group.command(context_settings=CONTEXT)
+@_DESTINATIONS
+@_ON
+@_with(_COMMON)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def status(as_json: bool, **kw: Any) -> None:
+    """Show what every host runs: health, failed units, current, booted and profile
+    systems with the generation, the last deploy, and whether a reboot is needed.
+
+    An unreachable host is a row that says so. Exit 0 when every host answered.
+    """
+    _execute(Job.STATUS, kw, status_json=as_json)
+
+
+def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
+    """Validates everything before any host is touched, runs the job, reports."""
+    flake_dir: Path = kw["flake_dir"]
+    ssh_config: Path | None = kw["ssh_config"]
+    ssh_options: tuple[str, ...] = kw["ssh_options"]
+    report_path: Path | None = kw["report_path"]
+    instrumentation: str = kw["instrumentation"]
     try:
-        dests = [Destination.parse(d) for d in destinations]
-        _check_no_repeats(dests)
         for opt in ssh_options:
             check_ssh_option(opt)
         if ssh_config is not None and not ssh_config.is_file():
             raise UsageError(f"--ssh-config {ssh_config}: no such file")
-        if not (flake_dir / "flake.nix").is_file():
+        if (job in (Job.DEPLOY, Job.PLAN) or kw["selectors"]) and not (flake_dir / "flake.nix").is_file():
             raise UsageError(f"no flake.nix in {flake_dir}: pass the flake's directory with --flake DIR")
         if report_path is not None:
             check_report_path(report_path)
-        options = DeployOptions(
-            flake_dir=flake_dir,
-            preflight=preflight_check == "run",
-            pre_activate_script=pre_activate_script,
-            test=test_mode == "run",
-            build_args=build_args(build_cmdline),
-            sudo=sudo,
-            skip_checks=frozenset(skip_checks),
-            timeouts=Timeouts(
-                copy=copy_timeout,
-                build=build_timeout,
-                preflight=preflight_timeout,
-                activation=activation_timeout,
-                health=health_timeout,
-                settle=settle_time,
-                confirm=confirm_timeout,
-                boot=boot_timeout,
-            ),
-            jobs=jobs,
-        )
+        options = _options(job, kw)
+        targets = _targets(kw["destinations"], kw["selectors"], options)
+        dests = [t.dest for t in targets]
+        _check_no_repeats(dests)
         _check_distinct_hosts(dests, ssh_config, ssh_options)
     except (UsageError, ValueError) as e:
         _fail(str(e))
@@ -285,13 +381,15 @@ def deploy_flake(
     tty = sys.stdout.isatty()
     console = Console()
     try:
-        if instrumentation == "json":
-            results = _run(dests, options, ssh_config, ssh_options, JsonEvents())
+        if job is Job.STATUS:
+            results = _run(targets, options, ssh_config, ssh_options, QuietEvents())
+        elif instrumentation == "json":
+            results = _run(targets, options, ssh_config, ssh_options, JsonEvents())
         elif tty:
             with LiveEvents([d.label for d in dests], console) as live:
-                results = _run(dests, options, ssh_config, ssh_options, live)
+                results = _run(targets, options, ssh_config, ssh_options, live)
         else:
-            results = _run(dests, options, ssh_config, ssh_options, PlainEvents())
+            results = _run(targets, options, ssh_config, ssh_options, PlainEvents())
     except DeployError as e:
         _fail(str(e))
     except InterruptedTwice as e:
@@ -307,7 +405,16 @@ def deploy_flake(
         sys.exit(EXIT_FAILED)
 
     report_error = _write_report(report_path, results)
-    if instrumentation != "json":
+    if job is Job.STATUS:
+        if status_json:
+            click.echo(json.dumps(status_document(results), indent=2))
+        elif tty:
+            console.print(status_table(results))
+        else:
+            click.echo(plain_status(results))
+    elif instrumentation != "json":
+        if job is Job.PLAN:
+            click.echo(plain_plan(results))
         if tty:
             console.print(summary_table(results))
         else:
@@ -318,6 +425,50 @@ def deploy_flake(
             err=True,
         )
     sys.exit(exit_code([r.outcome for r in results]))
+
+
+def _options(job: Job, kw: dict[str, Any]) -> DeployOptions:
+    t = Timeouts()
+    return DeployOptions(
+        flake_dir=kw["flake_dir"],
+        preflight=kw.get("preflight_check", "run") == "run",
+        pre_activate_script=kw.get("pre_activate_script"),
+        test=kw.get("test_mode", "run") == "run",
+        build_args=build_args(kw.get("build_cmdline")),
+        sudo=kw["sudo"],
+        skip_checks=frozenset(kw.get("skip_checks", ())),
+        timeouts=Timeouts(
+            copy=kw.get("copy_timeout", t.copy),
+            build=kw.get("build_timeout", t.build),
+            preflight=kw.get("preflight_timeout", t.preflight),
+            activation=kw.get("activation_timeout", t.activation),
+            health=kw.get("health_timeout", t.health),
+            settle=kw.get("settle_time", t.settle),
+            confirm=kw.get("confirm_timeout", t.confirm),
+            boot=kw.get("boot_timeout", t.boot),
+        ),
+        jobs=kw["jobs"],
+        job=job,
+        rollback_to=kw.get("rollback_to"),
+    )
+
+
+def _targets(
+    destinations: tuple[str, ...], selectors: tuple[str, ...], options: DeployOptions
+) -> list[Target]:
+    """The hosts of the run: the inventory's selected ones, then those on the command line."""
+    targets: list[Target] = []
+    if selectors:
+        hosts = asyncio.run(load_inventory(options.flake_dir))
+        for h in select(hosts, selectors):
+            targets.append(Target(h.destination, h.deploy_options(options), h.ssh_options))
+    targets += [Target(Destination.parse(d)) for d in destinations]
+    if not targets:
+        raise UsageError(
+            "no hosts: give them as DESTINATION... or select them from the flake's inventory "
+            "with --on (--on '*' for all)"
+        )
+    return targets
 
 
 def _write_report(path: Path | None, results: list[HostResult]) -> str | None:
@@ -379,7 +530,7 @@ async def _ssh_target(dest: Destination, ssh_config: Path | None, ssh_options: t
 
 
 def _run(
-    dests: list[Destination],
+    dests: list[Target],
     options: DeployOptions,
     ssh_config: Path | None,
     ssh_options: tuple[str, ...],
@@ -396,4 +547,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def main() -> None:
-    deploy_flake(prog_name="deploy-flake")
+    main_group(prog_name="deploy-flake")
+
+
+deploy_flake = main_group  # the entry point, under its old name

@@ -10,14 +10,24 @@ import socket
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploy_flake import nix, process
 from deploy_flake.destination import Destination
 from deploy_flake.events import Events
 from deploy_flake.host_deploy import HostDeploy, Run
-from deploy_flake.models import DeployOptions, HostResult
+from deploy_flake.models import DeployOptions, HostResult, Job
 from deploy_flake.ssh import SshSettings
+
+
+@dataclass(frozen=True)
+class Target:
+    """A host of the run, with its own options where the inventory gives some."""
+
+    dest: Destination
+    options: DeployOptions | None = None
+    ssh_options: tuple[str, ...] = ()  # before the run's: ssh keeps the first value it reads
 
 
 class InterruptedTwice(Exception):
@@ -29,26 +39,41 @@ class InterruptedTwice(Exception):
 
 
 async def deploy_all(
-    destinations: Sequence[Destination],
+    destinations: Sequence[Destination | Target],
     options: DeployOptions,
     *,
     ssh_config: Path | None,
     ssh_options: tuple[str, ...],
     events: Events,
 ) -> list[HostResult]:
-    """Deploys to every destination, at most options.jobs at a time; never raises for a host."""
-    flake = await nix.flake_metadata(options.flake_dir)
+    """Runs options.job on every destination, at most options.jobs at a time; never raises
+    for a host. Only a deploy or a plan reads the flake."""
+    if options.job in (Job.DEPLOY, Job.PLAN):
+        flake = await nix.flake_metadata(options.flake_dir)
+    else:
+        flake = nix.Flake(url="", store_path="")
+    targets = [t if isinstance(t, Target) else Target(t) for t in destinations]
     with tempfile.TemporaryDirectory(prefix="deploy-flake-") as control_dir:
+        ssh = SshSettings(control_dir=Path(control_dir), config_file=ssh_config, options=ssh_options)
         run = Run(
             flake=flake,
             options=options,
-            ssh=SshSettings(control_dir=Path(control_dir), config_file=ssh_config, options=ssh_options),
+            ssh=ssh,
             events=events,
             run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3),
             holder=f"{getpass.getuser()}@{socket.gethostname()}",
         )
-        limit = asyncio.Semaphore(options.jobs or len(destinations) or 1)
-        deploys = [HostDeploy(run, d, i) for i, d in enumerate(destinations)]
+        limit = asyncio.Semaphore(options.jobs or len(targets) or 1)
+        deploys = [
+            HostDeploy(
+                run,
+                t.dest,
+                i,
+                options=t.options,
+                ssh=replace(ssh, options=(*t.ssh_options, *ssh_options)) if t.ssh_options else None,
+            )
+            for i, t in enumerate(targets)
+        ]
 
         async def one(deploy: HostDeploy) -> HostResult:
             try:

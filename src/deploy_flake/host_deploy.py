@@ -12,10 +12,11 @@ from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
 from deploy_flake.destination import Destination, check_config_name
 from deploy_flake.errors import DeployError
 from deploy_flake.events import Events
-from deploy_flake.models import DeployOptions, HostResult, Outcome, Stage
+from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, Stage
 from deploy_flake.nix import Flake
 from deploy_flake.process import ProcessTimeout
 from deploy_flake.ssh import Remote, SshSettings
+from deploy_flake.target import HostFacts
 
 DEFAULT_PRE_ACTIVATE = "pre-activate-safety-checks"
 
@@ -33,13 +34,27 @@ class Run:
 
 
 class HostDeploy:
-    def __init__(self, run: Run, dest: Destination, index: int) -> None:
+    """One host's run: deploy, plan, rollback or status, as run.options.job says.
+
+    options and ssh: this host's own (an inventory's per-host overrides), else the run's.
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        dest: Destination,
+        index: int,
+        *,
+        options: DeployOptions | None = None,
+        ssh: SshSettings | None = None,
+    ) -> None:
         self.run = run
-        self.opts = run.options
-        self.t = run.options.timeouts
+        self.opts = options or run.options
+        self.job = self.opts.job
+        self.t = self.opts.timeouts
         self.dest = dest
         self.label = dest.label
-        self.remote = Remote(dest, run.ssh)
+        self.remote = Remote(dest, ssh or run.ssh)
         self.result = HostResult(destination=dest.raw, host=dest.host, config=dest.config)
         self.deploy_id = f"{run.run_id}-{index}"
         self.agent: Agent | None = None  # the host's transaction, once it was asked for
@@ -133,40 +148,29 @@ class HostDeploy:
 
     async def _disconnect(self) -> None:
         """Drops the build's GC root unless the agent holds it now, and the connection."""
-        if not self.started:
+        if not self.started and self.job in (Job.DEPLOY, Job.PLAN):
             await process.run(self.remote.command(["rm", "-f", self.gc_root]), timeout=15)
         await target.close_connection(self.remote)
 
     async def _deploy_connected(self) -> None:
         facts = await target.host_facts(self.remote)
+        self.result.previous_system = facts.current_system or None
+        self.profile_link = facts.profile_link
+        if self.job is Job.STATUS:
+            self._show_status(facts)
+            return
         sudo = facts.uid != 0 if self.opts.sudo is None else self.opts.sudo
         self.remote = self.remote.with_sudo(sudo)
         if sudo:
             await target.check_sudo(self.remote)
-        config = self.dest.config or check_config_name(
-            facts.hostname, f"the host name that {self.dest.host} reports,"
-        )
-        self.result.config = config
-        self.result.previous_system = facts.current_system or None
-        self.profile_link = facts.profile_link
 
-        self.stage(Stage.COPY)
-        await self._copy()
-
-        self.stage(Stage.BUILD)
-        toplevel = await nix.build_toplevel(
-            self.remote,
-            self.run.flake,
-            config,
-            extra_args=self.opts.build_args,
-            gc_root=self.gc_root,
-            timeout=self.t.build,
-            on_line=self.line,
-        )
+        if self.job is Job.ROLLBACK:
+            toplevel, generation = self._rollback_target(facts)
+        else:
+            toplevel, generation = await self._build(facts), None
         self.result.system = toplevel
-        self.note(f"built {toplevel}")
 
-        if self.opts.preflight:
+        if self.opts.preflight and self.job is not Job.PLAN:
             self.stage(Stage.PREFLIGHT)
             state, failed = await target.system_health(self.remote, self.t.preflight)
             if state != "running":
@@ -177,6 +181,9 @@ class HostDeploy:
                 )
 
         self.stage(Stage.CHECK)
+        if self.job is Job.PLAN:
+            await self._plan(toplevel, facts)
+            return
         await self._sanity_checks(toplevel, facts.system)
         for change in await target.closure_diff(self.remote, facts.current_system, toplevel):
             self.line(f"change: {change}")
@@ -184,7 +191,93 @@ class HostDeploy:
         await self._pre_activate(toplevel)
 
         self.stage(Stage.ACTIVATE)
-        await self._activate(toplevel)
+        await self._activate(toplevel, generation)
+
+    async def _build(self, facts: HostFacts) -> str:
+        """Copies the flake and builds this host's configuration on it."""
+        config = self.dest.config or check_config_name(
+            facts.hostname, f"the host name that {self.dest.host} reports,"
+        )
+        self.result.config = config
+        self.stage(Stage.COPY)
+        await self._copy()
+        self.stage(Stage.BUILD)
+        toplevel = await nix.build_toplevel(
+            self.remote,
+            self.run.flake,
+            config,
+            extra_args=self.opts.build_args,
+            gc_root=self.gc_root,
+            timeout=self.t.build,
+            on_line=self.line,
+        )
+        self.note(f"built {toplevel}")
+        return toplevel
+
+    def _rollback_target(self, facts: HostFacts) -> tuple[str, int]:
+        """The generation to roll back to: --to N, or the one before the profile's current one."""
+        generations = dict(facts.generations)
+        current = facts.generation
+        if not generations or current is None:
+            raise DeployError(f"{self.dest.host} has no generations of /nix/var/nix/profiles/system")
+        wanted = self.opts.rollback_to
+        if wanted is None:
+            earlier = [n for n in generations if n < current]
+            if not earlier:
+                raise DeployError(
+                    f"generation {current} is the oldest of /nix/var/nix/profiles/system on "
+                    f"{self.dest.host}: there is nothing to roll back to"
+                )
+            wanted = max(earlier)
+        if wanted not in generations:
+            known = ", ".join(str(n) for n in sorted(generations))
+            raise DeployError(f"{self.dest.host} has no system generation {wanted} (it has {known})")
+        if wanted == current and generations[wanted] == facts.current_system:
+            raise DeployError(
+                f"{self.dest.host} already runs generation {wanted}, the profile's current one: nothing to do"
+            )
+        self.result.config = f"generation {wanted}"
+        self.note(f"rolling back to generation {wanted}: {generations[wanted]}")
+        return generations[wanted], wanted
+
+    def _show_status(self, facts: HostFacts) -> None:
+        """status: what the host runs and how it is, as the facts say."""
+        self.result.outcome = Outcome.UNCHANGED
+        self.result.system = facts.current_system or None
+        self.result.details = status_details(facts)
+        self.stage(Stage.DONE)
+
+    async def _plan(self, toplevel: str, facts: HostFacts) -> None:
+        """plan: what activating toplevel would change; nothing is changed."""
+        verdict = "ok"
+        try:
+            await self._sanity_checks(toplevel, facts.system)
+        except DeployError as e:
+            verdict = str(e)
+        changes = await target.closure_diff(self.remote, facts.current_system, toplevel)
+        units = await target.dry_activate(self.remote, toplevel, timeout=self.t.activation)
+        reboot = (await target.closure_facts(self.remote, toplevel)).reboot_reasons
+        self.result.details = {
+            "plan": {
+                "closure_changes": changes,
+                "units": units,
+                "reboot_needed": bool(reboot),
+                "reboot_reasons": list(reboot),
+                "checks": verdict,
+            }
+        }
+        for change in changes:
+            self.line(f"change: {change}")
+        for action, names in units.items():
+            self.line(f"would {action}: {', '.join(names)}")
+        if not changes and not units:
+            self.line("no change: the host runs this system already")
+        self.line("reboot needed: " + (", ".join(reboot) if reboot else "no"))
+        self.line(f"checks: {verdict}")
+        self.result.outcome = Outcome.UNCHANGED if verdict == "ok" else Outcome.FAILED
+        if verdict != "ok":
+            self.result.error = f"a deploy would refuse this system: {verdict}"
+        self.stage(Stage.DONE)
 
     async def _copy(self) -> None:
         attempts = max(1, self.t.copy_attempts)
@@ -250,7 +343,7 @@ class HostDeploy:
             )
 
     # ---------------------------------------------------------------- activation
-    def _settings(self, toplevel: str) -> Settings:
+    def _settings(self, toplevel: str, generation: int | None = None) -> Settings:
         t = self.t
         return Settings(
             new_system=toplevel,
@@ -261,11 +354,13 @@ class HostDeploy:
             confirm_s=_whole(t.confirm),
             boot_s=_whole(t.boot),
             holder=self.run.holder,
-            gc_root=self.gc_root,
+            gc_root=self.gc_root if generation is None else "",
+            flake=self.run.flake.url if generation is None else f"rollback to generation {generation}",
+            generation=generation,
         )
 
-    async def _activate(self, toplevel: str) -> None:
-        agent = Agent(self.remote, self.deploy_id, self._settings(toplevel))
+    async def _activate(self, toplevel: str, generation: int | None = None) -> None:
+        agent = Agent(self.remote, self.deploy_id, self._settings(toplevel, generation))
         await agent.install()
         self.agent = agent
         status = await agent.start()
@@ -430,3 +525,19 @@ class HostDeploy:
 def _whole(seconds: float, *, minimum: int = 1) -> int:
     """The agent counts whole seconds; the command line refuses anything it cannot enforce."""
     return max(minimum, int(-(-seconds // 1)))
+
+
+def status_details(facts: HostFacts) -> dict[str, object]:
+    """The status of a host, by the names `deploy-flake status --json` promises."""
+    return {
+        "reachable": True,
+        "state": facts.state or "unknown",
+        "failed_units": list(facts.failed_units),
+        "current_system": facts.current_system or None,
+        "booted_system": facts.booted_system or None,
+        "profile_system": facts.profile_system or None,
+        "generation": facts.generation,
+        "reboot_needed": bool(facts.reboot_reasons),
+        "reboot_reasons": list(facts.reboot_reasons),
+        "last_deploy": dict(facts.last_deploy) or None,
+    }

@@ -21,8 +21,18 @@ class Stage(StrEnum):
     DONE = "done"
 
 
+class Job(StrEnum):
+    """What a run does to each host."""
+
+    DEPLOY = "deploy"  # build the flake's configuration on the host and activate it
+    PLAN = "plan"  # build it and show what activating it would change; change nothing
+    ROLLBACK = "rollback"  # activate an earlier generation of the system profile
+    STATUS = "status"  # only look
+
+
 class Outcome(StrEnum):
     ACTIVATED = "activated"  # running the new system, confirmed, boot entry written
+    UNCHANGED = "unchanged"  # looked at (status) or planned only: nothing was changed
     FAILED = "failed"  # nothing was changed on the host
     ROLLED_BACK = "rolled-back"  # the new system was tried and the host is back on the previous one
     UNKNOWN = "unknown"  # the host's state could not be established
@@ -37,11 +47,12 @@ EXIT_UNKNOWN = 4
 EXIT_INTERRUPTED = 130  # a second Ctrl-C or SIGTERM: stopped at once
 EXIT_BY_OUTCOME = {
     Outcome.ACTIVATED: EXIT_OK,
+    Outcome.UNCHANGED: EXIT_OK,
     Outcome.FAILED: EXIT_FAILED,
     Outcome.ROLLED_BACK: EXIT_ROLLED_BACK,
     Outcome.UNKNOWN: EXIT_UNKNOWN,
 }
-_SEVERITY = [Outcome.ACTIVATED, Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.UNKNOWN]
+_SEVERITY = [Outcome.UNCHANGED, Outcome.ACTIVATED, Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.UNKNOWN]
 
 
 def exit_code(outcomes: list[Outcome]) -> int:
@@ -81,6 +92,8 @@ class DeployOptions:
     skip_checks: frozenset[str] = frozenset()
     timeouts: Timeouts = field(default_factory=Timeouts)
     jobs: int | None = None
+    job: Job = Job.DEPLOY
+    rollback_to: int | None = None  # rollback: this generation (default: the one before the current)
 
 
 @dataclass
@@ -95,6 +108,7 @@ class HostResult:
     error: str | None = None
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    details: dict[str, object] = field(default_factory=dict)  # what a plan or status found
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -108,4 +122,5 @@ class HostResult:
             "error": self.error,
             "duration_s": round(self.duration_s, 3),
             "notes": self.notes,
+            **self.details,
         }

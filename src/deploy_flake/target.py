@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from deploy_flake import process
 from deploy_flake.errors import DeployError
@@ -12,8 +13,10 @@ from deploy_flake.ssh import Remote
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-# Facts about a host, read in one round trip. A fixed script: nothing from the
+# Facts about a host, read in one round trip: the one list of what status, plan
+# and the deploy's checks know about a host. A fixed script: nothing from the
 # command line is ever put into it.
+LAST_DEPLOY_FILE = "/var/lib/deploy-flake/last-deploy"
 _FACTS_SCRIPT = r"""
 echo "uid=$(id -u)"
 echo "hostname=$(hostname)"
@@ -22,6 +25,18 @@ echo "current=$(readlink -f /run/current-system 2>/dev/null)"
 echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
 echo "nix=$(nix --version 2>/dev/null)"
 echo "profile=$(readlink /nix/var/nix/profiles/system 2>/dev/null)"
+echo "profile_system=$(readlink -f /nix/var/nix/profiles/system 2>/dev/null)"
+echo "state=$(systemctl is-system-running 2>/dev/null)"
+systemctl list-units --failed --plain --no-legend --no-pager 2>/dev/null | awk '{print "failed=" $1}'
+for f in kernel initrd kernel-modules; do
+  b=$(readlink -f "/run/booted-system/$f" 2>/dev/null)
+  [ -n "$b" ] && [ "$b" != "$(readlink -f "/run/current-system/$f" 2>/dev/null)" ] && echo "reboot=$f"
+done
+for g in /nix/var/nix/profiles/system-*-link; do
+  [ -L "$g" ] && n=${g##*/system-} && echo "generation=${n%-link} $(readlink -f "$g")"
+done
+[ -r /var/lib/deploy-flake/last-deploy ] && sed 's/^/last_/' /var/lib/deploy-flake/last-deploy
+true
 """
 
 
@@ -29,11 +44,23 @@ echo "profile=$(readlink /nix/var/nix/profiles/system 2>/dev/null)"
 class HostFacts:
     uid: int
     hostname: str
-    system: str
+    system: str  # the platform, like x86_64-linux
     current_system: str
     booted_system: str
     nix_version: str
     profile_link: str  # the generation the system profile points at (system-N-link)
+    profile_system: str = ""  # the system that generation is
+    state: str = ""  # systemctl is-system-running, without waiting
+    failed_units: tuple[str, ...] = ()
+    reboot_reasons: tuple[str, ...] = ()  # what of the running system differs from the booted one
+    generations: tuple[tuple[int, str], ...] = ()  # (number, system), oldest first
+    last_deploy: Mapping[str, str] = field(default_factory=dict)  # recorded by the agent at each commit
+
+    @property
+    def generation(self) -> int | None:
+        """The system profile's current generation number."""
+        m = re.fullmatch(r"system-(\d+)-link", self.profile_link)
+        return int(m.group(1)) if m else None
 
 
 async def open_connection(remote: Remote, timeout: float) -> None:
@@ -92,8 +119,19 @@ async def host_facts(remote: Remote, *, fresh: bool = False) -> HostFacts:
     )
     if not done.ok:
         raise DeployError(f"cannot read facts of {remote.dest.host}: {done.last_lines(2)}")
-    kv = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return parse_facts(done.stdout)
+
+
+def parse_facts(text: str) -> HostFacts:
+    """Reads the facts script's output (KEY=VALUE lines; some keys repeat)."""
+    pairs = [line.split("=", 1) for line in text.splitlines() if "=" in line]
+    kv = {k: v for k, v in pairs}
     machine = kv.get("machine", "")
+    generations = []
+    for k, v in pairs:
+        number, _, system = v.partition(" ")
+        if k == "generation" and number.isdigit():
+            generations.append((int(number), system))
     return HostFacts(
         uid=int(kv.get("uid", "-1") or -1),
         hostname=kv.get("hostname", ""),
@@ -102,6 +140,12 @@ async def host_facts(remote: Remote, *, fresh: bool = False) -> HostFacts:
         booted_system=kv.get("booted", ""),
         nix_version=kv.get("nix", ""),
         profile_link=kv.get("profile", ""),
+        profile_system=kv.get("profile_system", ""),
+        state=kv.get("state", ""),
+        failed_units=tuple(v for k, v in pairs if k == "failed"),
+        reboot_reasons=tuple(v for k, v in pairs if k == "reboot"),
+        generations=tuple(sorted(generations)),
+        last_deploy={k[len("last_") :]: v for k, v in pairs if k.startswith("last_")},
     )
 
 
@@ -219,3 +263,31 @@ async def run_pre_activate(
         timeout=timeout,
         on_line=on_line,
     )
+
+
+_WOULD = re.compile(r"^would (.+?) the following (?:changed )?units: (.*)$")
+
+
+async def dry_activate(remote: Remote, toplevel: str, *, timeout: float) -> dict[str, list[str]]:
+    """What activating toplevel would do to units (switch-to-configuration dry-activate):
+    action (stop, restart, reload, start, ...) -> unit names. Changes nothing."""
+    done = await run_checked(
+        remote,
+        [f"{toplevel}/bin/switch-to-configuration", "dry-activate"],
+        "switch-to-configuration dry-activate",
+        root=True,
+        timeout=timeout,
+    )
+    if not done.ok:
+        raise DeployError(f"switch-to-configuration dry-activate failed: {done.last_lines(2)}")
+    return parse_dry_activate(done.stderr + "\n" + done.stdout)
+
+
+def parse_dry_activate(text: str) -> dict[str, list[str]]:
+    actions: dict[str, list[str]] = {}
+    for line in _ANSI.sub("", text).splitlines():
+        m = _WOULD.match(line.strip())
+        if m:
+            names = [u.strip() for u in m.group(2).split(",") if u.strip()]
+            actions.setdefault(m.group(1), []).extend(names)
+    return actions

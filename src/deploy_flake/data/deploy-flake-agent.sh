@@ -23,7 +23,10 @@
 #
 # Usage (as root; ID is the deploy's id):
 #   agent start ID < SETTINGS  record the settings (KEY=VALUE lines: NEW MODE ACTIVATION_S
-#                              HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER GC_ROOT) and run
+#                              HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER GC_ROOT, and
+#                              optionally FLAKE, what is recorded as the deploy's source, and
+#                              GENERATION, an existing profile generation of NEW to switch
+#                              the profile to instead of adding one: a rollback) and run
 #                              `agent run ID` in the transient unit deploy-flake-ID
 #   agent run ID               the transaction (the unit's main process)
 #   agent recover ID           the unit's ExecStopPost: finish a transaction that was killed
@@ -44,6 +47,7 @@ PATH="${PATH:-/usr/bin:/bin}:/run/current-system/sw/bin:/usr/bin:/bin"
 
 BASE=/run/deploy-flake
 PROFILE=/nix/var/nix/profiles/system
+LAST_DEPLOY=/var/lib/deploy-flake/last-deploy  # target.py LAST_DEPLOY_FILE
 SWITCH_LOCK=/run/nixos/switch-to-configuration.lock
 OTHER_SWITCHES="nixos-upgrade.service nixos-rebuild-switch-to-configuration.service"
 KEEP_RUNS=20
@@ -112,6 +116,7 @@ param() { sed -n "s/^$1=//p" "$DIR/settings" 2>/dev/null | head -n 1; }
 load_settings() {
   NEW=$(param NEW) MODE=$(param MODE) ACT_S=$(param ACTIVATION_S) HEALTH_S=$(param HEALTH_S)
   SETTLE_S=$(param SETTLE_S) CONFIRM_S=$(param CONFIRM_S) BOOT_S=$(param BOOT_S) HOLDER=$(param HOLDER)
+  GENERATION=$(param GENERATION)
 }
 is_uint() { case $1 in '' | *[!0-9]*) return 1 ;; esac; return 0; }
 settings_problem() {  # prints what is wrong with the settings; false when nothing is
@@ -128,6 +133,11 @@ settings_problem() {  # prints what is wrong with the settings; false when nothi
     fi
   done
   is_uint "$SETTLE_S" || { echo "SETTLE_S must be a whole number of seconds (not '$SETTLE_S')"; return 0; }
+  if [ -n "$GENERATION" ]; then
+    is_uint "$GENERATION" || { echo "GENERATION must be a generation number (not '$GENERATION')"; return 0; }
+    [ "$(readlink -f "${PROFILE%/*}/system-$GENERATION-link" 2>/dev/null)" = "$NEW" ] \
+      || { echo "generation $GENERATION of $PROFILE is not $NEW"; return 0; }
+  fi
   case $(param GC_ROOT) in '' | /tmp/deploy-flake-*.system) ;; *) echo "GC_ROOT is not a deploy-flake result link"; return 0 ;; esac
   return 1
 }
@@ -260,8 +270,7 @@ profile_generation() { readlink "$PROFILE" 2>/dev/null || true; }
 restore_profile() {
   old=$(cat "$DIR/old-generation" 2>/dev/null)
   now=$(profile_generation)
-  new=$(cat "$DIR/new-generation" 2>/dev/null)
-  [ -n "$new" ] || new=$now
+  new=$(cat "$DIR/new-generation" 2>/dev/null)  # written only for a generation this deploy added
   if [ -z "$old" ]; then
     RESTORE_PROBLEM="there was no system profile before the deploy to put back; check $PROFILE"
     return 1
@@ -297,13 +306,22 @@ commit() {  # profile generation + boot entry, undone if either step fails
   if [ "$MODE" = test ] && [ "$(readlink -f /run/current-system)" != "$NEW" ]; then
     rollback "another switch replaced the running system during the deploy (it runs $(readlink -f /run/current-system))"
   fi
-  if ! timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --set "$NEW" 8>&-; then
-    why="could not add the new generation to $PROFILE"
-    [ "$(profile_generation)" = "$(cat "$DIR/old-generation")" ] || restore_profile
+  old_gen=$(cat "$DIR/old-generation" 2>/dev/null)
+  if [ -n "$GENERATION" ]; then  # a rollback: back to a generation the profile has
+    timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --switch-generation "$GENERATION" 8>&-
+  else
+    timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --set "$NEW" 8>&-
+  fi
+  rc=$?
+  if [ -z "$GENERATION" ] && [ "$(profile_generation)" != "$old_gen" ]; then
+    profile_generation > "$DIR/new-generation"  # ours: removed again if the deploy is undone
+  fi
+  if [ "$rc" -ne 0 ] || [ "$(readlink -f "$PROFILE")" != "$NEW" ]; then
+    why="could not point $PROFILE at the new system (nix-env exit $rc)"
+    [ "$(profile_generation)" = "$old_gen" ] || restore_profile
     [ "$MODE" = test ] && rollback "$why"
     conclude_unchanged "$why"
   fi
-  profile_generation > "$DIR/new-generation"
   if ! timeout -k "$KILL_GRACE_S" "$BOOT_S" "$NEW/bin/switch-to-configuration" boot 8>&-; then
     log "the boot step failed: putting the system profile and the boot entry back"
     why="switch-to-configuration boot failed; the profile and boot entry were put back"
@@ -311,7 +329,16 @@ commit() {  # profile generation + boot entry, undone if either step fails
     [ "$MODE" = test ] && rollback "$why"
     conclude_unchanged "$why"
   fi
+  record_deploy
   set_state activated
+}
+
+record_deploy() {  # what `deploy-flake status` shows as the last deploy; never fails the deploy
+  { mkdir -p "${LAST_DEPLOY%/*}" &&
+    printf 'system=%s\nflake=%s\ntime=%s\ndeploy=%s\nby=%s\ngeneration=%s\n' "$NEW" "$(param FLAKE)" \
+      "$(date -u +%FT%TZ)" "$ID" "$HOLDER" "$(profile_generation)" > "$LAST_DEPLOY.tmp" &&
+    chmod 0644 "$LAST_DEPLOY.tmp" && mv -f "$LAST_DEPLOY.tmp" "$LAST_DEPLOY"; } ||
+    log "warning: could not record the deploy in $LAST_DEPLOY"
 }
 
 # Transactions that never reached a final state (their unit was killed, and
