@@ -192,9 +192,11 @@ def deploy(
     return Deploy(done.returncode, done.stdout + done.stderr, data)
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """deploy-flake as a user runs it (any subcommand), with the lab's flake and ssh config."""
-    return subprocess.run(deploy_argv(*args), capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        deploy_argv(*args), capture_output=True, text=True, timeout=timeout, check=False, input=input
+    )
 
 
 class Background:

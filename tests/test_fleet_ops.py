@@ -81,6 +81,22 @@ def test_plan_shows_the_changes_and_changes_nothing(hosts: dict[str, Host]) -> N
     assert _snapshot(alpha) == before
 
 
+def test_ask_shows_every_plan_and_asks_once(hosts: dict[str, Host]) -> None:
+    alpha, beta = hosts["alpha"], hosts["beta"]
+    before = {h.name: _snapshot(h) for h in (alpha, beta)}
+    no = run_cli("--ask", "--jobs", "1", "nixos://alpha/good", "nixos://beta/webserver", input="n\n")
+    assert no.returncode == 1, no.stdout + no.stderr
+    assert no.stderr.count("Activate on 2 host(s)") == 1
+    assert "would start: fixture-extra.service" in no.stdout + no.stderr  # beta's plan
+    assert "not confirmed at the --ask prompt" in no.stdout
+    assert {h.name: _snapshot(h) for h in (alpha, beta)} == before
+    assert not alpha.deploy_units() and not alpha.transaction_states()
+    yes = run_cli("--ask", "nixos://alpha/good", "nixos://beta/webserver", input="y\n")
+    assert yes.returncode == 0, yes.stdout + yes.stderr
+    assert alpha.current_system().endswith("nixos-system-good-1")
+    assert beta.current_system().endswith("nixos-system-webserver-1")
+
+
 # ------------------------------------------------------------------ rollback
 def test_rollback_to_the_previous_and_to_a_named_generation(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]

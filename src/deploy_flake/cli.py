@@ -282,12 +282,18 @@ def main_group() -> None:
 @_DESTINATIONS
 @_ON
 @_with(_COMMON, _BUILD, _ACTIVATION)
+@click.version_option(__version__, prog_name="deploy-flake")  # as before the subcommands
 @click.option(
     "--dry-activate",
     is_flag=True,
     help="Build and show what would change, like `deploy-flake plan`; change nothing.",
 )
-def deploy(dry_activate: bool, **kw: Any) -> None:
+@click.option(
+    "--ask",
+    is_flag=True,
+    help="Show every host's plan, then ask once (on stdin) before activating any.",
+)
+def deploy(dry_activate: bool, ask: bool, **kw: Any) -> None:
     """Deploy a flake's NixOS configurations to hosts over SSH.
 
     Each DESTINATION is HOST, USER@HOST, or nixos://[USER@]HOST[:PORT]/[CONFIGURATION]
@@ -300,7 +306,7 @@ def deploy(dry_activate: bool, **kw: Any) -> None:
     Other commands: status, plan, rollback (deploy-flake COMMAND --help). A host
     named like a command is deployed with `deploy-flake deploy HOST`.
     """
-    _execute(Job.PLAN if dry_activate else Job.DEPLOY, kw)
+    _execute(Job.PLAN if dry_activate else Job.DEPLOY, {**kw, "ask": ask})
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
@@ -385,7 +391,7 @@ def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None
             results = _run(targets, options, ssh_config, ssh_options, QuietEvents())
         elif instrumentation == "json":
             results = _run(targets, options, ssh_config, ssh_options, JsonEvents())
-        elif tty:
+        elif tty and not options.ask:  # --ask: plain lines, so the question stays readable
             with LiveEvents([d.label for d in dests], console) as live:
                 results = _run(targets, options, ssh_config, ssh_options, live)
         else:
@@ -450,6 +456,7 @@ def _options(job: Job, kw: dict[str, Any]) -> DeployOptions:
         jobs=kw["jobs"],
         job=job,
         rollback_to=kw.get("rollback_to"),
+        ask=bool(kw.get("ask")),
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploy_flake import nix, process
+from deploy_flake.ask import Gate
 from deploy_flake.destination import Destination
 from deploy_flake.events import Events
 from deploy_flake.host_deploy import HostDeploy, Run
@@ -62,8 +63,10 @@ async def deploy_all(
             events=events,
             run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3),
             holder=f"{getpass.getuser()}@{socket.gethostname()}",
+            limit=asyncio.Semaphore(options.jobs or len(targets) or 1),
+            gate=Gate(len(targets)) if options.ask and options.job is Job.DEPLOY else None,
         )
-        limit = asyncio.Semaphore(options.jobs or len(targets) or 1)
+        limit = run.limit
         deploys = [
             HostDeploy(
                 run,
@@ -84,6 +87,8 @@ async def deploy_all(
                 return await deploy.deploy()
             finally:
                 limit.release()
+                if run.gate is not None and not deploy.arrived_at_gate:
+                    run.gate.leave()
 
         tasks = [asyncio.create_task(one(d)) for d in deploys]
         hard_stop = asyncio.Event()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from deploy_flake import nix, process, target
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
+from deploy_flake.ask import Gate
 from deploy_flake.destination import Destination, check_config_name
 from deploy_flake.errors import DeployError
 from deploy_flake.events import Events
@@ -31,6 +32,8 @@ class Run:
     events: Events
     run_id: str
     holder: str
+    limit: asyncio.Semaphore  # --jobs: hosts at work at once
+    gate: Gate | None = None  # --ask: where every host waits for the one answer
 
 
 class HostDeploy:
@@ -61,6 +64,7 @@ class HostDeploy:
         self.gc_root = f"/tmp/deploy-flake-{self.deploy_id}.system"
         self.profile_link = ""  # the system profile's generation when we connected
         self.finished = False
+        self.arrived_at_gate = False
 
     # ---------------------------------------------------------------- helpers
     def stage(self, stage: Stage) -> None:
@@ -184,11 +188,27 @@ class HostDeploy:
         if self.job is Job.PLAN:
             await self._plan(toplevel, facts)
             return
-        await self._sanity_checks(toplevel, facts.system)
-        for change in await target.closure_diff(self.remote, facts.current_system, toplevel):
-            self.line(f"change: {change}")
+        gate = self.run.gate
+        if gate is not None:  # --ask: the plan, then one answer for every host
+            verdict = await self._plan(toplevel, facts, final=False)
+            if verdict != "ok":
+                raise DeployError(verdict)
+        else:
+            await self._sanity_checks(toplevel, facts.system)
+            for change in await target.closure_diff(self.remote, facts.current_system, toplevel):
+                self.line(f"change: {change}")
 
         await self._pre_activate(toplevel)
+        if gate is not None:
+            self.arrived_at_gate = True
+            # hosts waiting for the answer give their --jobs slot to those still building
+            self.run.limit.release()
+            try:
+                go_on = await gate.arrive(self.result)
+            finally:
+                await self.run.limit.acquire()
+            if not go_on:
+                raise DeployError("not confirmed at the --ask prompt: nothing was changed")
 
         self.stage(Stage.ACTIVATE)
         await self._activate(toplevel, generation)
@@ -247,8 +267,11 @@ class HostDeploy:
         self.result.details = status_details(facts)
         self.stage(Stage.DONE)
 
-    async def _plan(self, toplevel: str, facts: HostFacts) -> None:
-        """plan: what activating toplevel would change; nothing is changed."""
+    async def _plan(self, toplevel: str, facts: HostFacts, *, final: bool = True) -> str:
+        """plan: what activating toplevel would change; nothing is changed. The checks' verdict.
+
+        final: the plan is all this run does for the host (plan, --dry-activate).
+        """
         verdict = "ok"
         try:
             await self._sanity_checks(toplevel, facts.system)
@@ -274,10 +297,12 @@ class HostDeploy:
             self.line("no change: the host runs this system already")
         self.line("reboot needed: " + (", ".join(reboot) if reboot else "no"))
         self.line(f"checks: {verdict}")
-        self.result.outcome = Outcome.UNCHANGED if verdict == "ok" else Outcome.FAILED
-        if verdict != "ok":
-            self.result.error = f"a deploy would refuse this system: {verdict}"
-        self.stage(Stage.DONE)
+        if final:
+            self.result.outcome = Outcome.UNCHANGED if verdict == "ok" else Outcome.FAILED
+            if verdict != "ok":
+                self.result.error = f"a deploy would refuse this system: {verdict}"
+            self.stage(Stage.DONE)
+        return verdict
 
     async def _copy(self) -> None:
         attempts = max(1, self.t.copy_attempts)

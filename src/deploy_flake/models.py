@@ -94,6 +94,7 @@ class DeployOptions:
     jobs: int | None = None
     job: Job = Job.DEPLOY
     rollback_to: int | None = None  # rollback: this generation (default: the one before the current)
+    ask: bool = False  # show every host's plan and ask once before activating any
 
 
 @dataclass
