@@ -39,6 +39,7 @@ from deploy_flake.models import (
     DeployOptions,
     HostResult,
     Job,
+    Outcome,
     Timeouts,
     exit_code,
 )
@@ -293,7 +294,32 @@ def main_group() -> None:
     is_flag=True,
     help="Show every host's plan, then ask once (on stdin) before activating any.",
 )
-def deploy(dry_activate: bool, ask: bool, **kw: Any) -> None:
+@click.option(
+    "--canary",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Deploy the first N hosts (in the order given) first; the rest only if all of them were activated.",
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="Start no new host once K hosts did not end activated (the rest are skipped).",
+)
+@click.option(
+    "--all-or-nothing",
+    is_flag=True,
+    help="If any host is not activated, roll back the hosts this run activated "
+    "(through the rollback transaction), so the fleet stays on one version.",
+)
+def deploy(
+    dry_activate: bool,
+    ask: bool,
+    canary: int | None,
+    max_failures: int | None,
+    all_or_nothing: bool,
+    **kw: Any,
+) -> None:
     """Deploy a flake's NixOS configurations to hosts over SSH.
 
     Each DESTINATION is HOST, USER@HOST, or nixos://[USER@]HOST[:PORT]/[CONFIGURATION]
@@ -306,7 +332,8 @@ def deploy(dry_activate: bool, ask: bool, **kw: Any) -> None:
     Other commands: status, plan, rollback (deploy-flake COMMAND --help). A host
     named like a command is deployed with `deploy-flake deploy HOST`.
     """
-    _execute(Job.PLAN if dry_activate else Job.DEPLOY, {**kw, "ask": ask})
+    rollout = {"ask": ask, "canary": canary, "max_failures": max_failures, "all_or_nothing": all_or_nothing}
+    _execute(Job.PLAN if dry_activate else Job.DEPLOY, {**kw, **rollout})
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
@@ -425,6 +452,12 @@ def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None
             console.print(summary_table(results))
         else:
             click.echo(plain_summary(results))
+    skipped = [r.destination for r in results if r.outcome is Outcome.SKIPPED]
+    if skipped:
+        click.echo(
+            f"deploy-flake: {len(skipped)} host(s) skipped, never started: {', '.join(skipped)}",
+            err=True,
+        )
     if report_error is not None:
         click.echo(
             f"deploy-flake: error: {report_error} (the deploy itself finished: its exit code tells how)",
@@ -457,6 +490,9 @@ def _options(job: Job, kw: dict[str, Any]) -> DeployOptions:
         job=job,
         rollback_to=kw.get("rollback_to"),
         ask=bool(kw.get("ask")),
+        canary=kw.get("canary") or 0,
+        max_failures=kw.get("max_failures") or 0,
+        all_or_nothing=bool(kw.get("all_or_nothing")),
     )
 
 

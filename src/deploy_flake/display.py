@@ -18,6 +18,7 @@ from deploy_flake.models import HostResult, Outcome, Stage
 OUTCOME_STYLE = {
     Outcome.ACTIVATED: "green",
     Outcome.UNCHANGED: "green",
+    Outcome.SKIPPED: "dim",
     Outcome.FAILED: "red",
     Outcome.ROLLED_BACK: "yellow",
     Outcome.UNKNOWN: "bold red",

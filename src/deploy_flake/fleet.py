@@ -18,7 +18,7 @@ from deploy_flake.ask import Gate
 from deploy_flake.destination import Destination
 from deploy_flake.events import Events
 from deploy_flake.host_deploy import HostDeploy, Run
-from deploy_flake.models import DeployOptions, HostResult, Job
+from deploy_flake.models import DeployOptions, HostResult, Job, Outcome
 from deploy_flake.ssh import SshSettings
 
 
@@ -78,36 +78,128 @@ async def deploy_all(
             for i, t in enumerate(targets)
         ]
 
-        async def one(deploy: HostDeploy) -> HostResult:
+        failures = 0
+        stop: str | None = None  # why hosts not yet started are skipped
+        canaries = min(options.canary, len(deploys))
+        canaries_left = canaries
+        canary_verdict: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        if not canaries:
+            canary_verdict.set_result(None)
+
+        async def one(i: int, deploy: HostDeploy) -> HostResult:
+            nonlocal failures, stop, canaries_left
             try:
+                if i >= canaries:
+                    stop = stop or await asyncio.shield(canary_verdict)
                 await limit.acquire()
-            except asyncio.CancelledError:  # interrupted while waiting for its turn (--jobs)
+            except asyncio.CancelledError:  # interrupted while waiting for its turn
                 return deploy.skipped("interrupted before it started; nothing was changed")
+            if stop is not None:
+                limit.release()
+                return deploy.skipped(stop, Outcome.SKIPPED)
             try:
-                return await deploy.deploy()
+                result = await deploy.deploy()
             finally:
                 limit.release()
                 if run.gate is not None and not deploy.arrived_at_gate:
                     run.gate.leave()
+            if result.outcome is not Outcome.ACTIVATED and options.job is Job.DEPLOY:
+                failures += 1
+                if options.max_failures and failures >= options.max_failures and stop is None:
+                    stop = f"skipped: {failures} host(s) did not end activated (--max-failures {failures})"
+            if i < canaries:
+                canaries_left -= 1
+                if result.outcome is not Outcome.ACTIVATED and not canary_verdict.done():
+                    canary_verdict.set_result(f"skipped: canary {deploy.dest.raw} ended {result.outcome}")
+                if canaries_left == 0 and not canary_verdict.done():
+                    canary_verdict.set_result(None)
+            return result
 
-        tasks = [asyncio.create_task(one(d)) for d in deploys]
+        tasks = [asyncio.create_task(one(i, d)) for i, d in enumerate(deploys)]
         hard_stop = asyncio.Event()
         _cancel_on_signals(tasks, hard_stop)
-        everything = asyncio.gather(*tasks)
-        stopper = asyncio.ensure_future(_wait_event(hard_stop))
-        await asyncio.wait([everything, stopper], return_when=asyncio.FIRST_COMPLETED)
-        if everything.done():
-            stopper.cancel()
-            return list(everything.result())
-        # Interrupted twice: every process of ours goes now; each host is reported as
-        # far as it is known (the hosts' own agents still finish or roll back).
-        process.kill_all()
-        everything.cancel()
-        results = [d.abandoned() for d in deploys]
-        await asyncio.wait([everything], timeout=10)  # their processes are gone: quick
-        if everything.done() and not everything.cancelled():
-            everything.exception()  # retrieved: nothing left to report
-        raise InterruptedTwice(results)
+        results = await _all_or_hard_stop(tasks, deploys, hard_stop)
+        if options.all_or_nothing and options.job is Job.DEPLOY:
+            await _undo_activated(run, deploys, results, tasks, hard_stop)
+        return results
+
+
+async def _all_or_hard_stop(
+    tasks: list[asyncio.Task[HostResult]], deploys: list[HostDeploy], hard_stop: asyncio.Event
+) -> list[HostResult]:
+    """Every host's result; on a second Ctrl-C, InterruptedTwice with what is known."""
+    everything = asyncio.gather(*tasks)
+    stopper = asyncio.ensure_future(_wait_event(hard_stop))
+    await asyncio.wait([everything, stopper], return_when=asyncio.FIRST_COMPLETED)
+    if everything.done():
+        stopper.cancel()
+        return list(everything.result())
+    # Interrupted twice: every process of ours goes now; each host is reported as
+    # far as it is known (the hosts' own agents still finish or roll back).
+    process.kill_all()
+    everything.cancel()
+    results = [d.abandoned() for d in deploys]
+    await asyncio.wait([everything], timeout=10)  # their processes are gone: quick
+    if everything.done() and not everything.cancelled():
+        everything.exception()  # retrieved: nothing left to report
+    raise InterruptedTwice(results)
+
+
+async def _undo_activated(
+    run: Run,
+    deploys: list[HostDeploy],
+    results: list[HostResult],
+    tasks: list[asyncio.Task[HostResult]],
+    hard_stop: asyncio.Event,
+) -> None:
+    """--all-or-nothing: when a host was not activated, the hosts this run activated go back
+    to the generation they ran before, through the rollback transaction."""
+    others = [r.destination for r in results if r.outcome is not Outcome.ACTIVATED]
+    if not others:
+        return
+    undo_run = replace(run, run_id=run.run_id + "u", gate=None)
+    undos: list[tuple[HostResult, HostDeploy, int]] = []
+    for i, (deploy, result) in enumerate(zip(deploys, results, strict=True)):
+        generation = _generation_number(deploy.profile_link)
+        if result.outcome is not Outcome.ACTIVATED:
+            continue
+        if generation is None:
+            result.outcome = Outcome.UNKNOWN
+            result.error = (
+                "--all-or-nothing: the generation it ran before is not known; it runs the new system"
+            )
+            continue
+        options = replace(deploy.opts, job=Job.ROLLBACK, rollback_to=generation, canary=0, max_failures=0)
+        undo_deploy = HostDeploy(undo_run, deploy.dest, i, options=options, ssh=deploy.remote.settings)
+        undos.append((result, undo_deploy, generation))
+
+    async def undo(deploy: HostDeploy) -> HostResult:
+        async with run.limit:
+            return await deploy.deploy()
+
+    new_tasks = [asyncio.create_task(undo(d)) for _, d, _ in undos]
+    tasks.extend(new_tasks)  # the first Ctrl-C reaches them too
+    undone = await _all_or_hard_stop(new_tasks, [d for _, d, _ in undos], hard_stop)
+    why = ", ".join(others)
+    for (result, _, generation), back in zip(undos, undone, strict=True):
+        if back.outcome is Outcome.ACTIVATED:
+            result.outcome = Outcome.ROLLED_BACK
+            result.error = (
+                f"rolled back by --all-or-nothing to generation {generation}, because {why} "
+                "did not end activated"
+            )
+        else:
+            result.outcome = Outcome.UNKNOWN if back.outcome is Outcome.UNKNOWN else Outcome.ACTIVATED
+            result.error = (
+                f"--all-or-nothing could not roll it back ({back.error}); {why} did not end activated"
+            )
+
+
+def _generation_number(profile_link: str) -> int | None:
+    name = profile_link.rsplit("/", 1)[-1]
+    if name.startswith("system-") and name.endswith("-link") and name[7:-5].isdigit():
+        return int(name[7:-5])
+    return None
 
 
 async def _wait_event(event: asyncio.Event) -> list[HostResult]:

@@ -114,9 +114,9 @@ class HostDeploy:
         self.run.events.finished(self.label, self.result)
         return self.result
 
-    def skipped(self, why: str) -> HostResult:
+    def skipped(self, why: str, outcome: Outcome = Outcome.FAILED) -> HostResult:
         """Never started: nothing was done on the host."""
-        self.result.outcome = Outcome.FAILED
+        self.result.outcome = outcome
         self.result.error = why
         self.finished = True
         self.run.events.finished(self.label, self.result)

@@ -33,6 +33,7 @@ class Job(StrEnum):
 class Outcome(StrEnum):
     ACTIVATED = "activated"  # running the new system, confirmed, boot entry written
     UNCHANGED = "unchanged"  # looked at (status) or planned only: nothing was changed
+    SKIPPED = "skipped"  # never started (a canary failed, --max-failures reached): nothing was changed
     FAILED = "failed"  # nothing was changed on the host
     ROLLED_BACK = "rolled-back"  # the new system was tried and the host is back on the previous one
     UNKNOWN = "unknown"  # the host's state could not be established
@@ -48,11 +49,19 @@ EXIT_INTERRUPTED = 130  # a second Ctrl-C or SIGTERM: stopped at once
 EXIT_BY_OUTCOME = {
     Outcome.ACTIVATED: EXIT_OK,
     Outcome.UNCHANGED: EXIT_OK,
+    Outcome.SKIPPED: EXIT_OK,  # the hosts that ran decide
     Outcome.FAILED: EXIT_FAILED,
     Outcome.ROLLED_BACK: EXIT_ROLLED_BACK,
     Outcome.UNKNOWN: EXIT_UNKNOWN,
 }
-_SEVERITY = [Outcome.UNCHANGED, Outcome.ACTIVATED, Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.UNKNOWN]
+_SEVERITY = [
+    Outcome.SKIPPED,
+    Outcome.UNCHANGED,
+    Outcome.ACTIVATED,
+    Outcome.FAILED,
+    Outcome.ROLLED_BACK,
+    Outcome.UNKNOWN,
+]
 
 
 def exit_code(outcomes: list[Outcome]) -> int:
@@ -95,6 +104,9 @@ class DeployOptions:
     job: Job = Job.DEPLOY
     rollback_to: int | None = None  # rollback: this generation (default: the one before the current)
     ask: bool = False  # show every host's plan and ask once before activating any
+    canary: int = 0  # deploy this many hosts first; the rest only if all of them were activated
+    max_failures: int = 0  # 0: no limit; else start no new host after this many did not end activated
+    all_or_nothing: bool = False  # roll back the activated hosts if any host was not activated
 
 
 @dataclass

@@ -1,0 +1,56 @@
+"""Staged rollouts on lab hosts: canary, --max-failures, --all-or-nothing."""
+
+from __future__ import annotations
+
+from tests.lab import Host, deploy
+
+
+def _untouched(host: Host, base: str) -> None:
+    assert host.current_system() == base and host.boot_default() == base
+    assert host.generations() == 1 and not host.transaction_states()
+
+
+def test_a_failing_canary_stops_the_rest(hosts: dict[str, Host]) -> None:
+    alpha, beta, gamma = hosts["alpha"], hosts["beta"], hosts["gamma"]
+    base = alpha.current_system()
+    r = deploy("--canary", "1", "nixos://alpha/fail-activation", "beta", "gamma")
+    assert r.returncode == 3, r.output  # the worst host that ran
+    assert r.host("nixos://alpha/fail-activation")["outcome"] == "rolled-back"
+    for dest, host in (("beta", beta), ("gamma", gamma)):
+        res = r.host(dest)
+        assert res["outcome"] == "skipped" and "canary nixos://alpha/fail-activation" in str(res["error"])
+        _untouched(host, base)
+    assert "2 host(s) skipped, never started: beta, gamma" in r.output
+    alpha.assert_clean_after(running=base, boot=base)
+
+
+def test_healthy_canaries_let_the_rest_go(hosts: dict[str, Host]) -> None:
+    r = deploy("--canary", "1", "alpha", "beta")
+    assert r.returncode == 0, r.output
+    assert [h["outcome"] for h in r.hosts] == ["activated", "activated"]
+
+
+def test_max_failures_stops_starting_new_hosts(hosts: dict[str, Host]) -> None:
+    beta, gamma = hosts["beta"], hosts["gamma"]
+    base = beta.current_system()
+    r = deploy("--jobs", "1", "--max-failures", "1", "nixos://alpha/precheck-fail", "beta", "gamma")
+    assert r.returncode == 1, r.output
+    assert r.host("nixos://alpha/precheck-fail")["outcome"] == "failed"
+    assert [r.host(d)["outcome"] for d in ("beta", "gamma")] == ["skipped", "skipped"]
+    _untouched(beta, base)
+    _untouched(gamma, base)
+
+
+def test_all_or_nothing_rolls_back_the_hosts_that_succeeded(hosts: dict[str, Host]) -> None:
+    alpha, beta, gamma = hosts["alpha"], hosts["beta"], hosts["gamma"]
+    base = alpha.current_system()
+    r = deploy("--all-or-nothing", "nixos://alpha/good", "nixos://beta/fail-activation", "gamma")
+    assert r.returncode == 3, r.output
+    for dest in ("nixos://alpha/good", "gamma"):
+        res = r.host(dest)
+        assert res["outcome"] == "rolled-back", res
+        assert "rolled back by --all-or-nothing to generation 1" in str(res["error"])
+        assert "nixos://beta/fail-activation" in str(res["error"])
+    for host in (alpha, beta, gamma):
+        host.assert_clean_after(running=base, boot=base)
+        assert host.profile() == base
