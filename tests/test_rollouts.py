@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from tests.lab import Host, deploy
+import os
+import subprocess
+from pathlib import Path
+
+from tests.lab import Host, deploy, deploy_argv, run_cli
 
 
 def _untouched(host: Host, base: str) -> None:
@@ -54,3 +58,38 @@ def test_all_or_nothing_rolls_back_the_hosts_that_succeeded(hosts: dict[str, Hos
     for host in (alpha, beta, gamma):
         host.assert_clean_after(running=base, boot=base)
         assert host.profile() == base
+
+
+def test_every_run_keeps_each_hosts_output(hosts: dict[str, Host], tmp_path: Path) -> None:
+    r = deploy("--log-dir", str(tmp_path), "nixos://alpha/good", "nixos://beta/fail-activation")
+    assert r.returncode == 3, r.output
+    (run,) = list(tmp_path.iterdir())
+    assert f"every host's whole output is in {run}" in r.output
+    logs = {p.name: p.read_text() for p in run.iterdir()}
+    assert sorted(logs) == ["alpha_good.log", "beta_fail-activation.log"]
+    assert "building '/nix/store/" in logs["alpha_good.log"]  # the build log
+    assert "finished switching to system configuration" in logs["alpha_good.log"]  # the agent's
+    assert "== activated" in logs["alpha_good.log"]
+    assert "fixture-failing.service" in logs["beta_fail-activation.log"]
+    assert "== rolled-back" in logs["beta_fail-activation.log"]
+
+
+def test_the_default_log_dir_and_an_unwritable_one(hosts: dict[str, Host], tmp_path: Path) -> None:
+    env_state = tmp_path / "state"
+    done = subprocess.run(
+        deploy_argv("alpha"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "XDG_STATE_HOME": str(env_state)},
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = list((env_state / "deploy-flake" / "runs").iterdir())
+    assert (run / "alpha.log").read_text().count("== done") == 1
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    before = hosts["beta"].current_system()
+    bad = run_cli("--log-dir", str(blocked / "x"), "beta")
+    assert bad.returncode == 2 and "--log-dir" in bad.stderr and "Traceback" not in bad.stderr
+    assert hosts["beta"].current_system() == before

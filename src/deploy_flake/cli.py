@@ -45,6 +45,7 @@ from deploy_flake.models import (
 )
 from deploy_flake.nix import build_args
 from deploy_flake.report import ReportError, check_report_path, write_report
+from deploy_flake.run_log import RunLog, default_log_dir, new_run_dir
 from deploy_flake.ssh import check_ssh_option, config_command
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
@@ -134,6 +135,15 @@ _COMMON = [
         help="Write a JSON report of every host to this file.",
     ),
 ]
+
+_COMMON.append(
+    click.option(
+        "--log-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Where each run keeps every host's whole output, a directory per run.  "
+        "[default: $XDG_STATE_HOME/deploy-flake/runs]",
+    )
+)
 
 _ACTIVATION = [
     click.option(
@@ -408,25 +418,32 @@ def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None
         dests = [t.dest for t in targets]
         _check_no_repeats(dests)
         _check_distinct_hosts(dests, ssh_config, ssh_options)
+        run_dir = None if job is Job.STATUS else new_run_dir(kw["log_dir"] or default_log_dir())
     except (UsageError, ValueError) as e:
         _fail(str(e))
 
     tty = sys.stdout.isatty()
     console = Console()
+
+    def logged(events: Events) -> Events:
+        return events if run_dir is None else RunLog(run_dir, events)
+
     try:
         if job is Job.STATUS:
             results = _run(targets, options, ssh_config, ssh_options, QuietEvents())
         elif instrumentation == "json":
-            results = _run(targets, options, ssh_config, ssh_options, JsonEvents())
+            results = _run(targets, options, ssh_config, ssh_options, logged(JsonEvents()))
         elif tty and not options.ask:  # --ask: plain lines, so the question stays readable
             with LiveEvents([d.label for d in dests], console) as live:
-                results = _run(targets, options, ssh_config, ssh_options, live)
+                results = _run(targets, options, ssh_config, ssh_options, logged(live))
         else:
-            results = _run(targets, options, ssh_config, ssh_options, PlainEvents())
+            results = _run(targets, options, ssh_config, ssh_options, logged(PlainEvents()))
     except DeployError as e:
         _fail(str(e))
     except InterruptedTwice as e:
         _write_report(report_path, e.results)
+        if run_dir is not None:
+            click.echo(f"deploy-flake: every host's output so far is in {run_dir}", err=True)
         click.echo(
             "deploy-flake: interrupted twice: hosts that were activating return to their "
             "previous system by themselves once the confirmation timeout passes",
@@ -452,6 +469,8 @@ def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None
             console.print(summary_table(results))
         else:
             click.echo(plain_summary(results))
+    if run_dir is not None:
+        click.echo(f"deploy-flake: every host's whole output is in {run_dir}", err=True)
     skipped = [r.destination for r in results if r.outcome is Outcome.SKIPPED]
     if skipped:
         click.echo(
