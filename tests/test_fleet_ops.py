@@ -54,6 +54,10 @@ def test_status_reboot_needed_unreachable_and_after_a_rollback(hosts: dict[str, 
     plain = run_cli("status", "alpha", "gamma")
     assert plain.returncode == 0, plain.stderr
     assert "alpha: state running" in plain.stdout and "reboot yes: kernel" in plain.stdout
+    # the same JSON events as a deploy: the result event carries the status
+    events = run_cli("status", "--instrumentation=json", "alpha")
+    results = [e for e in map(json.loads, events.stdout.splitlines()) if e["event"] == "result"]
+    assert len(results) == 1 and results[0]["reachable"] is True and results[0]["generation"] == 2
 
 
 # ------------------------------------------------------------------ plan

@@ -429,7 +429,7 @@ def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None
         return events if run_dir is None else RunLog(run_dir, events)
 
     try:
-        if job is Job.STATUS:
+        if job is Job.STATUS and instrumentation != "json":  # its table comes at the end
             results = _run(targets, options, ssh_config, ssh_options, QuietEvents())
         elif instrumentation == "json":
             results = _run(targets, options, ssh_config, ssh_options, logged(JsonEvents()))
@@ -455,7 +455,7 @@ def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None
         sys.exit(EXIT_FAILED)
 
     report_error = _write_report(report_path, results)
-    if job is Job.STATUS:
+    if job is Job.STATUS and (status_json or instrumentation != "json"):
         if status_json:
             click.echo(json.dumps(status_document(results), indent=2))
         elif tty:
