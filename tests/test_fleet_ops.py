@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from tests.lab import Host, deploy, lab, run_cli
+from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host, deploy, lab, run_cli
 
 
 def _system(res: dict[str, object]) -> str:
@@ -129,6 +131,17 @@ def test_a_rollback_to_a_broken_generation_is_rolled_back(hosts: dict[str, Host]
     assert "fixture-failing.service" in done.stdout
     alpha.assert_clean_after(running=good, boot=good)
     assert alpha.profile() == good and alpha.generations() == 3
+
+
+def test_a_command_after_options_is_not_taken_for_a_host(hosts: dict[str, Host]) -> None:
+    """`deploy-flake --flake . status web1` would deploy web1 and a host called status."""
+    alpha = hosts["alpha"]
+    before = _snapshot(alpha)
+    options = ["--flake", str(FIXTURE_FLAKE), "--ssh-config", str(SSH_CONFIG)]
+    argv = [sys.executable, "-m", "deploy_flake", *options]
+    done = subprocess.run([*argv, "status", "alpha"], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "'status' is a command: put it first" in done.stderr
+    assert _snapshot(alpha) == before and not alpha.transaction_states()
 
 
 # ------------------------------------------------------------------ inventory

@@ -272,14 +272,17 @@ _ON = click.option(
 )
 
 
+_IMPLICIT_DEPLOY = "deploy_flake.implicit_deploy"
+
+
 class _DeployByDefault(click.Group):
     """`deploy-flake [OPTIONS] DESTINATION...` deploys, as it always did; subcommands beside it."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or args[0] in ("-h", "--help"):
+        first = args[0] if args else "--help"
+        if first in ("-h", "--help") or (first not in self.commands and first != "--version"):
             args = ["deploy", *args]
-        elif args[0] not in self.commands and args[0] != "--version":
-            args = ["deploy", *args]
+            ctx.meta[_IMPLICIT_DEPLOY] = True
         return super().parse_args(ctx, args)
 
 
@@ -342,6 +345,12 @@ def deploy(
     Other commands: status, plan, rollback (deploy-flake COMMAND --help). A host
     named like a command is deployed with `deploy-flake deploy HOST`.
     """
+    commands = [d for d in kw["destinations"] if d in main_group.commands]
+    if commands and click.get_current_context().meta.get(_IMPLICIT_DEPLOY):
+        _fail(
+            f"{commands[0]!r} is a command: put it first (deploy-flake {commands[0]} [OPTIONS] ...); "
+            f"to deploy a host called {commands[0]}, say `deploy-flake deploy {commands[0]}`"
+        )
     rollout = {"ask": ask, "canary": canary, "max_failures": max_failures, "all_or_nothing": all_or_nothing}
     _execute(Job.PLAN if dry_activate else Job.DEPLOY, {**kw, **rollout})
 
