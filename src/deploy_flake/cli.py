@@ -40,6 +40,7 @@ from deploy_flake.models import (
     HostResult,
     Job,
     Outcome,
+    RebootPolicy,
     Timeouts,
     exit_code,
 )
@@ -251,6 +252,27 @@ _BUILD = [
 ]
 
 
+_REBOOT = [
+    click.option(
+        "--reboot",
+        type=click.Choice([str(p) for p in RebootPolicy]),
+        default=str(RebootPolicy.NEVER),
+        show_default=True,
+        help="Reboot each host once its new system is committed: if-needed when the new kernel, "
+        "initrd or kernel modules need it (or with --test=skip), always, or never (a note says "
+        "when one is needed). The host must come back on the new system, healthy.",
+    ),
+    click.option(
+        "--reboot-timeout",
+        callback=_timeout,
+        default="10m",
+        show_default=True,
+        metavar="DURATION",
+        help="Time for a rebooted host to come back, booted and healthy; whole seconds, at least 1s.",
+    ),
+]
+
+
 def _with(*groups: list[Callable[[F], F]]) -> Callable[[F], F]:
     def apply(f: F) -> F:
         for group in reversed(groups):
@@ -295,7 +317,7 @@ def main_group() -> None:
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
 @_DESTINATIONS
 @_ON
-@_with(_COMMON, _BUILD, _ACTIVATION)
+@_with(_COMMON, _BUILD, _ACTIVATION, _REBOOT)
 @click.version_option(__version__, prog_name="deploy-flake")  # as before the subcommands
 @click.option(
     "--dry-activate",
@@ -351,6 +373,8 @@ def deploy(
             f"{commands[0]!r} is a command: put it first (deploy-flake {commands[0]} [OPTIONS] ...); "
             f"to deploy a host called {commands[0]}, say `deploy-flake deploy {commands[0]}`"
         )
+    if dry_activate and kw["reboot"] != RebootPolicy.NEVER:
+        _fail("--dry-activate changes nothing, so it cannot --reboot")
     rollout = {"ask": ask, "canary": canary, "max_failures": max_failures, "all_or_nothing": all_or_nothing}
     _execute(Job.PLAN if dry_activate else Job.DEPLOY, {**kw, **rollout})
 
@@ -381,7 +405,7 @@ def plan(**kw: Any) -> None:
     metavar="GENERATION",
     help="The system profile's generation to return to.  [default: the one before the current]",
 )
-@_with(_COMMON, _ACTIVATION)
+@_with(_COMMON, _ACTIVATION, _REBOOT)
 def rollback(**kw: Any) -> None:
     """Return hosts to an earlier generation of their system profile.
 
@@ -513,6 +537,7 @@ def _options(job: Job, kw: dict[str, Any]) -> DeployOptions:
             settle=kw.get("settle_time", t.settle),
             confirm=kw.get("confirm_timeout", t.confirm),
             boot=kw.get("boot_timeout", t.boot),
+            reboot=kw.get("reboot_timeout", t.reboot),
         ),
         jobs=kw["jobs"],
         job=job,
@@ -521,6 +546,7 @@ def _options(job: Job, kw: dict[str, Any]) -> DeployOptions:
         canary=kw.get("canary") or 0,
         max_failures=kw.get("max_failures") or 0,
         all_or_nothing=bool(kw.get("all_or_nothing")),
+        reboot=RebootPolicy(kw.get("reboot", RebootPolicy.NEVER)),
     )
 
 

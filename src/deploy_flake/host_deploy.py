@@ -13,7 +13,7 @@ from deploy_flake.ask import Gate
 from deploy_flake.destination import Destination, check_config_name
 from deploy_flake.errors import DeployError
 from deploy_flake.events import Events
-from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, Stage
+from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
 from deploy_flake.nix import Flake
 from deploy_flake.process import ProcessTimeout
 from deploy_flake.ssh import Remote, SshSettings
@@ -63,6 +63,8 @@ class HostDeploy:
         self.agent: Agent | None = None  # the host's transaction, once it was asked for
         self.gc_root = f"/tmp/deploy-flake-{self.deploy_id}.system"
         self.profile_link = ""  # the system profile's generation when we connected
+        self.boot_id = ""  # the host's boot when we connected
+        self.reboot_reasons: tuple[str, ...] = ()  # what of the new system takes a reboot to use
         self.finished = False
         self.arrived_at_gate = False
 
@@ -98,7 +100,13 @@ class HostDeploy:
         except DeployError as e:
             self._ended_by(str(e))
         except asyncio.CancelledError:
-            if self.started:
+            if self.result.stage is Stage.REBOOT:
+                self.result.outcome = Outcome.UNKNOWN
+                self.result.error = (
+                    "interrupted while the host rebooted into its new, committed system; "
+                    f"check `deploy-flake status {self.dest.raw}`"
+                )
+            elif self.started:
                 await self._interrupted()
             else:
                 self.result.error = "interrupted before anything was changed"
@@ -160,6 +168,7 @@ class HostDeploy:
         facts = await target.host_facts(self.remote)
         self.result.previous_system = facts.current_system or None
         self.profile_link = facts.profile_link
+        self.boot_id = facts.boot_id
         if self.job is Job.STATUS:
             self._show_status(facts)
             return
@@ -212,6 +221,8 @@ class HostDeploy:
 
         self.stage(Stage.ACTIVATE)
         await self._activate(toplevel, generation)
+        if self.result.outcome is Outcome.ACTIVATED and self._reboot_wanted(toplevel, facts):
+            await self._reboot(toplevel)
 
     async def _build(self, facts: HostFacts) -> str:
         """Copies the flake and builds this host's configuration on it."""
@@ -345,7 +356,8 @@ class HostDeploy:
                 f"the new configuration {what}: activating it would lock you out of "
                 f"{self.dest.host} (skip this check with --skip-check=sshd if that is intended)"
             )
-        if c.reboot_reasons:
+        self.reboot_reasons = c.reboot_reasons
+        if c.reboot_reasons and self.opts.reboot is RebootPolicy.NEVER:
             self.note(f"reboot needed to use the new {', '.join(c.reboot_reasons)}")
 
     async def _pre_activate(self, toplevel: str) -> None:
@@ -366,6 +378,79 @@ class HostDeploy:
             raise DeployError(
                 f"the pre-activation check {relpath} failed (exit {done.returncode}): nothing was changed"
             )
+
+    # ---------------------------------------------------------------- reboot
+    def _reboot_wanted(self, toplevel: str, facts: HostFacts) -> bool:
+        policy = self.opts.reboot
+        if policy is RebootPolicy.ALWAYS:
+            return True
+        if policy is RebootPolicy.NEVER:
+            return False
+        # --test=skip: the new system runs only once the host boots it
+        boot_only = not self.opts.test and toplevel != facts.current_system
+        return bool(self.reboot_reasons) or boot_only
+
+    async def _reboot(self, toplevel: str) -> None:
+        """The new system is committed (profile and boot entry): reboot into it, wait for the
+        host to come back on a new boot within --reboot-timeout, and check what it booted."""
+        self.stage(Stage.REBOOT)
+        limit = self.t.reboot
+        why = f" for the new {', '.join(self.reboot_reasons)}" if self.reboot_reasons else ""
+        self.line(f"rebooting{why}; waiting up to {limit:.0f}s (--reboot-timeout) for it to come back")
+        t0 = time.monotonic()
+        deadline = t0 + limit
+        try:
+            await target.request_reboot(self.remote)
+        except (DeployError, ProcessTimeout) as e:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                f"the new system is active and its boot entry written, but the reboot was not done: {e}"
+            )
+            return
+        with contextlib.suppress(Exception):  # its host is going down: the master goes with it
+            await target.close_connection(self.remote)
+        try:
+            await self._after_reboot(toplevel, t0, deadline)
+        except DeployError as e:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = f"rebooted, and then {e}; check `deploy-flake status {self.dest.raw}`"
+
+    async def _after_reboot(self, toplevel: str, t0: float, deadline: float) -> None:
+        limit = self.t.reboot
+        facts = await target.wait_for_new_boot(self.remote, self.boot_id, deadline)
+        host = self.dest.host
+        if facts is None:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                f"rebooted, but {host} did not come back within {limit:.0f}s (--reboot-timeout). Its "
+                f"boot entry is the new system {toplevel}; check the host's console, then "
+                f"`deploy-flake status {self.dest.raw}`"
+            )
+            return
+        self.line(f"back after {time.monotonic() - t0:.0f}s, boot id {facts.boot_id}")
+        self.boot_id = facts.boot_id
+        if facts.booted_system != toplevel or facts.current_system != toplevel:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                f"rebooted, but {host} came back running {facts.current_system or 'no known system'} "
+                f"(booted {facts.booted_system or 'unknown'}), not the new system {toplevel}: the boot "
+                "loader did not start the new entry; check `readlink /nix/var/nix/profiles/system` "
+                "and the boot loader's default"
+            )
+            return
+        await target.open_connection(self.remote, max(1.0, min(self.t.connect, deadline - time.monotonic())))
+        state, failed = await target.system_health(self.remote, max(1.0, deadline - time.monotonic()))
+        if state != "running":
+            units = ", ".join(failed) if failed else "none listed"
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                f"rebooted into the new system, but it is {state} (failed units: {units}); "
+                f"`deploy-flake rollback --reboot=if-needed {self.dest.raw}` returns it to the "
+                "previous generation"
+            )
+            return
+        self.note(f"rebooted into the new system in {time.monotonic() - t0:.0f}s; it is running")
+        self.stage(Stage.DONE)
 
     # ---------------------------------------------------------------- activation
     def _settings(self, toplevel: str, generation: int | None = None) -> Settings:

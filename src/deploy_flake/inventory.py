@@ -48,6 +48,7 @@ TIMEOUT_MINIMUMS: Mapping[str, int] = {
     "settle": 0,
     "confirm": 1,
     "boot": 1,
+    "reboot": 1,
 }
 HOST_KEYS = ("destination", "tags", "user", "port", "ssh_options", "sudo", "timeouts", "skip_checks")
 _GLOB_CHARS = frozenset("*?[")

@@ -18,6 +18,7 @@ class Stage(StrEnum):
     CONFIRM = "confirm"
     COMMIT = "commit"
     ROLLBACK = "rollback"
+    REBOOT = "reboot"
     DONE = "done"
 
 
@@ -28,6 +29,14 @@ class Job(StrEnum):
     PLAN = "plan"  # build it and show what activating it would change; change nothing
     ROLLBACK = "rollback"  # activate an earlier generation of the system profile
     STATUS = "status"  # only look
+
+
+class RebootPolicy(StrEnum):
+    """--reboot: whether a host reboots after its new system was committed."""
+
+    NEVER = "never"  # only a note when the new kernel, initrd or modules need one
+    IF_NEEDED = "if-needed"  # when they do (or the new system only takes effect at boot)
+    ALWAYS = "always"
 
 
 class Outcome(StrEnum):
@@ -88,6 +97,7 @@ class Timeouts:
     settle: float = 5  # the system must stay healthy this long after activating
     confirm: float = 30
     boot: float = 300
+    reboot: float = 600  # for a rebooted host to come back, booted and healthy
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class DeployOptions:
     canary: int = 0  # deploy this many hosts first; the rest only if all of them were activated
     max_failures: int = 0  # 0: no limit; else start no new host after this many did not end activated
     all_or_nothing: bool = False  # roll back the activated hosts if any host was not activated
+    reboot: RebootPolicy = RebootPolicy.NEVER
 
 
 @dataclass

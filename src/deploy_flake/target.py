@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +29,7 @@ echo "nix=$(nix --version 2>/dev/null)"
 echo "profile=$(readlink /nix/var/nix/profiles/system 2>/dev/null)"
 echo "profile_system=$(readlink -f /nix/var/nix/profiles/system 2>/dev/null)"
 echo "state=$(systemctl is-system-running 2>/dev/null)"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
 systemctl list-units --failed --plain --no-legend --no-pager 2>/dev/null | awk '{print "failed=" $1}'
 for f in kernel initrd kernel-modules; do
   b=$(readlink -f "/run/booted-system/$f" 2>/dev/null)
@@ -55,6 +58,7 @@ class HostFacts:
     reboot_reasons: tuple[str, ...] = ()  # what of the running system differs from the booted one
     generations: tuple[tuple[int, str], ...] = ()  # (number, system), oldest first
     last_deploy: Mapping[str, str] = field(default_factory=dict)  # recorded by the agent at each commit
+    boot_id: str = ""  # the kernel's id of this boot: a reboot changes it
 
     @property
     def generation(self) -> int | None:
@@ -112,10 +116,10 @@ async def run_checked(
     return done
 
 
-async def host_facts(remote: Remote, *, fresh: bool = False) -> HostFacts:
+async def host_facts(remote: Remote, *, fresh: bool = False, timeout: float = 60) -> HostFacts:
     """fresh: over a new connection, not the shared one (which may have died with a reboot)."""
     done = await run_checked(
-        remote, ["sh", "-c", _FACTS_SCRIPT], "reading the host's facts", fresh=fresh, timeout=60
+        remote, ["sh", "-c", _FACTS_SCRIPT], "reading the host's facts", fresh=fresh, timeout=timeout
     )
     if not done.ok:
         raise DeployError(f"cannot read facts of {remote.dest.host}: {done.last_lines(2)}")
@@ -146,6 +150,7 @@ def parse_facts(text: str) -> HostFacts:
         reboot_reasons=tuple(v for k, v in pairs if k == "reboot"),
         generations=tuple(sorted(generations)),
         last_deploy={k[len("last_") :]: v for k, v in pairs if k.startswith("last_")},
+        boot_id=kv.get("boot_id", ""),
     )
 
 
@@ -176,6 +181,31 @@ async def system_health(remote: Remote, timeout: float) -> tuple[str, list[str]]
         timeout=60,
     )
     return state, [ln.split()[0] for ln in units.stdout.splitlines() if ln.strip()]
+
+
+async def request_reboot(remote: Remote) -> None:
+    """Asks systemd to reboot the host. The connection may die before the answer comes back:
+    that is no error; whether the host rebooted is told by its boot id (wait_for_new_boot)."""
+    done = await process.run(remote.command(["systemctl", "reboot"], root=True), timeout=60)
+    if not done.ok and done.returncode != 255:
+        raise DeployError(f"systemctl reboot failed on {remote.dest.host}: {done.last_lines(2)}")
+
+
+REBOOT_POLL_S = 2.0
+
+
+async def wait_for_new_boot(remote: Remote, old_boot_id: str, deadline: float) -> HostFacts | None:
+    """Logs in over new connections until the host answers with another boot id; its facts
+    then, or None when the (monotonic) deadline passed first."""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            facts = await host_facts(remote, fresh=True, timeout=min(left, 30))
+        except DeployError:
+            facts = None
+        if facts is not None and facts.boot_id and facts.boot_id != old_boot_id:
+            return facts
+        await asyncio.sleep(min(REBOOT_POLL_S, max(0.0, deadline - time.monotonic())))
+    return None
 
 
 # ------------------------------------------------------------------ closure checks

@@ -1,0 +1,116 @@
+"""--reboot: a committed system is rebooted into, and the host must come back on it, healthy.
+
+On nspawn hosts (a reboot restarts the container: new boot id, the boot entry's system
+activated at boot), and on the QEMU VM for a real kernel reboot.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.lab import VM_SSH_CONFIG, Host, deploy, run_cli, wait_for
+
+BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+
+
+def test_reboot_if_needed_reboots_only_the_host_whose_kernel_changed(hosts: dict[str, Host]) -> None:
+    alpha, beta = hosts["alpha"], hosts["beta"]
+    boot_a, boot_b = alpha.out(BOOT_ID), beta.out(BOOT_ID)
+    r = deploy("--reboot=if-needed", "nixos://alpha/new-kernel", "nixos://beta/beta")
+    assert r.returncode == 0, r.output
+    a, b = r.host("nixos://alpha/new-kernel"), r.host("nixos://beta/beta")
+    assert a["outcome"] == b["outcome"] == "activated"
+    assert any("rebooted into the new system" in n for n in a["notes"]), a  # type: ignore[union-attr]
+    assert alpha.out(BOOT_ID) != boot_a
+    assert alpha.current_system() == a["system"] == alpha.out("readlink -f /run/booted-system")
+    assert alpha.system_state() == "running"
+    assert beta.out(BOOT_ID) == boot_b, "a host that needs no reboot is not rebooted"
+    assert not any("reboot" in n for n in b["notes"]), b  # type: ignore[union-attr]
+    # and the status afterwards: nothing left to reboot for
+    s = deploy("status", "--json", "alpha")
+    assert s.returncode == 0, s.output
+    assert '"reboot_needed": false' in s.output
+
+
+def test_reboot_never_notes_the_need_and_always_reboots(hosts: dict[str, Host]) -> None:
+    alpha = hosts["alpha"]
+    boot = alpha.out(BOOT_ID)
+    r = deploy("nixos://alpha/new-kernel")  # the default: never
+    assert r.returncode == 0, r.output
+    assert any("reboot needed" in n for n in r.host("nixos://alpha/new-kernel")["notes"])  # type: ignore[union-attr]
+    assert alpha.out(BOOT_ID) == boot
+    # --test=skip writes only the boot entry; --reboot=if-needed then boots into it
+    r = deploy("--test=skip", "--reboot=if-needed", "nixos://alpha/good")
+    assert r.returncode == 0, r.output
+    good = r.host("nixos://alpha/good")["system"]
+    assert alpha.out(BOOT_ID) != boot
+    assert alpha.current_system() == good
+    # always: even when nothing needs it
+    boot = alpha.out(BOOT_ID)
+    r = deploy("--reboot=always", "--settle-time=0", "nixos://alpha/good")
+    assert r.returncode == 0, r.output
+    assert alpha.out(BOOT_ID) != boot
+    assert alpha.current_system() == good
+
+
+def test_a_host_that_comes_back_on_another_system_is_reported(hosts: dict[str, Host]) -> None:
+    """The boot loader falls back to the old entry (here: a unit puts it back at shutdown)."""
+    alpha = hosts["alpha"]
+    before = alpha.current_system()
+    alpha.ssh(
+        "cat > /etc/systemd/system/boot-fallback.service <<EOF\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
+        f"ExecStop=/bin/sh -c 'echo {before} > /boot/fixture-nixos/default'\nEOF\n"
+        "systemctl daemon-reload && systemctl start boot-fallback.service"
+    )
+    r = deploy("--reboot=always", "nixos://alpha/good")
+    assert r.returncode == 4, r.output
+    res = r.host("nixos://alpha/good")
+    assert res["outcome"] == "unknown"
+    assert f"came back running {before}" in str(res["error"]), res
+    assert "not the new system" in str(res["error"])
+    assert alpha.current_system() == before
+
+
+def test_reboot_options_are_checked() -> None:
+    for argv, message in [
+        (("--reboot=sometimes", "alpha"), "'sometimes' is not one of"),
+        (("--reboot=always", "--reboot-timeout=0", "alpha"), "--reboot-timeout"),
+        (("--reboot=always", "--reboot-timeout=0.5s", "alpha"), "--reboot-timeout"),
+        (("--reboot=always", "--dry-activate", "alpha"), "cannot --reboot"),
+        (("plan", "--reboot=always", "alpha"), "No such option '--reboot'"),
+    ]:
+        done = run_cli(*argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert message in done.stderr, (argv, done.stderr)
+
+
+# ------------------------------------------------------------------ the VM: a real kernel reboot
+@pytest.mark.vm
+def test_vm_reboots_into_the_new_kernel_and_a_slow_return_is_reported(vm: Host) -> None:
+    boot = vm.out(BOOT_ID)
+    r = deploy("--reboot=if-needed", "nixos://vm1/new-kernel", ssh_config=VM_SSH_CONFIG, timeout=900)
+    assert r.returncode == 0, r.output
+    res = r.host("nixos://vm1/new-kernel")
+    assert res["outcome"] == "activated", res
+    assert vm.out(BOOT_ID) != boot
+    assert vm.current_system() == res["system"] == vm.out("readlink -f /run/booted-system")
+    assert vm.system_state() == "running"
+
+    # a host that is not back within --reboot-timeout is reported then, not waited on
+    boot = vm.out(BOOT_ID)
+    t0 = time.monotonic()
+    r = deploy(
+        "--reboot=always", "--reboot-timeout=3s", "nixos://vm1/good", ssh_config=VM_SSH_CONFIG, timeout=900
+    )
+    took = time.monotonic() - t0
+    assert r.returncode == 4, r.output
+    res = r.host("nixos://vm1/good")
+    assert res["outcome"] == "unknown"
+    assert "did not come back within 3s" in str(res["error"]), res
+    assert wait_for(lambda: vm.ssh(BOOT_ID, check=False, timeout=20).stdout.strip() not in ("", boot), 600)
+    assert vm.system_state() == "running"
+    assert vm.current_system() == res["system"], "it booted the committed entry after all"
+    assert took < 600, took
