@@ -36,6 +36,7 @@ from deploy_flake.models import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     SANITY_CHECKS,
+    BuildOn,
     DeployOptions,
     HostResult,
     Job,
@@ -232,7 +233,16 @@ _BUILD = [
         help="run: activate with switch-to-configuration test and confirm before writing the boot "
         "entry. skip: only add the profile generation and boot entry (applies at next boot).",
     ),
-    click.option("--build-cmdline", metavar="ARGS", help="Extra arguments for nix build on the host."),
+    click.option(
+        "--build-on",
+        default="target",
+        show_default=True,
+        metavar="target|local|HOST",
+        help="Where systems are built. target: each host builds its own. local: this machine, "
+        "HOST: one builder host ([user@]host); both build each configuration once and copy its "
+        "closure to the hosts (nix copy; the login user must be trusted there).",
+    ),
+    click.option("--build-cmdline", metavar="ARGS", help="Extra arguments for nix build."),
     click.option(
         "--copy-timeout",
         callback=_timeout,
@@ -547,6 +557,7 @@ def _options(job: Job, kw: dict[str, Any]) -> DeployOptions:
         max_failures=kw.get("max_failures") or 0,
         all_or_nothing=bool(kw.get("all_or_nothing")),
         reboot=RebootPolicy(kw.get("reboot", RebootPolicy.NEVER)),
+        build_on=BuildOn.parse(kw.get("build_on", "target")),
     )
 
 

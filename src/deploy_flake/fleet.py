@@ -15,10 +15,11 @@ from pathlib import Path
 
 from deploy_flake import nix, process
 from deploy_flake.ask import Gate
+from deploy_flake.builder import Builder
 from deploy_flake.destination import Destination
 from deploy_flake.events import Events
 from deploy_flake.host_deploy import HostDeploy, Run
-from deploy_flake.models import DeployOptions, HostResult, Job, Outcome
+from deploy_flake.models import BuildPlace, DeployOptions, HostResult, Job, Outcome
 from deploy_flake.ssh import SshSettings
 
 
@@ -66,62 +67,88 @@ async def deploy_all(
             limit=asyncio.Semaphore(options.jobs or len(targets) or 1),
             gate=Gate(len(targets)) if options.ask and options.job is Job.DEPLOY else None,
         )
-        limit = run.limit
-        deploys = [
-            HostDeploy(
+        if options.build_on.place is not BuildPlace.TARGET and options.job in (Job.DEPLOY, Job.PLAN):
+            run = replace(
                 run,
-                t.dest,
-                i,
-                options=t.options,
-                ssh=replace(ssh, options=(*t.ssh_options, *ssh_options)) if t.ssh_options else None,
+                builder=Builder(
+                    options.build_on,
+                    flake,
+                    options.flake_dir,
+                    ssh=ssh,
+                    workdir=Path(control_dir),
+                    run_id=run.run_id,
+                    build_args=options.build_args,
+                    timeouts=options.timeouts,
+                ),
             )
-            for i, t in enumerate(targets)
-        ]
+        try:
+            return await _run_all(run, targets, ssh, ssh_options)
+        finally:
+            if run.builder is not None:
+                await asyncio.shield(run.builder.close())
 
-        failures = 0
-        stop: str | None = None  # why hosts not yet started are skipped
-        canaries = min(options.canary, len(deploys))
-        canaries_left = canaries
-        canary_verdict: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        if not canaries:
-            canary_verdict.set_result(None)
 
-        async def one(i: int, deploy: HostDeploy) -> HostResult:
-            nonlocal failures, stop, canaries_left
-            try:
-                if i >= canaries:
-                    stop = stop or await asyncio.shield(canary_verdict)
-                await limit.acquire()
-            except asyncio.CancelledError:  # interrupted while waiting for its turn
-                return deploy.skipped("interrupted before it started; nothing was changed")
-            if stop is not None:
-                limit.release()
-                return deploy.skipped(stop, Outcome.SKIPPED)
-            try:
-                result = await deploy.deploy()
-            finally:
-                limit.release()
-                if run.gate is not None and not deploy.arrived_at_gate:
-                    run.gate.leave()
-            if result.outcome is not Outcome.ACTIVATED and options.job is Job.DEPLOY:
-                failures += 1
-                if options.max_failures and failures >= options.max_failures and stop is None:
-                    stop = f"skipped: {failures} host(s) did not end activated (--max-failures {failures})"
-            if i < canaries:
-                canaries_left -= 1
-                if result.outcome is not Outcome.ACTIVATED and not canary_verdict.done():
-                    canary_verdict.set_result(f"skipped: canary {deploy.dest.raw} ended {result.outcome}")
-                if canaries_left == 0 and not canary_verdict.done():
-                    canary_verdict.set_result(None)
-            return result
+async def _run_all(
+    run: Run, targets: list[Target], ssh: SshSettings, ssh_options: tuple[str, ...]
+) -> list[HostResult]:
+    """Every host of the run, as the rollout options say (canary, max failures, all or nothing)."""
+    options = run.options
+    limit = run.limit
+    deploys = [
+        HostDeploy(
+            run,
+            t.dest,
+            i,
+            options=t.options,
+            ssh=replace(ssh, options=(*t.ssh_options, *ssh_options)) if t.ssh_options else None,
+        )
+        for i, t in enumerate(targets)
+    ]
 
-        tasks = [asyncio.create_task(one(i, d)) for i, d in enumerate(deploys)]
-        hard_stop = asyncio.Event()
-        _cancel_on_signals(tasks, hard_stop)
-        results = await _all_or_hard_stop(tasks, deploys, hard_stop)
-        if options.all_or_nothing and options.job is Job.DEPLOY:
-            await _undo_activated(run, deploys, results, tasks, hard_stop)
-        return results
+    failures = 0
+    stop: str | None = None  # why hosts not yet started are skipped
+    canaries = min(options.canary, len(deploys))
+    canaries_left = canaries
+    canary_verdict: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+    if not canaries:
+        canary_verdict.set_result(None)
+
+    async def one(i: int, deploy: HostDeploy) -> HostResult:
+        nonlocal failures, stop, canaries_left
+        try:
+            if i >= canaries:
+                stop = stop or await asyncio.shield(canary_verdict)
+            await limit.acquire()
+        except asyncio.CancelledError:  # interrupted while waiting for its turn
+            return deploy.skipped("interrupted before it started; nothing was changed")
+        if stop is not None:
+            limit.release()
+            return deploy.skipped(stop, Outcome.SKIPPED)
+        try:
+            result = await deploy.deploy()
+        finally:
+            limit.release()
+            if run.gate is not None and not deploy.arrived_at_gate:
+                run.gate.leave()
+        if result.outcome is not Outcome.ACTIVATED and options.job is Job.DEPLOY:
+            failures += 1
+            if options.max_failures and failures >= options.max_failures and stop is None:
+                stop = f"skipped: {failures} host(s) did not end activated (--max-failures {failures})"
+        if i < canaries:
+            canaries_left -= 1
+            if result.outcome is not Outcome.ACTIVATED and not canary_verdict.done():
+                canary_verdict.set_result(f"skipped: canary {deploy.dest.raw} ended {result.outcome}")
+            if canaries_left == 0 and not canary_verdict.done():
+                canary_verdict.set_result(None)
+        return result
+
+    tasks = [asyncio.create_task(one(i, d)) for i, d in enumerate(deploys)]
+    hard_stop = asyncio.Event()
+    _cancel_on_signals(tasks, hard_stop)
+    results = await _all_or_hard_stop(tasks, deploys, hard_stop)
+    if options.all_or_nothing and options.job is Job.DEPLOY:
+        await _undo_activated(run, deploys, results, tasks, hard_stop)
+    return results
 
 
 async def _all_or_hard_stop(

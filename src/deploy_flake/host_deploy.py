@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from deploy_flake import nix, process, target
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
 from deploy_flake.ask import Gate
+from deploy_flake.builder import Builder, retry_copy
 from deploy_flake.destination import Destination, check_config_name
 from deploy_flake.errors import DeployError
 from deploy_flake.events import Events
@@ -34,6 +35,7 @@ class Run:
     holder: str
     limit: asyncio.Semaphore  # --jobs: hosts at work at once
     gate: Gate | None = None  # --ask: where every host waits for the one answer
+    builder: Builder | None = None  # --build-on=local or HOST: one build per configuration
 
 
 class HostDeploy:
@@ -230,8 +232,31 @@ class HostDeploy:
             facts.hostname, f"the host name that {self.dest.host} reports,"
         )
         self.result.config = config
+        builder = self.run.builder
+        if builder is not None:
+            self.stage(Stage.BUILD)
+            toplevel = await builder.toplevel(config, on_line=self.line, note=self.note)
+            self.note(f"built {toplevel} {builder.where}")
+            self.stage(Stage.COPY)
+            await retry_copy(
+                "copying the system",
+                lambda: nix.copy_closure(toplevel, to=self.remote, timeout=self.t.copy, on_line=self.line),
+                attempts=self.t.copy_attempts,
+                timeout=self.t.copy,
+                note=self.note,
+            )
+            await nix.add_gc_root(self.remote, toplevel, self.gc_root)
+            return toplevel
         self.stage(Stage.COPY)
-        await self._copy()
+        await retry_copy(
+            "copying the flake",
+            lambda: nix.flake_archive(
+                self.remote, self.opts.flake_dir, timeout=self.t.copy, on_line=self.line
+            ),
+            attempts=self.t.copy_attempts,
+            timeout=self.t.copy,
+            note=self.note,
+        )
         self.stage(Stage.BUILD)
         toplevel = await nix.build_toplevel(
             self.remote,
@@ -314,28 +339,6 @@ class HostDeploy:
                 self.result.error = f"a deploy would refuse this system: {verdict}"
             self.stage(Stage.DONE)
         return verdict
-
-    async def _copy(self) -> None:
-        attempts = max(1, self.t.copy_attempts)
-        for attempt in range(1, attempts + 1):
-            try:
-                await nix.flake_archive(
-                    self.remote, self.opts.flake_dir, timeout=self.t.copy, on_line=self.line
-                )
-                return
-            except (DeployError, ProcessTimeout) as e:
-                reason = (
-                    f"no progress within {self.t.copy:.0f}s (--copy-timeout)"
-                    if isinstance(e, ProcessTimeout)
-                    else str(e)
-                )
-                if attempt == attempts:
-                    raise DeployError(
-                        f"copying the flake failed after {attempts} attempts: {reason}"
-                    ) from None
-                delay = 2.0**attempt
-                self.note(f"copy attempt {attempt} failed ({reason}); retrying in {delay:.0f}s")
-                await asyncio.sleep(delay)
 
     async def _sanity_checks(self, toplevel: str, host_system: str) -> None:
         skip = self.opts.skip_checks

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from deploy_flake.destination import Destination
+from deploy_flake.errors import UsageError
+
 
 class Stage(StrEnum):
     CONNECT = "connect"
@@ -20,6 +23,37 @@ class Stage(StrEnum):
     ROLLBACK = "rollback"
     REBOOT = "reboot"
     DONE = "done"
+
+
+class BuildPlace(StrEnum):
+    TARGET = "target"  # each host builds its own system (the flake is copied to it)
+    LOCAL = "local"  # the deployer builds; closures are copied to the hosts
+    HOST = "host"  # one builder host builds; closures are copied from it to the hosts
+
+
+@dataclass(frozen=True)
+class BuildOn:
+    """--build-on: target, local, or a builder's destination ([user@]host or nixos://[user@]host[:port])."""
+
+    place: BuildPlace = BuildPlace.TARGET
+    builder: Destination | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> BuildOn:
+        if text in (BuildPlace.TARGET, BuildPlace.LOCAL):
+            return cls(BuildPlace(text))
+        try:
+            dest = Destination.parse(text)
+        except UsageError as e:
+            raise UsageError(f"--build-on: {e} (use target, local or a builder host)") from None
+        if dest.config is not None:
+            raise UsageError(
+                f"--build-on {text!r}: a builder is a host, not a configuration; drop '/{dest.config}'"
+            )
+        return cls(BuildPlace.HOST, dest)
+
+    def __str__(self) -> str:
+        return self.builder.raw if self.builder else str(self.place)
 
 
 class Job(StrEnum):
@@ -118,6 +152,7 @@ class DeployOptions:
     max_failures: int = 0  # 0: no limit; else start no new host after this many did not end activated
     all_or_nothing: bool = False  # roll back the activated hosts if any host was not activated
     reboot: RebootPolicy = RebootPolicy.NEVER
+    build_on: BuildOn = field(default_factory=BuildOn)
 
 
 @dataclass

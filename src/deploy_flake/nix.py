@@ -75,7 +75,7 @@ async def flake_archive(remote: Remote, directory: Path, *, timeout: float, on_l
 
 
 async def build_toplevel(
-    remote: Remote,
+    remote: Remote | None,
     flake: Flake,
     config: str,
     *,
@@ -84,7 +84,8 @@ async def build_toplevel(
     timeout: float,
     on_line: LineSink,
 ) -> str:
-    """Builds the system on the host, once, with its log streamed; returns the toplevel store path.
+    """Builds the system on the host (remote None: here), once, with its log streamed;
+    returns the toplevel store path.
 
     The result link gc_root keeps the system from a garbage collection on the host
     until the system profile holds it.
@@ -92,7 +93,7 @@ async def build_toplevel(
     installable = f"path:{flake.store_path}#{flake.toplevel_attr(config)}"
     argv = ["nix", *NIX_FEATURES, "build", "--out-link", gc_root, "--json", "-L", *extra_args, installable]
     try:
-        done = await process.run(remote.command(argv), timeout=timeout, on_stderr=on_line)
+        done = await process.run(remote.command(argv) if remote else argv, timeout=timeout, on_stderr=on_line)
     except process.ProcessTimeout:
         raise DeployError(f"the build did not finish within {timeout:.0f}s (--build-timeout)") from None
     if not done.ok:
@@ -101,6 +102,45 @@ async def build_toplevel(
         return str(json.loads(done.stdout)[0]["outputs"]["out"])
     except (ValueError, LookupError, TypeError):
         raise DeployError(f"unexpected output from nix build: {done.stdout[:200]!r}") from None
+
+
+async def copy_closure(
+    path: str,
+    *,
+    to: Remote | None = None,
+    source: Remote | None = None,
+    timeout: float,
+    on_line: LineSink,
+) -> None:
+    """Copies a store path and its closure with Nix's own copy over ssh-ng: to a host from
+    here, or from a host to here. Unsigned paths (our own builds) need a trusted user there."""
+    remote = to or source
+    assert remote is not None and (to is None) != (source is None)
+    direction = ["--to", remote.nix_store_uri()] if to else ["--from", remote.nix_store_uri()]
+    argv = ["nix", *NIX_FEATURES, "copy", "--no-check-sigs", *direction, path]
+    done = await process.run(
+        argv, env={"NIX_SSHOPTS": remote.nix_sshopts()}, timeout=timeout, on_stderr=on_line
+    )
+    if done.ok:
+        return
+    where = f"to {remote.dest.host}" if to else f"from {remote.dest.host}"
+    if "lacks a signature" in done.stderr or "lacks a valid signature" in done.stderr:
+        user = remote.dest.user or "the login user"
+        raise DeployError(
+            f"{remote.dest.host} refuses the closure built elsewhere: {user} is not a trusted Nix "
+            "user there (add it to nix.settings.trusted-users, log in as root, or build on the "
+            "host with --build-on=target)"
+        )
+    raise DeployError(f"copying the system {where} failed: {done.last_lines(3)}")
+
+
+async def add_gc_root(remote: Remote, path: str, link: str) -> None:
+    """A GC root on the host for a store path copied there (as `nix build --out-link` makes one
+    for a path built there), until the system profile holds it."""
+    argv = ["nix-store", "--realise", path, "--add-root", link]
+    done = await process.run(remote.command(argv), timeout=120)
+    if not done.ok:
+        raise DeployError(f"cannot register {path} on {remote.dest.host}: {done.last_lines(2)}")
 
 
 def _build_failure(stderr: str, config: str) -> str:

@@ -1,0 +1,153 @@
+"""Build once for many hosts (--build-on=local or HOST): every configuration is built a
+single time for the whole run, on the deployer or on one builder host, and its closure
+copied to each host that runs it. --build-on=target, the default, builds on every host."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from deploy_flake import nix, process, target
+from deploy_flake.errors import DeployError
+from deploy_flake.models import BuildOn, BuildPlace, Timeouts
+from deploy_flake.nix import Flake
+from deploy_flake.process import LineSink, ProcessTimeout
+from deploy_flake.ssh import Remote, SshSettings
+
+
+async def retry_copy(
+    what: str,
+    copy: Callable[[], Awaitable[None]],
+    *,
+    attempts: int,
+    timeout: float,
+    note: Callable[[str], None],
+) -> None:
+    """A copy with up to `attempts` tries, each within `timeout` (--copy-timeout), 2 s, 4 s, ... apart."""
+    attempts = max(1, attempts)
+    for attempt in range(1, attempts + 1):
+        try:
+            await copy()
+            return
+        except (DeployError, ProcessTimeout) as e:
+            reason = (
+                f"no progress within {timeout:.0f}s (--copy-timeout)"
+                if isinstance(e, ProcessTimeout)
+                else str(e)
+            )
+            if attempt == attempts or "trusted Nix user" in reason:  # that one will not heal
+                tries = f"{attempt} attempts" if attempt > 1 else "1 attempt"
+                raise DeployError(f"{what} failed after {tries}: {reason}") from None
+            delay = 2.0**attempt
+            note(f"{what}: copy attempt {attempt} failed ({reason}); retrying in {delay:.0f}s")
+            await asyncio.sleep(delay)
+
+
+class Builder:
+    """The run's one builder: each configuration's system built once, however many hosts
+    run it (Nix shares the store paths that configurations have in common)."""
+
+    def __init__(
+        self,
+        build_on: BuildOn,
+        flake: Flake,
+        flake_dir: Path,
+        *,
+        ssh: SshSettings,
+        workdir: Path,
+        run_id: str,
+        build_args: tuple[str, ...],
+        timeouts: Timeouts,
+    ) -> None:
+        assert build_on.place is not BuildPlace.TARGET
+        self.build_on = build_on
+        self.flake = flake
+        self.flake_dir = flake_dir
+        self.workdir = workdir
+        self.run_id = run_id
+        self.build_args = build_args
+        self.t = timeouts
+        self.remote: Remote | None = None
+        if build_on.builder is not None:
+            control = ssh.control_dir / "builder"  # its own master, even if it is also a target
+            control.mkdir(exist_ok=True)
+            self.remote = Remote(build_on.builder, SshSettings(control, ssh.config_file, ssh.options))
+        self._prepared: asyncio.Task[None] | None = None
+        self._builds: dict[str, asyncio.Task[str]] = {}
+        self._roots: list[str] = []
+
+    @property
+    def where(self) -> str:
+        return f"on {self.remote.dest.host}" if self.remote else "on the deployer"
+
+    async def toplevel(self, config: str, *, on_line: LineSink, note: Callable[[str], None]) -> str:
+        """The built system of config: the first host asking starts the build (its log goes to
+        that host's output), the others wait for it. A failure fails every host that asked."""
+        task = self._builds.get(config)
+        if task is None:
+            task = self._builds[config] = asyncio.create_task(self._build(config, on_line, note))
+        else:
+            note(f"waiting for the one build of {config} {self.where}")
+        return await asyncio.shield(task)
+
+    async def _prepare(self, note: Callable[[str], None], on_line: LineSink) -> None:
+        """A builder host: the connection, and the flake with its inputs, once."""
+        remote = self.remote
+        assert remote is not None
+        try:
+            await target.open_connection(remote, self.t.connect)
+        except DeployError as e:
+            raise DeployError(f"the builder (--build-on): {e}") from None
+        await retry_copy(
+            f"copying the flake to the builder {remote.dest.host}",
+            lambda: nix.flake_archive(remote, self.flake_dir, timeout=self.t.copy, on_line=on_line),
+            attempts=self.t.copy_attempts,
+            timeout=self.t.copy,
+            note=note,
+        )
+
+    async def _build(self, config: str, on_line: LineSink, note: Callable[[str], None]) -> str:
+        remote = self.remote
+        if remote is None:
+            root = str(self.workdir / f"result-{config}")
+        else:
+            if self._prepared is None:
+                self._prepared = asyncio.create_task(self._prepare(note, on_line))
+            await asyncio.shield(self._prepared)
+            root = f"/tmp/deploy-flake-{self.run_id}-build-{config}.system"
+            self._roots.append(root)
+        note(f"building {config} {self.where}, once for every host that runs it")
+        toplevel = await nix.build_toplevel(
+            remote,
+            self.flake,
+            config,
+            extra_args=self.build_args,
+            gc_root=root,
+            timeout=self.t.build,
+            on_line=on_line,
+        )
+        if remote is not None:  # into the deployer's store, once; the hosts get it from there
+            await retry_copy(
+                f"copying {config} from the builder {remote.dest.host}",
+                lambda: nix.copy_closure(toplevel, source=remote, timeout=self.t.copy, on_line=on_line),
+                attempts=self.t.copy_attempts,
+                timeout=self.t.copy,
+                note=note,
+            )
+        return toplevel
+
+    async def close(self) -> None:
+        """Stops builds nobody waits for any more; drops the builder's GC roots and connection."""
+        tasks: list[asyncio.Task[str] | asyncio.Task[None]] = list(self._builds.values())
+        if self._prepared is not None:
+            tasks.append(self._prepared)
+        for t in tasks:
+            t.cancel()  # a no-op for those done
+        await asyncio.gather(*tasks, return_exceptions=True)  # retrieved: each host reported it
+        if self.remote is not None and self._prepared is not None:
+            with contextlib.suppress(Exception):
+                if self._roots:
+                    await process.run(self.remote.command(["rm", "-f", *self._roots]), timeout=15)
+                await target.close_connection(self.remote)
