@@ -255,7 +255,10 @@ class Agent:
         """Runs one agent verb; its status, or None when the answer did not come from the agent
         (ssh failed, sudo refused, the host is rebooting)."""
         done = await process.run(
-            self._command(verb, *args, fresh=fresh), stdin=stdin, timeout=timeout, on_stdout=on_line
+            self._command(verb, *args, fresh=fresh),
+            stdin=self.remote.stdin(stdin),
+            timeout=timeout,
+            on_stdout=on_line,
         )
         status = last_status(done.stdout)
         if status is not None:
@@ -269,7 +272,7 @@ class Agent:
         try:
             done = await process.run(
                 self.remote.command(["sh", "-c", sh, "sh", path, self.deploy_id], root=True),
-                stdin=script(),
+                stdin=self.remote.stdin(script()),
                 timeout=60,
             )
         except ProcessTimeout:

@@ -49,6 +49,7 @@ from deploy_flake.nix import build_args
 from deploy_flake.report import ReportError, check_report_path, write_report
 from deploy_flake.run_log import RunLog, default_log_dir, new_run_dir
 from deploy_flake.ssh import check_ssh_option, config_command
+from deploy_flake.sudo_password import sudo_password
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -128,7 +129,8 @@ _COMMON = [
     click.option(
         "--sudo/--no-sudo",
         default=None,
-        help="Run system commands through sudo -n.  [default: when the login user is not root]",
+        help="Run system commands through sudo (sudo -n; sudo -S where it needs the password "
+        "given with --ask-sudo-password).  [default: when the login user is not root]",
     ),
     click.option(
         "--report",
@@ -148,6 +150,18 @@ _COMMON.append(
 )
 
 _ACTIVATION = [
+    click.option(
+        "--ask-sudo-password",
+        is_flag=True,
+        help="Ask once, on the terminal, for the password of sudo on hosts where it needs one; "
+        "it reaches them only on sudo's stdin.",
+    ),
+    click.option(
+        "--sudo-password-fd",
+        type=click.IntRange(min=0),
+        metavar="FD",
+        help="Read the sudo password from this open file descriptor (its first line), for automation.",
+    ),
     click.option(
         "--preflight-check",
         type=click.Choice(["run", "skip"]),
@@ -462,6 +476,7 @@ def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None
         _check_no_repeats(dests)
         _check_distinct_hosts(dests, ssh_config, ssh_options)
         run_dir = None if job is Job.STATUS else new_run_dir(kw["log_dir"] or default_log_dir())
+        password = sudo_password(kw.get("ask_sudo_password", False), kw.get("sudo_password_fd"))
     except (UsageError, ValueError) as e:
         _fail(str(e))
 
@@ -473,14 +488,14 @@ def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None
 
     try:
         if job is Job.STATUS and instrumentation != "json":  # its table comes at the end
-            results = _run(targets, options, ssh_config, ssh_options, QuietEvents())
+            results = _run(targets, options, ssh_config, ssh_options, QuietEvents(), password)
         elif instrumentation == "json":
-            results = _run(targets, options, ssh_config, ssh_options, logged(JsonEvents()))
+            results = _run(targets, options, ssh_config, ssh_options, logged(JsonEvents()), password)
         elif tty and not options.ask:  # --ask: plain lines, so the question stays readable
             with LiveEvents([d.label for d in dests], console) as live:
-                results = _run(targets, options, ssh_config, ssh_options, logged(live))
+                results = _run(targets, options, ssh_config, ssh_options, logged(live), password)
         else:
-            results = _run(targets, options, ssh_config, ssh_options, logged(PlainEvents()))
+            results = _run(targets, options, ssh_config, ssh_options, logged(PlainEvents()), password)
     except DeployError as e:
         _fail(str(e))
     except InterruptedTwice as e:
@@ -643,9 +658,17 @@ def _run(
     ssh_config: Path | None,
     ssh_options: tuple[str, ...],
     events: Events,
+    password: bytes | None,
 ) -> list[HostResult]:
     return asyncio.run(
-        deploy_all(dests, options, ssh_config=ssh_config, ssh_options=ssh_options, events=events)
+        deploy_all(
+            dests,
+            options,
+            ssh_config=ssh_config,
+            ssh_options=ssh_options,
+            events=events,
+            sudo_password=password,
+        )
     )
 
 

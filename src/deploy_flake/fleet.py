@@ -47,6 +47,7 @@ async def deploy_all(
     ssh_config: Path | None,
     ssh_options: tuple[str, ...],
     events: Events,
+    sudo_password: bytes | None = None,
 ) -> list[HostResult]:
     """Runs options.job on every destination, at most options.jobs at a time; never raises
     for a host. Only a deploy or a plan reads the flake."""
@@ -56,7 +57,12 @@ async def deploy_all(
         flake = nix.Flake(url="", store_path="")
     targets = [t if isinstance(t, Target) else Target(t) for t in destinations]
     with tempfile.TemporaryDirectory(prefix="deploy-flake-") as control_dir:
-        ssh = SshSettings(control_dir=Path(control_dir), config_file=ssh_config, options=ssh_options)
+        ssh = SshSettings(
+            control_dir=Path(control_dir),
+            config_file=ssh_config,
+            options=ssh_options,
+            sudo_password=sudo_password,
+        )
         run = Run(
             flake=flake,
             options=options,

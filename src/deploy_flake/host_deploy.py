@@ -175,9 +175,9 @@ class HostDeploy:
             self._show_status(facts)
             return
         sudo = facts.uid != 0 if self.opts.sudo is None else self.opts.sudo
-        self.remote = self.remote.with_sudo(sudo)
         if sudo:
-            await target.check_sudo(self.remote)
+            password = await target.sudo_needs_password(self.remote)
+            self.remote = self.remote.with_sudo(True, password=password)
 
         if self.job is Job.ROLLBACK:
             toplevel, generation = self._rollback_target(facts)

@@ -41,6 +41,8 @@ class SshSettings:
     control_dir: Path
     config_file: Path | None = None
     options: tuple[str, ...] = ()
+    # --ask-sudo-password: only ever written to the stdin of `sudo -S`, never shown
+    sudo_password: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for opt in self.options:
@@ -54,6 +56,7 @@ class Remote:
     dest: Destination
     settings: SshSettings
     sudo: bool = False
+    sudo_with_password: bool = False  # sudo asks this host's user for a password (sudo -S)
     control_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,8 +66,10 @@ class Remote:
         )
         object.__setattr__(self, "control_path", self.settings.control_dir / f"cm-{tag[:60]}")
 
-    def with_sudo(self, sudo: bool) -> Remote:
-        return Remote(self.dest, self.settings, sudo)
+    def with_sudo(self, sudo: bool, *, password: bool = False) -> Remote:
+        """password: sudo needs one here (and the run has it): commands as root go through
+        `sudo -S`, which reads it as the first line of their stdin (see stdin)."""
+        return Remote(self.dest, self.settings, sudo, sudo and password)
 
     # ------------------------------------------------------------ options
     def _options(self, *, first: Sequence[str] = (), multiplex: bool = True) -> list[str]:
@@ -89,10 +94,22 @@ class Remote:
         fresh: a brand-new connection, not the shared ControlMaster.
         """
         remote = list(argv)
-        if root and self.sudo:
+        if root and self.sudo_with_password:
+            # -k: always ask, so the password line is always read (never left to the command);
+            # -p '': no prompt in the output
+            remote = ["sudo", "-S", "-k", "-p", "", "--", *remote]
+        elif root and self.sudo:
             remote = ["sudo", "-n", "--", *remote]
         opts = self._options(first=FRESH_CONNECTION, multiplex=False) if fresh else self._options()
         return ["ssh", *opts, "-T", "--", self.dest.host, shlex.join(remote)]
+
+    def stdin(self, data: bytes | None = None, *, root: bool = True) -> bytes | None:
+        """The stdin for a command built with command(argv, root=root): the sudo password
+        first when sudo reads one (so every root command must be run with this stdin)."""
+        if root and self.sudo_with_password:
+            assert self.settings.sudo_password is not None
+            return self.settings.sudo_password + b"\n" + (data or b"")
+        return data
 
     def master_command(self, persist_s: int = 120) -> list[str]:
         """Opens the shared connection in the background (ssh -f), detached from our pipes."""

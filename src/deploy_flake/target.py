@@ -107,7 +107,10 @@ async def run_checked(
 ) -> Completed:
     try:
         done = await process.run(
-            remote.command(argv, root=root, fresh=fresh), timeout=timeout, on_stderr=on_line
+            remote.command(argv, root=root, fresh=fresh),
+            stdin=remote.stdin(root=root),
+            timeout=timeout,
+            on_stderr=on_line,
         )
     except process.ProcessTimeout:
         raise DeployError(f"{what} did not finish within {timeout:.0f}s") from None
@@ -154,13 +157,24 @@ def parse_facts(text: str) -> HostFacts:
     )
 
 
-async def check_sudo(remote: Remote) -> None:
-    done = await run_checked(remote, ["true"], "checking sudo", root=True, timeout=30)
-    if not done.ok:
+async def sudo_needs_password(remote: Remote) -> bool:
+    """Whether sudo asks this login for a password (False: it works without one).
+    A password given with --ask-sudo-password is tried once here: a wrong one stops the host."""
+    done = await run_checked(remote.with_sudo(True), ["true"], "checking sudo", root=True, timeout=30)
+    if done.ok:
+        return False
+    if remote.settings.sudo_password is None:
         raise DeployError(
             f"sudo does not work without a password for this user on {remote.dest.host} "
-            f"({done.last_lines(1)}): allow NOPASSWD sudo, or log in as root"
+            f"({done.last_lines(1)}): allow NOPASSWD sudo, log in as root, or give the password "
+            "with --ask-sudo-password"
         )
+    done = await run_checked(
+        remote.with_sudo(True, password=True), ["true"], "checking the sudo password", root=True, timeout=30
+    )
+    if not done.ok:
+        raise DeployError(f"sudo on {remote.dest.host} did not accept the password: {done.last_lines(1)}")
+    return True
 
 
 async def system_health(remote: Remote, timeout: float) -> tuple[str, list[str]]:
@@ -186,7 +200,9 @@ async def system_health(remote: Remote, timeout: float) -> tuple[str, list[str]]
 async def request_reboot(remote: Remote) -> None:
     """Asks systemd to reboot the host. The connection may die before the answer comes back:
     that is no error; whether the host rebooted is told by its boot id (wait_for_new_boot)."""
-    done = await process.run(remote.command(["systemctl", "reboot"], root=True), timeout=60)
+    done = await process.run(
+        remote.command(["systemctl", "reboot"], root=True), stdin=remote.stdin(), timeout=60
+    )
     if not done.ok and done.returncode != 255:
         raise DeployError(f"systemctl reboot failed on {remote.dest.host}: {done.last_lines(2)}")
 
