@@ -172,7 +172,7 @@ def test_hosts_are_sorted_by_name() -> None:
         (
             {"web1": {"timeouts": {"connect": "5s"}}},
             "inventory host 'web1': 'timeouts': unknown stage 'connect' (known: copy, build, preflight, "
-            "activation, health, settle, confirm, boot)",
+            "activation, health, settle, confirm, boot, reboot)",
         ),
         (
             {"web1": {"timeouts": {"build": 1.5}}},
