@@ -229,6 +229,7 @@ class Agent:
         self.started = False  # from the moment start was asked: the host may be acting on it
         self.last: Status | None = None
         self._log_offset = 0  # bytes of the agent's log already shown
+        self._installed = False
 
     # ------------------------------------------------------------ commands
     def _command(self, verb: str, *args: str, fresh: bool = False) -> list[str]:
@@ -293,6 +294,17 @@ class Agent:
             status, done = await self._call("start", stdin=self.settings.encode(), timeout=120)
         except ProcessTimeout:
             status, done = None, None
+        if status is not None and status.phase is Phase.NONE:
+            # The agent is not on the host (the first deploy since it booted, or a new
+            # version of deploy-flake): nothing was started. Install it, and ask again.
+            self.started = False
+            if self._installed:
+                raise DeployError(
+                    f"the deploy agent is missing on {self.remote.dest.host} right after its install"
+                )
+            await self.install()
+            self._installed = True
+            return await self.start()
         if status is not None:
             return status
         # the answer was lost: ask what the host did

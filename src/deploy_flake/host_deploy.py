@@ -185,31 +185,37 @@ class HostDeploy:
             toplevel, generation = await self._build(facts), None
         self.result.system = toplevel
 
-        if self.opts.preflight and self.job is not Job.PLAN:
-            self.stage(Stage.PREFLIGHT)
-            state, failed = await target.system_health(self.remote, self.t.preflight)
-            if state != "running":
-                units = ", ".join(failed) if failed else "none listed"
-                raise DeployError(
-                    f"System is not healthy. State: {state}; failed units: {units}. "
-                    "Fix them or deploy with --preflight-check=skip."
-                )
+        preflight = self.opts.preflight and self.job is not Job.PLAN
+        self.stage(Stage.PREFLIGHT if preflight else Stage.CHECK)
+        seen = await target.inspect(
+            self.remote,
+            toplevel,
+            facts.current_system,
+            pre_activate=self.opts.pre_activate_script or DEFAULT_PRE_ACTIVATE,
+            preflight_s=self.t.preflight if preflight else 0,
+        )
+        if seen.health is not None and seen.health != "running":
+            units = ", ".join(seen.failed_units) if seen.failed_units else "none listed"
+            raise DeployError(
+                f"System is not healthy. State: {seen.health}; failed units: {units}. "
+                "Fix them or deploy with --preflight-check=skip."
+            )
 
         self.stage(Stage.CHECK)
         if self.job is Job.PLAN:
-            await self._plan(toplevel, facts)
+            await self._plan(toplevel, facts, seen)
             return
         gate = self.run.gate
         if gate is not None:  # --ask: the plan, then one answer for every host
-            verdict = await self._plan(toplevel, facts, final=False)
+            verdict = await self._plan(toplevel, facts, seen, final=False)
             if verdict != "ok":
                 raise DeployError(verdict)
         else:
-            await self._sanity_checks(toplevel, facts.system)
-            for change in await target.closure_diff(self.remote, facts.current_system, toplevel):
+            self._sanity_checks(seen.closure, facts.system)
+            for change in seen.changes:
                 self.line(f"change: {change}")
 
-        await self._pre_activate(toplevel)
+        await self._pre_activate(toplevel, seen.pre_activate)
         if gate is not None:
             self.arrived_at_gate = True
             # hosts waiting for the answer give their --jobs slot to those still building
@@ -303,19 +309,21 @@ class HostDeploy:
         self.result.details = status_details(facts)
         self.stage(Stage.DONE)
 
-    async def _plan(self, toplevel: str, facts: HostFacts, *, final: bool = True) -> str:
+    async def _plan(
+        self, toplevel: str, facts: HostFacts, seen: target.Inspection, *, final: bool = True
+    ) -> str:
         """plan: what activating toplevel would change; nothing is changed. The checks' verdict.
 
         final: the plan is all this run does for the host (plan, --dry-activate).
         """
         verdict = "ok"
         try:
-            await self._sanity_checks(toplevel, facts.system)
+            self._sanity_checks(seen.closure, facts.system)
         except DeployError as e:
             verdict = str(e)
-        changes = await target.closure_diff(self.remote, facts.current_system, toplevel)
+        changes = list(seen.changes)
         units = await target.dry_activate(self.remote, toplevel, timeout=self.t.activation)
-        reboot = (await target.closure_facts(self.remote, toplevel)).reboot_reasons
+        reboot = seen.closure.reboot_reasons
         self.result.details = {
             "plan": {
                 "closure_changes": changes,
@@ -340,9 +348,9 @@ class HostDeploy:
             self.stage(Stage.DONE)
         return verdict
 
-    async def _sanity_checks(self, toplevel: str, host_system: str) -> None:
+    def _sanity_checks(self, c: target.ClosureFacts, host_system: str) -> None:
+        toplevel = self.result.system
         skip = self.opts.skip_checks
-        c = await target.closure_facts(self.remote, toplevel)
         if "switch-to-configuration" not in skip and not c.has_switch_to_configuration:
             raise DeployError(
                 f"{toplevel} has no bin/switch-to-configuration: it is not a NixOS system "
@@ -363,11 +371,11 @@ class HostDeploy:
         if c.reboot_reasons and self.opts.reboot is RebootPolicy.NEVER:
             self.note(f"reboot needed to use the new {', '.join(c.reboot_reasons)}")
 
-    async def _pre_activate(self, toplevel: str) -> None:
+    async def _pre_activate(self, toplevel: str, exists: bool) -> None:
         relpath = self.opts.pre_activate_script
         explicit = relpath is not None
         relpath = relpath or DEFAULT_PRE_ACTIVATE
-        if not await target.pre_activate_exists(self.remote, toplevel, relpath):
+        if not exists:
             if explicit:
                 raise DeployError(f"the new system has no executable {relpath} (--pre-activate-script)")
             return
@@ -474,9 +482,8 @@ class HostDeploy:
 
     async def _activate(self, toplevel: str, generation: int | None = None) -> None:
         agent = Agent(self.remote, self.deploy_id, self._settings(toplevel, generation))
-        await agent.install()
         self.agent = agent
-        status = await agent.start()
+        status = await agent.start()  # installs the agent first when the host does not have it
         self._saw(status)
         if not status.phase.final and status.phase is not Phase.NONE:
             status = await self._follow(agent)

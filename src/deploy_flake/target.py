@@ -224,9 +224,17 @@ async def wait_for_new_boot(remote: Remote, old_boot_id: str, deadline: float) -
     return None
 
 
-# ------------------------------------------------------------------ closure checks
-_CLOSURE_SCRIPT = r"""
-top=$1
+# ------------------------------------------------------------------ the new system, inspected
+# Everything the deploy checks before it activates, in one round trip: the running system's
+# health (preflight), the new system's layout (sanity checks, reboot), its pre-activation
+# check, and what changes. Read-only; the deploy decides in this order. A fixed script: the
+# arguments are store paths, a checked relative path and a number.
+_INSPECT_SCRIPT = r"""
+top=$1 cur=$2 rel=$3 wait_s=$4
+if [ "$wait_s" -gt 0 ]; then
+  echo "health=$(timeout "$wait_s" systemctl is-system-running --wait 2>/dev/null | tail -n 1)"
+  systemctl list-units --failed --plain --no-legend --no-pager 2>/dev/null | awk '{print "failed=" $1}'
+fi
 [ -x "$top/bin/switch-to-configuration" ] && echo stc=yes
 echo "system=$(cat "$top/system" 2>/dev/null)"
 u=$top/etc/systemd/system
@@ -238,7 +246,14 @@ for f in kernel initrd kernel-modules; do
   echo "boot:$f=$(readlink -f "$top/$f" 2>/dev/null)"
   echo "booted:$f=$(readlink -f "/run/booted-system/$f" 2>/dev/null)"
 done
+[ -n "$rel" ] && [ -x "$top/$rel" ] && echo pre_activate=yes
+if [ -n "$cur" ] && [ "$cur" != "$top" ]; then
+  nix --extra-experimental-features 'nix-command flakes' store diff-closures "$cur" "$top" 2>/dev/null \
+    | sed 's/^/change=/'
+fi
+true
 """
+DIFF_ALLOWANCE_S = 120  # nix store diff-closures of two large systems (the script's `timeout 120`)
 
 
 @dataclass(frozen=True)
@@ -250,52 +265,52 @@ class ClosureFacts:
     reboot_reasons: tuple[str, ...]
 
 
-async def closure_facts(remote: Remote, toplevel: str) -> ClosureFacts:
+@dataclass(frozen=True)
+class Inspection:
+    closure: ClosureFacts
+    health: str | None = None  # systemctl is-system-running --wait; None when not asked
+    failed_units: tuple[str, ...] = ()
+    pre_activate: bool = False  # the new system has an executable pre-activation check
+    changes: tuple[str, ...] = ()  # nix store diff-closures, package by package
+
+
+async def inspect(
+    remote: Remote, toplevel: str, current: str, *, pre_activate: str = "", preflight_s: float = 0
+) -> Inspection:
+    """preflight_s: wait that long for the running system to finish starting (0: no health check)."""
+    wait_s = int(preflight_s)
     done = await run_checked(
-        remote, ["sh", "-c", _CLOSURE_SCRIPT, "sh", toplevel], "inspecting the new system"
+        remote,
+        ["sh", "-c", _INSPECT_SCRIPT, "sh", toplevel, current, pre_activate, str(wait_s)],
+        "inspecting the host and the new system",
+        timeout=wait_s + DIFF_ALLOWANCE_S + 30,
     )
-    lines = done.stdout.splitlines()
-    kv = dict(line.split("=", 1) for line in lines if "=" in line)
+    return parse_inspection(done.stdout, health_asked=wait_s > 0)
+
+
+def parse_inspection(text: str, *, health_asked: bool) -> Inspection:
+    lines = text.splitlines()
+    kv = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("change="))
     reboot = tuple(
         f
         for f in ("kernel", "initrd", "kernel-modules")
         if kv.get(f"booted:{f}") and kv.get(f"boot:{f}") != kv.get(f"booted:{f}")
     )
-    return ClosureFacts(
+    closure = ClosureFacts(
         has_switch_to_configuration=kv.get("stc") == "yes",
         system=kv.get("system", "").strip(),
         sshd_units=frozenset(ln[5:] for ln in lines if ln.startswith("unit=")),
         sshd_wanted=frozenset(ln[7:] for ln in lines if ln.startswith("wanted=")),
         reboot_reasons=reboot,
     )
-
-
-async def closure_diff(remote: Remote, current: str, new: str) -> list[str]:
-    """What changes, package by package (nix store diff-closures); empty when it cannot tell."""
-    if not current or current == new:
-        return []
-    argv = [
-        "nix",
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "store",
-        "diff-closures",
-        current,
-        new,
-    ]
-    try:
-        done = await process.run(remote.command(argv), timeout=120)
-    except process.ProcessTimeout:
-        return []
-    plain = _ANSI.sub("", done.stdout)  # Nix colours sizes even when not on a terminal
-    return [ln.strip() for ln in plain.splitlines() if ln.strip()] if done.ok else []
-
-
-async def pre_activate_exists(remote: Remote, toplevel: str, relpath: str) -> bool:
-    done = await run_checked(
-        remote, ["test", "-x", f"{toplevel}/{relpath}"], "looking for the pre-activation check"
+    changes = tuple(c for ln in lines if ln.startswith("change=") and (c := _ANSI.sub("", ln[7:]).strip()))
+    return Inspection(
+        closure=closure,
+        health=(kv.get("health") or "unknown") if health_asked else None,
+        failed_units=tuple(ln[7:] for ln in lines if ln.startswith("failed=")),
+        pre_activate=kv.get("pre_activate") == "yes",
+        changes=changes,
     )
-    return done.ok
 
 
 async def run_pre_activate(

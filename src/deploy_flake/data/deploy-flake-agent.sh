@@ -145,14 +145,17 @@ settings_problem() {  # prints what is wrong with the settings; false when nothi
 recovery_s() { echo $((LOCK_WAIT_S + PROFILE_SET_S + BOOT_S + KILL_GRACE_S + 2 * (ACT_S + KILL_GRACE_S + HEALTH_S) + 60)); }
 
 # ---------------------------------------------------------------- health
-# One poll loop for every wait: CMD runs every 0.2 s until it succeeds (0) or MAX_S passed (1).
+# One poll loop for every wait: CMD runs every INTERVAL s until it succeeds (0) or MAX_S passed (1).
+# Waits on a file (a confirmation, a state) poll fast, as they are cheap and someone waits
+# on the other end; the settle window's unit checks run systemctl, so they poll slower.
+FAST=0.05 SLOW=0.2
 tick() { read -r UP _ < /proc/uptime; UP=${UP%.*}${UP#*.}; UP=${UP#"${UP%%[!0]*}"}; UP=${UP:-0}; }  # centiseconds
-poll() {  # MAX_S CMD...
-  poll_max=$1; shift; tick; poll_end=$((UP + poll_max * 100))
+poll() {  # MAX_S INTERVAL CMD...
+  poll_max=$1 poll_every=$2; shift 2; tick; poll_end=$((UP + poll_max * 100))
   while :; do
     "$@" && return 0
     tick; [ "$UP" -lt "$poll_end" ] || return 1
-    sleep 0.2
+    sleep "$poll_every"
   done
 }
 
@@ -403,9 +406,9 @@ run() {
   esac
   set_state checking
   if problem=$(health_problem "$HEALTH_S" counts); then rollback "after the activation $problem"; fi
-  if poll "$SETTLE_S" settle_problem; then rollback "$PROBLEM"; fi
+  if poll "$SETTLE_S" "$SLOW" settle_problem; then rollback "$PROBLEM"; fi
   set_state awaiting-confirmation
-  poll "$CONFIRM_S" confirmed_or_aborted
+  poll "$CONFIRM_S" "$FAST" confirmed_or_aborted
   aborted && rollback "the deploy was interrupted before it was confirmed"
   [ -e "$DIR/confirm" ] || rollback "no confirmation over a new SSH connection within ${CONFIRM_S}s (did the new configuration break SSH access?)"
   if problem=$(health_problem "$HEALTH_S" counts); then rollback "while waiting for confirmation $problem"; fi
@@ -488,17 +491,17 @@ watch() {  # OFFSET MAX_S
     case $st in none | awaiting-confirmation) break ;; esac
     is_final "$st" && break
     tick; [ "$UP" -lt "$watch_end" ] || break
-    sleep 0.2
+    sleep "$FAST"
   done
   echo
   print_status "$st"  # the state read before the last of the log was printed
 }
 
-confirm() {  # the transaction takes it within a poll (0.2 s), unless its window just closed
+confirm() {  # the transaction takes it within a poll ($FAST s), unless its window just closed
   if [ "$(state_of)" = awaiting-confirmation ]; then
     : > "$DIR/confirm"
     taken() { [ "$(state_of)" != awaiting-confirmation ]; }
-    poll 10 taken || :
+    poll 10 "$FAST" taken || :
   fi
   print_status
 }

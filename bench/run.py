@@ -1,0 +1,340 @@
+"""deploy-flake's benchmark on lab hosts: figures, not assertions.
+
+    sudo .venv/bin/python bench/run.py [--rounds 5] [--fleet 1,4,8,16,32] [--json FILE]
+
+Side by side, in one run:
+ 1. overhead on one host: deploy-flake (--settle-time=0) against the bare sequence, the same
+    Nix and systemd commands typed by hand over one multiplexed SSH connection (flake
+    archive, nix build, switch-to-configuration test, nix-env --set, switch-to-configuration
+    boot), for a changed configuration (good <-> good-v2) and an unchanged one; per-stage
+    times from deploy-flake's JSON events; the default 5 s settle time apart.
+ 2. fleet scaling: 1..32 hosts at once, wall time and ratio to one host, beside the bare
+    sequence's own ratio.
+ 3. SSH connections per host per deploy: sshd's accepted logins on the host.
+ 4. `deploy-flake --help` wall time; the deployer's peak RSS, file descriptors and
+    processes with 32 hosts.
+Needs root and the lab (scripts/setup); starts hosts bench01..benchNN and stops them after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host, lab  # noqa: E402
+
+NIX = ["nix", "--extra-experimental-features", "nix-command flakes"]
+TOPLEVEL = "nixosConfigurations.{}.config.system.build.toplevel"
+CONFIGS = ("good", "good-v2")
+
+
+def hosts_named(n: int) -> list[str]:
+    return [f"bench{i:02d}" for i in range(1, n + 1)]
+
+
+# ------------------------------------------------------------------ deploy-flake
+@dataclass
+class Sample:
+    wall: float
+    rc: int
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds, summed over hosts
+    peak_rss_mb: float = 0.0
+    peak_fds: int = 0
+    peak_children: int = 0
+
+
+def _descendants(pid: int) -> int:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=False).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        p, pp = (int(x) for x in line.split())
+        children.setdefault(pp, []).append(p)
+    todo, seen = [pid], 0
+    while todo:
+        for c in children.get(todo.pop(), []):
+            seen += 1
+            todo.append(c)
+    return seen
+
+
+def deploy_flake(hosts: list[str], config: str, *extra: str, sample_process: bool = False) -> Sample:
+    argv = [
+        sys.executable,
+        "-m",
+        "deploy_flake",
+        "--flake",
+        str(FIXTURE_FLAKE),
+        "--ssh-config",
+        str(SSH_CONFIG),
+        "--instrumentation=json",
+        "--log-dir",
+        "/tmp/deploy-flake-bench-logs",
+        *extra,
+        *[f"nixos://{h}/{config}" for h in hosts],
+    ]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    sample = Sample(0.0, 0)
+    if sample_process:
+        while proc.poll() is None:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                hwm = next(ln for ln in status.splitlines() if ln.startswith("VmHWM:"))
+                sample.peak_rss_mb = max(sample.peak_rss_mb, int(hwm.split()[1]) / 1024)
+                sample.peak_fds = max(sample.peak_fds, len(os.listdir(f"/proc/{proc.pid}/fd")))
+                sample.peak_children = max(sample.peak_children, _descendants(proc.pid))
+            except (OSError, StopIteration):
+                pass
+            time.sleep(0.05)
+    out, _ = proc.communicate()
+    sample.wall = time.monotonic() - t0
+    sample.rc = proc.returncode
+    last: dict[str, tuple[str, float]] = {}
+    for line in out.splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("event") == "stage":
+            host = ev["host"]
+            if host in last:
+                stage, since = last[host]
+                sample.stages[stage] = sample.stages.get(stage, 0.0) + ev["time"] - since
+            last[host] = (ev["stage"], ev["time"])
+    return sample
+
+
+# ------------------------------------------------------------------ the bare sequence
+async def _sh(argv: list[str], env: dict[str, str] | None = None) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else {**os.environ, **env},
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv}: {err.decode()[-400:]}")
+    return out.decode()
+
+
+async def bare_one(host: str, config: str, control_dir: Path) -> None:
+    """What an operator types: one multiplexed connection, the five Nix and systemd steps."""
+    cp = control_dir / f"cm-{host}"
+    ssh = ["ssh", "-F", str(SSH_CONFIG), "-o", f"ControlPath={cp}"]
+    await _sh([*ssh, "-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-f", "-N", host])
+    try:
+        env = {"NIX_SSHOPTS": f"-F {SSH_CONFIG} -o ControlPath={cp}"}
+        archived = json.loads(
+            await _sh(
+                [*NIX, "flake", "archive", "--json", "--to", f"ssh-ng://{host}", f"path:{FIXTURE_FLAKE}"], env
+            )
+        )
+        src = archived["path"]
+        built = await _sh(
+            [
+                *ssh,
+                host,
+                *NIX,
+                "build",
+                "--json",
+                "--out-link",
+                "/tmp/bench-result",
+                f"path:{src}#{TOPLEVEL.format(config)}",
+            ]
+        )
+        top = json.loads(built)[0]["outputs"]["out"]
+        await _sh([*ssh, host, f"{top}/bin/switch-to-configuration", "test"])
+        await _sh([*ssh, host, "nix-env", "-p", "/nix/var/nix/profiles/system", "--set", top])
+        await _sh([*ssh, host, f"{top}/bin/switch-to-configuration", "boot"])
+    finally:
+        await _sh([*ssh, "-O", "exit", host])
+
+
+def bare(hosts: list[str], config: str) -> float:
+    control = Path("/tmp/deploy-flake-bench-cm")
+    control.mkdir(exist_ok=True)
+
+    async def all_hosts() -> None:
+        await asyncio.gather(*(bare_one(h, config, control) for h in hosts))
+
+    t0 = time.monotonic()
+    asyncio.run(all_hosts())
+    return time.monotonic() - t0
+
+
+# ------------------------------------------------------------------ measurements
+def accepted_logins(host: str) -> int:
+    return int(
+        Host(host).out("journalctl -q -t sshd -t sshd-session --no-pager | grep -c 'Accepted ' || true")
+    )
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def overhead(host: str, rounds: int) -> dict[str, object]:
+    for config in CONFIGS:  # warm: the flake copied, both systems built
+        assert deploy_flake([host], config, "--settle-time=0").rc == 0
+    changed_df: list[float] = []
+    changed_bare: list[float] = []
+    unchanged_df: list[float] = []
+    unchanged_bare: list[float] = []
+    settle_default: list[float] = []
+    stages: list[dict[str, float]] = []
+    logins: list[int] = []
+    config = CONFIGS[1]
+    for _ in range(rounds):
+        config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
+        changed_bare.append(bare([host], config))
+        unchanged_bare.append(bare([host], config))
+        config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
+        before = accepted_logins(host)
+        s = deploy_flake([host], config, "--settle-time=0")
+        logins.append(accepted_logins(host) - before)
+        assert s.rc == 0
+        changed_df.append(s.wall)
+        stages.append(s.stages)
+        s = deploy_flake([host], config, "--settle-time=0")
+        assert s.rc == 0
+        unchanged_df.append(s.wall)
+    for _ in range(max(1, rounds // 2)):
+        config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
+        settle_default.append(deploy_flake([host], config).wall)
+    stage_names = sorted({k for st in stages for k in st})
+    return {
+        "changed": {"deploy_flake_s": median(changed_df), "bare_s": median(changed_bare)},
+        "unchanged": {"deploy_flake_s": median(unchanged_df), "bare_s": median(unchanged_bare)},
+        "default_settle_s": median(settle_default),
+        "stages_s": {k: median([st.get(k, 0.0) for st in stages]) for k in stage_names},
+        "ssh_logins_per_deploy": median([float(x) for x in logins]),
+    }
+
+
+def fleet(sizes: list[int], rounds: int) -> list[dict[str, object]]:
+    rows = []
+    config = CONFIGS[1]
+    for n in sizes:
+        hosts = hosts_named(n)
+        for c in CONFIGS:  # warm
+            assert deploy_flake(hosts, c, "--settle-time=0").rc == 0
+        walls: list[float] = []
+        bares: list[float] = []
+        peak = Sample(0, 0)
+        for _ in range(rounds):
+            config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
+            bares.append(bare(hosts, config))
+            config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
+            s = deploy_flake(hosts, config, "--settle-time=0", sample_process=True)
+            assert s.rc == 0, f"{n} hosts: exit {s.rc}"
+            walls.append(s.wall)
+            peak.peak_rss_mb = max(peak.peak_rss_mb, s.peak_rss_mb)
+            peak.peak_fds = max(peak.peak_fds, s.peak_fds)
+            peak.peak_children = max(peak.peak_children, s.peak_children)
+        rows.append(
+            {
+                "hosts": n,
+                "deploy_flake_s": median(walls),
+                "bare_s": median(bares),
+                "peak_rss_mb": peak.peak_rss_mb,
+                "peak_fds": peak.peak_fds,
+                "peak_processes": peak.peak_children,
+            }
+        )
+    one = rows[0]
+    for r in rows:
+        r["ratio"] = float(r["deploy_flake_s"]) / float(one["deploy_flake_s"])  # type: ignore[arg-type]
+        r["bare_ratio"] = float(r["bare_s"]) / float(one["bare_s"])  # type: ignore[arg-type]
+    return rows
+
+
+def help_time(rounds: int) -> float:
+    entry = Path(sys.executable).parent / "deploy-flake"
+    argv = [str(entry), "--help"] if entry.exists() else [sys.executable, "-m", "deploy_flake", "--help"]
+    walls = []
+    for _ in range(rounds):
+        t0 = time.monotonic()
+        subprocess.run(argv, capture_output=True, check=True)
+        walls.append(time.monotonic() - t0)
+    return median(walls)
+
+
+def report(results: dict[str, object]) -> str:
+    o = results["overhead"]
+    assert isinstance(o, dict)
+    lines = [
+        f"deploy-flake benchmark, {results['date']}, {results['machine']}",
+        "",
+        "| one host, --settle-time=0 | deploy-flake | bare sequence | ratio |",
+        "|---|---|---|---|",
+    ]
+    for kind in ("changed", "unchanged"):
+        d = o[kind]
+        lines.append(
+            f"| {kind} configuration | {d['deploy_flake_s']:.2f} s | {d['bare_s']:.2f} s | "
+            f"{d['deploy_flake_s'] / d['bare_s']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"default --settle-time=5s, changed configuration: {o['default_settle_s']:.2f} s",
+        "stages (changed configuration): " + ", ".join(f"{k} {v:.2f} s" for k, v in o["stages_s"].items()),
+        f"SSH logins per host per deploy: {o['ssh_logins_per_deploy']:.0f}",
+        "",
+        "| hosts | deploy-flake | ratio to 1 host | bare | bare ratio | peak RSS | peak fds "
+        "| peak processes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    fleet_rows = results["fleet"]
+    assert isinstance(fleet_rows, list)
+    for r in fleet_rows:
+        lines.append(
+            f"| {r['hosts']} | {r['deploy_flake_s']:.2f} s | {r['ratio']:.2f}x | {r['bare_s']:.2f} s | "
+            f"{r['bare_ratio']:.2f}x | {r['peak_rss_mb']:.0f} MiB | {r['peak_fds']} | {r['peak_processes']} |"
+        )
+    lines += ["", f"deploy-flake --help: {results['help_s']:.3f} s"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--fleet", default="1,4,8,16,32", help="host counts, comma-separated")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    sizes = sorted({int(x) for x in args.fleet.split(",") if x})
+    lab("build", timeout=1800)
+    hosts = hosts_named(max(sizes))
+    lab("start", *hosts, timeout=900)
+    nix_version = subprocess.run([*NIX, "--version"], capture_output=True, text=True, check=False)
+    try:
+        results: dict[str, object] = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
+            f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+            f"nspawn lab hosts, {nix_version.stdout.strip()}",
+            "help_s": help_time(max(5, args.rounds)),
+            "overhead": overhead(hosts[0], args.rounds),
+            "fleet": fleet(sizes, max(1, args.rounds // 2)),
+        }
+    finally:
+        lab("stop", *hosts, check=False, timeout=600)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
