@@ -36,13 +36,29 @@ def flake_ref(directory: Path) -> str:
     return f"path:{directory.resolve()}"
 
 
+def metadata_argv(directory: Path) -> list[str]:
+    return ["nix", *NIX_FEATURES, "flake", "metadata", "--json", flake_ref(directory)]
+
+
+def archive_argv(store_uri: str, directory: Path) -> list[str]:
+    return ["nix", *NIX_FEATURES, "flake", "archive", "--json", "--to", store_uri, flake_ref(directory)]
+
+
+def build_argv(flake: Flake, config: str, *, gc_root: str, extra_args: tuple[str, ...] = ()) -> list[str]:
+    installable = f"path:{flake.store_path}#{flake.toplevel_attr(config)}"
+    return ["nix", *NIX_FEATURES, "build", "--out-link", gc_root, "--json", "-L", *extra_args, installable]
+
+
+def copy_argv(path: str, store_uri: str, *, to: bool) -> list[str]:
+    """Copies path to the store at store_uri (to), or from it."""
+    return ["nix", *NIX_FEATURES, "copy", "--no-check-sigs", "--to" if to else "--from", store_uri, path]
+
+
 async def flake_metadata(directory: Path) -> Flake:
     if not (directory / "flake.nix").is_file():
         raise DeployError(f"no flake.nix in {directory}: pass the flake's directory with --flake DIR")
     try:
-        done = await process.run(
-            ["nix", *NIX_FEATURES, "flake", "metadata", "--json", flake_ref(directory)], timeout=300
-        )
+        done = await process.run(metadata_argv(directory), timeout=300)
     except FileNotFoundError:
         raise DeployError(
             "the nix command is not installed here; deploy-flake needs Nix on this machine"
@@ -56,16 +72,7 @@ async def flake_metadata(directory: Path) -> Flake:
 async def flake_archive(remote: Remote, directory: Path, *, timeout: float, on_line: LineSink) -> None:
     """Copies the flake and all its inputs to the host's store (path: and private inputs too)."""
     done = await process.run(
-        [
-            "nix",
-            *NIX_FEATURES,
-            "flake",
-            "archive",
-            "--json",
-            "--to",
-            remote.nix_store_uri(),
-            flake_ref(directory),
-        ],
+        archive_argv(remote.nix_store_uri(), directory),
         env={"NIX_SSHOPTS": remote.nix_sshopts()},
         timeout=timeout,
         on_stderr=on_line,
@@ -90,8 +97,7 @@ async def build_toplevel(
     The result link gc_root keeps the system from a garbage collection on the host
     until the system profile holds it.
     """
-    installable = f"path:{flake.store_path}#{flake.toplevel_attr(config)}"
-    argv = ["nix", *NIX_FEATURES, "build", "--out-link", gc_root, "--json", "-L", *extra_args, installable]
+    argv = build_argv(flake, config, gc_root=gc_root, extra_args=extra_args)
     try:
         done = await process.run(remote.command(argv) if remote else argv, timeout=timeout, on_stderr=on_line)
     except process.ProcessTimeout:
@@ -116,8 +122,7 @@ async def copy_closure(
     here, or from a host to here. Unsigned paths (our own builds) need a trusted user there."""
     remote = to or source
     assert remote is not None and (to is None) != (source is None)
-    direction = ["--to", remote.nix_store_uri()] if to else ["--from", remote.nix_store_uri()]
-    argv = ["nix", *NIX_FEATURES, "copy", "--no-check-sigs", *direction, path]
+    argv = copy_argv(path, remote.nix_store_uri(), to=to is not None)
     done = await process.run(
         argv, env={"NIX_SSHOPTS": remote.nix_sshopts()}, timeout=timeout, on_stderr=on_line
     )

@@ -254,21 +254,17 @@ async def closure_facts(remote: Remote, toplevel: str) -> ClosureFacts:
     )
 
 
+def closure_diff_argv(current: str, new: str) -> list[str]:
+    features = ["--extra-experimental-features", "nix-command flakes"]
+    return ["nix", *features, "store", "diff-closures", current, new]
+
+
 async def closure_diff(remote: Remote, current: str, new: str) -> list[str]:
     """What changes, package by package (nix store diff-closures); empty when it cannot tell."""
     if not current or current == new:
         return []
-    argv = [
-        "nix",
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "store",
-        "diff-closures",
-        current,
-        new,
-    ]
     try:
-        done = await process.run(remote.command(argv), timeout=120)
+        done = await process.run(remote.command(closure_diff_argv(current, new)), timeout=120)
     except process.ProcessTimeout:
         return []
     plain = _ANSI.sub("", done.stdout)  # Nix colours sizes even when not on a terminal
