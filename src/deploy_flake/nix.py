@@ -65,8 +65,16 @@ async def flake_metadata(directory: Path) -> Flake:
         ) from None
     if not done.ok:
         raise DeployError(f"cannot evaluate the flake in {directory}: {done.last_lines(3)}")
-    meta = json.loads(done.stdout)
-    return Flake(url=meta.get("url") or meta["originalUrl"], store_path=meta["path"])
+    return parse_metadata(done.stdout)
+
+
+def parse_metadata(stdout: str) -> Flake:
+    """`nix flake metadata --json`: the same keys from Nix 2.8 to 2.34."""
+    try:
+        meta = json.loads(stdout)
+        return Flake(url=meta.get("url") or meta["originalUrl"], store_path=meta["path"])
+    except (ValueError, LookupError, TypeError, AttributeError):
+        raise DeployError(f"unexpected output from nix flake metadata: {stdout[:200]!r}") from None
 
 
 async def flake_archive(remote: Remote, directory: Path, *, timeout: float, on_line: LineSink) -> None:
@@ -104,10 +112,15 @@ async def build_toplevel(
         raise DeployError(f"the build did not finish within {timeout:.0f}s (--build-timeout)") from None
     if not done.ok:
         raise DeployError(_build_failure(done.stderr, config))
+    return parse_build_output(done.stdout)
+
+
+def parse_build_output(stdout: str) -> str:
+    """The toplevel's store path from `nix build --json` (2.26+ add start and stop times)."""
     try:
-        return str(json.loads(done.stdout)[0]["outputs"]["out"])
+        return str(json.loads(stdout)[0]["outputs"]["out"])
     except (ValueError, LookupError, TypeError):
-        raise DeployError(f"unexpected output from nix build: {done.stdout[:200]!r}") from None
+        raise DeployError(f"unexpected output from nix build: {stdout[:200]!r}") from None
 
 
 async def copy_closure(
@@ -148,13 +161,27 @@ async def add_gc_root(remote: Remote, path: str, link: str) -> None:
         raise DeployError(f"cannot register {path} on {remote.dest.host}: {done.last_lines(2)}")
 
 
+# The failed builder, as Nix 2.8-2.26 (`builder for '….drv' failed with exit code 1`) and 2.34
+# (`Cannot build '….drv'.`, the cause on a `Reason:` line below) say it.
+_BUILDER_FAILED = re.compile(r"^error: ((?:builder for|Cannot build) '[^']+\.drv'.*)$")
+
+
 def _build_failure(stderr: str, config: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
+    """The reason a `nix build` failed, in one line: the first builder that failed, else Nix's
+    own (last) error message."""
+    lines = [_ANSI.sub("", ln).strip() for ln in stderr.splitlines()]
+    lines = [ln for ln in lines if ln]
     if any("does not provide attribute" in ln for ln in lines):
         return f"the flake has no nixosConfigurations.{config}: name the configuration with nixos://HOST/NAME"
-    first = errors[0] if errors else (lines[-1] if lines else "nix build failed")
-    return f"the build failed: {first.removeprefix('error: ')}"
+    for i, line in enumerate(lines):
+        failed = _BUILDER_FAILED.match(line)
+        if failed:
+            rest = lines[i + 1 :]
+            block = rest[: next((j for j, ln in enumerate(rest) if ln.startswith("error:")), len(rest))]
+            reason = [ln for ln in block if ln.startswith("Reason:")]
+            return f"the build failed: {' '.join([failed.group(1), *reason[:1]])}"
+    message, where = _last_nix_error(stderr)
+    return f"the build failed: {message}{where}"
 
 
 async def eval_inventory(flake_dir: Path) -> object:
