@@ -5,12 +5,13 @@ run with this machine's Nix (2.8) and in the lab's deployer roots (trixie 2.26, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
-from deploy_flake import nix
+from deploy_flake import nix, process
 from deploy_flake.errors import DeployError
 
 DATA = Path(__file__).parent / "data" / "nix-output"
@@ -82,3 +83,53 @@ def test_archive_json_names_the_flake_and_its_inputs(version: str) -> None:
     archived = json.loads(output(version, "archive.json"))
     assert set(archived) == {"path", "inputs"}
     assert archived["inputs"]["dep"]["path"] == "/nix/store/ya9a20rrlh8w52khy8xkn3iqggfczyiy-source"
+
+
+def test_nix_2_34_names_the_tree_without_the_lock_file_it_just_wrote() -> None:
+    """Why flake_metadata asks twice: the metadata call that writes flake.lock names a tree the
+    archive after it never copies (on 2.34; 2.8 and 2.26 name the copied one)."""
+    for version in VERSIONS:
+        first = nix.parse_metadata(output(version, "metadata-new-lock.json")).store_path
+        copied = json.loads(output(version, "archive-after-new-lock.json"))["path"]
+        assert (first == copied) is (version != "2.34.8")
+        assert nix.parse_metadata(output(version, "metadata.json")).store_path == copied
+
+
+def _fake_nix(
+    monkeypatch: pytest.MonkeyPatch, directory: Path, answers: list[str], *, writes_lock: bool
+) -> list[list[str]]:
+    """process.run answering `nix flake metadata` with the captured outputs, in turn; the first
+    call writes flake.lock when writes_lock."""
+    calls: list[list[str]] = []
+
+    async def run(argv: list[str], *, timeout: float | None = None) -> process.Completed:
+        calls.append(list(argv))
+        if writes_lock and len(calls) == 1:
+            (directory / "flake.lock").write_text('{"version": 7}\n')
+        return process.Completed(tuple(argv), 0, answers[len(calls) - 1], "")
+
+    monkeypatch.setattr(process, "run", run)
+    return calls
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_metadata_that_writes_the_lock_file_is_asked_again(
+    version: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    answers = [output(version, "metadata-new-lock.json"), output(version, "metadata.json")]
+    calls = _fake_nix(monkeypatch, tmp_path, answers, writes_lock=True)
+    flake = asyncio.run(nix.flake_metadata(tmp_path))
+    assert flake.store_path == json.loads(output(version, "archive-after-new-lock.json"))["path"]
+    assert calls == [nix.metadata_argv(tmp_path)] * 2
+
+
+def test_metadata_with_the_lock_file_in_place_is_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    (tmp_path / "flake.lock").write_text('{"version": 7}\n')
+    calls = _fake_nix(monkeypatch, tmp_path, [output("2.34.8", "metadata.json")], writes_lock=False)
+    flake = asyncio.run(nix.flake_metadata(tmp_path))
+    assert flake.store_path == json.loads(output("2.34.8", "archive.json"))["path"]
+    assert len(calls) == 1

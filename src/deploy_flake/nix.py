@@ -55,8 +55,21 @@ def copy_argv(path: str, store_uri: str, *, to: bool) -> list[str]:
 
 
 async def flake_metadata(directory: Path) -> Flake:
+    """The flake as every host gets it. When this call writes flake.lock (new or changed), Nix
+    2.34 names the source from before the lock file was written, while each `flake archive`
+    after it copies the source with the lock file, a path the host would never have: so then
+    ask again, with the lock file in place (Nix 2.8 and 2.26 answer the same path twice)."""
     if not (directory / "flake.nix").is_file():
         raise DeployError(f"no flake.nix in {directory}: pass the flake's directory with --flake DIR")
+    lock = directory / "flake.lock"
+    before = _contents(lock)
+    flake = await _metadata(directory)
+    if _contents(lock) != before:
+        flake = await _metadata(directory)
+    return flake
+
+
+async def _metadata(directory: Path) -> Flake:
     try:
         done = await process.run(metadata_argv(directory), timeout=300)
     except FileNotFoundError:
@@ -66,6 +79,13 @@ async def flake_metadata(directory: Path) -> Flake:
     if not done.ok:
         raise DeployError(f"cannot evaluate the flake in {directory}: {done.last_lines(3)}")
     return parse_metadata(done.stdout)
+
+
+def _contents(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def parse_metadata(stdout: str) -> Flake:
