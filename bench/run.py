@@ -224,8 +224,8 @@ def overhead(host: str, rounds: int) -> dict[str, object]:
     }
 
 
-def fleet(sizes: list[int], rounds: int) -> list[dict[str, object]]:
-    rows = []
+def fleet(sizes: list[int], rounds: int) -> list[dict[str, float]]:
+    rows: list[dict[str, float]] = []
     config = CONFIGS[1]
     for n in sizes:
         hosts = hosts_named(n)
@@ -256,8 +256,8 @@ def fleet(sizes: list[int], rounds: int) -> list[dict[str, object]]:
         )
     one = rows[0]
     for r in rows:
-        r["ratio"] = float(r["deploy_flake_s"]) / float(one["deploy_flake_s"])  # type: ignore[arg-type]
-        r["bare_ratio"] = float(r["bare_s"]) / float(one["bare_s"])  # type: ignore[arg-type]
+        r["ratio"] = r["deploy_flake_s"] / one["deploy_flake_s"]
+        r["bare_ratio"] = r["bare_s"] / one["bare_s"]
     return rows
 
 

@@ -46,6 +46,13 @@ class Deploy:
         raise AssertionError(f"{destination} not in report: {self.report}")
 
 
+def notes(result: dict[str, object]) -> list[str]:
+    """The notes of a host's result in the report."""
+    found = result.get("notes", [])
+    assert isinstance(found, list)
+    return [str(n) for n in found]
+
+
 class Host:
     """A lab host as a test sees it: every look goes through a fresh SSH connection."""
 

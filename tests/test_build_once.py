@@ -8,7 +8,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from tests.lab import FIXTURE_FLAKE, Host, deploy
+from tests.lab import FIXTURE_FLAKE, Host, deploy, notes
 
 
 def shared_flake(directory: Path) -> tuple[Path, str]:
@@ -62,7 +62,7 @@ def test_build_on_a_builder_host(hosts: dict[str, Host], tmp_path: Path) -> None
     assert r.returncode == 0, r.output
     assert builds_of(p.output + r.output, nonce) == 1, "planned and deployed from one build on gamma"
     system = r.host("nixos://alpha/shared")["system"]
-    assert any("on gamma" in n for n in r.host("nixos://alpha/shared")["notes"])  # type: ignore[union-attr]
+    assert any("on gamma" in n for n in notes(r.host("nixos://alpha/shared")))
     assert hosts["alpha"].current_system() == hosts["beta"].current_system() == system
     # the builder built, and was not deployed to; its build result link is gone
     assert hosts["gamma"].current_system() == gamma_before

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.lab import VM_SSH_CONFIG, Host, deploy, run_cli, wait_for
+from tests.lab import VM_SSH_CONFIG, Host, deploy, notes, run_cli, wait_for
 
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
@@ -22,12 +22,12 @@ def test_reboot_if_needed_reboots_only_the_host_whose_kernel_changed(hosts: dict
     assert r.returncode == 0, r.output
     a, b = r.host("nixos://alpha/new-kernel"), r.host("nixos://beta/beta")
     assert a["outcome"] == b["outcome"] == "activated"
-    assert any("rebooted into the new system" in n for n in a["notes"]), a  # type: ignore[union-attr]
+    assert any("rebooted into the new system" in n for n in notes(a)), a
     assert alpha.out(BOOT_ID) != boot_a
     assert alpha.current_system() == a["system"] == alpha.out("readlink -f /run/booted-system")
     assert alpha.system_state() == "running"
     assert beta.out(BOOT_ID) == boot_b, "a host that needs no reboot is not rebooted"
-    assert not any("reboot" in n for n in b["notes"]), b  # type: ignore[union-attr]
+    assert not any("reboot" in n for n in notes(b)), b
     # and the status afterwards: nothing left to reboot for
     s = deploy("status", "--json", "alpha")
     assert s.returncode == 0, s.output
@@ -39,7 +39,7 @@ def test_reboot_never_notes_the_need_and_always_reboots(hosts: dict[str, Host]) 
     boot = alpha.out(BOOT_ID)
     r = deploy("nixos://alpha/new-kernel")  # the default: never
     assert r.returncode == 0, r.output
-    assert any("reboot needed" in n for n in r.host("nixos://alpha/new-kernel")["notes"])  # type: ignore[union-attr]
+    assert any("reboot needed" in n for n in notes(r.host("nixos://alpha/new-kernel")))
     assert alpha.out(BOOT_ID) == boot
     # --test=skip writes only the boot entry; --reboot=if-needed then boots into it
     r = deploy("--test=skip", "--reboot=if-needed", "nixos://alpha/good")

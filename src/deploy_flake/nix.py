@@ -36,36 +36,71 @@ def flake_ref(directory: Path) -> str:
     return f"path:{directory.resolve()}"
 
 
+def metadata_argv(directory: Path) -> list[str]:
+    return ["nix", *NIX_FEATURES, "flake", "metadata", "--json", flake_ref(directory)]
+
+
+def archive_argv(store_uri: str, directory: Path) -> list[str]:
+    return ["nix", *NIX_FEATURES, "flake", "archive", "--json", "--to", store_uri, flake_ref(directory)]
+
+
+def build_argv(flake: Flake, config: str, *, gc_root: str, extra_args: tuple[str, ...] = ()) -> list[str]:
+    installable = f"path:{flake.store_path}#{flake.toplevel_attr(config)}"
+    return ["nix", *NIX_FEATURES, "build", "--out-link", gc_root, "--json", "-L", *extra_args, installable]
+
+
+def copy_argv(path: str, store_uri: str, *, to: bool) -> list[str]:
+    """Copies path to the store at store_uri (to), or from it."""
+    return ["nix", *NIX_FEATURES, "copy", "--no-check-sigs", "--to" if to else "--from", store_uri, path]
+
+
 async def flake_metadata(directory: Path) -> Flake:
+    """The flake as every host gets it. When this call writes flake.lock (new or changed), Nix
+    2.34 names the source from before the lock file was written, while each `flake archive`
+    after it copies the source with the lock file, a path the host would never have: so then
+    ask again, with the lock file in place (Nix 2.8 and 2.26 answer the same path twice)."""
     if not (directory / "flake.nix").is_file():
         raise DeployError(f"no flake.nix in {directory}: pass the flake's directory with --flake DIR")
+    lock = directory / "flake.lock"
+    before = _contents(lock)
+    flake = await _metadata(directory)
+    if _contents(lock) != before:
+        flake = await _metadata(directory)
+    return flake
+
+
+async def _metadata(directory: Path) -> Flake:
     try:
-        done = await process.run(
-            ["nix", *NIX_FEATURES, "flake", "metadata", "--json", flake_ref(directory)], timeout=300
-        )
+        done = await process.run(metadata_argv(directory), timeout=300)
     except FileNotFoundError:
         raise DeployError(
             "the nix command is not installed here; deploy-flake needs Nix on this machine"
         ) from None
     if not done.ok:
         raise DeployError(f"cannot evaluate the flake in {directory}: {done.last_lines(3)}")
-    meta = json.loads(done.stdout)
-    return Flake(url=meta.get("url") or meta["originalUrl"], store_path=meta["path"])
+    return parse_metadata(done.stdout)
+
+
+def _contents(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def parse_metadata(stdout: str) -> Flake:
+    """`nix flake metadata --json`: the same keys from Nix 2.8 to 2.34."""
+    try:
+        meta = json.loads(stdout)
+        return Flake(url=meta.get("url") or meta["originalUrl"], store_path=meta["path"])
+    except (ValueError, LookupError, TypeError, AttributeError):
+        raise DeployError(f"unexpected output from nix flake metadata: {stdout[:200]!r}") from None
 
 
 async def flake_archive(remote: Remote, directory: Path, *, timeout: float, on_line: LineSink) -> None:
     """Copies the flake and all its inputs to the host's store (path: and private inputs too)."""
     done = await process.run(
-        [
-            "nix",
-            *NIX_FEATURES,
-            "flake",
-            "archive",
-            "--json",
-            "--to",
-            remote.nix_store_uri(),
-            flake_ref(directory),
-        ],
+        archive_argv(remote.nix_store_uri(), directory),
         env={"NIX_SSHOPTS": remote.nix_sshopts()},
         timeout=timeout,
         on_stderr=on_line,
@@ -90,18 +125,22 @@ async def build_toplevel(
     The result link gc_root keeps the system from a garbage collection on the host
     until the system profile holds it.
     """
-    installable = f"path:{flake.store_path}#{flake.toplevel_attr(config)}"
-    argv = ["nix", *NIX_FEATURES, "build", "--out-link", gc_root, "--json", "-L", *extra_args, installable]
+    argv = build_argv(flake, config, gc_root=gc_root, extra_args=extra_args)
     try:
         done = await process.run(remote.command(argv) if remote else argv, timeout=timeout, on_stderr=on_line)
     except process.ProcessTimeout:
         raise DeployError(f"the build did not finish within {timeout:.0f}s (--build-timeout)") from None
     if not done.ok:
         raise DeployError(_build_failure(done.stderr, config))
+    return parse_build_output(done.stdout)
+
+
+def parse_build_output(stdout: str) -> str:
+    """The toplevel's store path from `nix build --json` (2.26+ add start and stop times)."""
     try:
-        return str(json.loads(done.stdout)[0]["outputs"]["out"])
+        return str(json.loads(stdout)[0]["outputs"]["out"])
     except (ValueError, LookupError, TypeError):
-        raise DeployError(f"unexpected output from nix build: {done.stdout[:200]!r}") from None
+        raise DeployError(f"unexpected output from nix build: {stdout[:200]!r}") from None
 
 
 async def copy_closure(
@@ -116,8 +155,7 @@ async def copy_closure(
     here, or from a host to here. Unsigned paths (our own builds) need a trusted user there."""
     remote = to or source
     assert remote is not None and (to is None) != (source is None)
-    direction = ["--to", remote.nix_store_uri()] if to else ["--from", remote.nix_store_uri()]
-    argv = ["nix", *NIX_FEATURES, "copy", "--no-check-sigs", *direction, path]
+    argv = copy_argv(path, remote.nix_store_uri(), to=to is not None)
     done = await process.run(
         argv, env={"NIX_SSHOPTS": remote.nix_sshopts()}, timeout=timeout, on_stderr=on_line
     )
@@ -143,13 +181,27 @@ async def add_gc_root(remote: Remote, path: str, link: str) -> None:
         raise DeployError(f"cannot register {path} on {remote.dest.host}: {done.last_lines(2)}")
 
 
+# The failed builder, as Nix 2.8-2.26 (`builder for '….drv' failed with exit code 1`) and 2.34
+# (`Cannot build '….drv'.`, the cause on a `Reason:` line below) say it.
+_BUILDER_FAILED = re.compile(r"^error: ((?:builder for|Cannot build) '[^']+\.drv'.*)$")
+
+
 def _build_failure(stderr: str, config: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
+    """The reason a `nix build` failed, in one line: the first builder that failed, else Nix's
+    own (last) error message."""
+    lines = [_ANSI.sub("", ln).strip() for ln in stderr.splitlines()]
+    lines = [ln for ln in lines if ln]
     if any("does not provide attribute" in ln for ln in lines):
         return f"the flake has no nixosConfigurations.{config}: name the configuration with nixos://HOST/NAME"
-    first = errors[0] if errors else (lines[-1] if lines else "nix build failed")
-    return f"the build failed: {first.removeprefix('error: ')}"
+    for i, line in enumerate(lines):
+        failed = _BUILDER_FAILED.match(line)
+        if failed:
+            rest = lines[i + 1 :]
+            block = rest[: next((j for j, ln in enumerate(rest) if ln.startswith("error:")), len(rest))]
+            reason = [ln for ln in block if ln.startswith("Reason:")]
+            return f"the build failed: {' '.join([failed.group(1), *reason[:1]])}"
+    message, where = _last_nix_error(stderr)
+    return f"the build failed: {message}{where}"
 
 
 async def eval_inventory(flake_dir: Path) -> object:

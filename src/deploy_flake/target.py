@@ -231,6 +231,7 @@ async def wait_for_new_boot(remote: Remote, old_boot_id: str, deadline: float) -
 # arguments are store paths, a checked relative path and a number.
 _INSPECT_SCRIPT = r"""
 top=$1 cur=$2 rel=$3 wait_s=$4
+shift 4  # the rest: the diff's argv (closure_diff_argv)
 if [ "$wait_s" -gt 0 ]; then
   echo "health=$(timeout "$wait_s" systemctl is-system-running --wait 2>/dev/null | tail -n 1)"
   systemctl list-units --failed --plain --no-legend --no-pager 2>/dev/null | awk '{print "failed=" $1}'
@@ -248,11 +249,17 @@ for f in kernel initrd kernel-modules; do
 done
 [ -n "$rel" ] && [ -x "$top/$rel" ] && echo pre_activate=yes
 if [ -n "$cur" ] && [ "$cur" != "$top" ]; then
-  nix --extra-experimental-features 'nix-command flakes' store diff-closures "$cur" "$top" 2>/dev/null \
-    | sed 's/^/change=/'
+  timeout 120 "$@" 2>/dev/null | sed 's/^/change=/'
 fi
 true
 """
+
+
+def closure_diff_argv(current: str, new: str) -> list[str]:
+    features = ["--extra-experimental-features", "nix-command flakes"]
+    return ["nix", *features, "store", "diff-closures", current, new]
+
+
 DIFF_ALLOWANCE_S = 120  # nix store diff-closures of two large systems (the script's `timeout 120`)
 
 
@@ -281,7 +288,17 @@ async def inspect(
     wait_s = int(preflight_s)
     done = await run_checked(
         remote,
-        ["sh", "-c", _INSPECT_SCRIPT, "sh", toplevel, current, pre_activate, str(wait_s)],
+        [
+            "sh",
+            "-c",
+            _INSPECT_SCRIPT,
+            "sh",
+            toplevel,
+            current,
+            pre_activate,
+            str(wait_s),
+            *closure_diff_argv(current, toplevel),
+        ],
         "inspecting the host and the new system",
         timeout=wait_s + DIFF_ALLOWANCE_S + 30,
     )
