@@ -18,10 +18,24 @@ def _wants_vm(session: pytest.Session) -> bool:
     return any(item.get_closest_marker("vm") for item in session.items)
 
 
+# With pytest-xdist (scripts/test runs two workers, --dist loadgroup): every test that
+# uses the nspawn hosts runs on one worker, one after the other, as they share the hosts;
+# the VM's tests and the unit tests run on the other, beside them.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    # The VM boots in the background (30-45 s under TCG) while the other tests run.
+    for item in items:
+        uses_hosts = "lab_pool" in getattr(item, "fixturenames", ())
+        group = "nspawn-hosts" if uses_hosts and not item.get_closest_marker("vm") else "vm-and-units"
+        item.add_marker(pytest.mark.xdist_group(group))
+    # The VM boots in the background (30-45 s under TCG) while the other tests run:
+    # started once, by the first worker (the VM is the machine's, not a worker's).
+    if _WORKER not in (None, "gw0"):
+        return
     if os.geteuid() == 0 and any(item.get_closest_marker("vm") for item in items):
         lab("build", timeout=1800)
         lab("vm", "stop", VM_NAME, check=False)
@@ -30,6 +44,8 @@ def pytest_collection_modifyitems(
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _WORKER is not None:  # the controller stops everything, once every worker is done
+        return
     if os.geteuid() == 0 and LAB_DIR.exists():
         lab("stop", "--all", check=False)
 
