@@ -18,20 +18,43 @@ def _wants_vm(session: pytest.Session) -> bool:
     return any(item.get_closest_marker("vm") for item in session.items)
 
 
-# With pytest-xdist (scripts/test runs two workers, --dist loadgroup): every test that
-# uses the nspawn hosts runs on one worker, one after the other, as they share the hosts;
-# the VM's tests and the unit tests run on the other, beside them.
+# With pytest-xdist (scripts/test runs two workers): every test that may use the nspawn
+# hosts runs on one worker, one after the other, as they share alpha..delta; the VM's tests
+# (named test_vm*) and the pure unit test files run on the other, beside them. (xdist's own
+# --dist loadgroup ignores the group marks with pytest 9, so the scheduler is ours.)
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_BESIDE_FILES = frozenset(
+    {
+        "test_vm.py",
+        "test_units.py",
+        "test_nix.py",
+        "test_nix_output.py",
+        "test_destination.py",
+        "test_agent_protocol.py",
+    }
+)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def test_group(nodeid: str) -> str:
+    path, _, name = nodeid.partition("::")
+    if path.rsplit("/", 1)[-1] in _BESIDE_FILES or name.startswith("test_vm"):
+        return "beside-the-hosts"
+    return "nspawn-hosts"  # the default: a new test file can never share the hosts by mistake
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class ByHostPool(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return test_group(nodeid)
+
+    return ByHostPool(config, log)
+
+
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    for item in items:
-        uses_hosts = "lab_pool" in getattr(item, "fixturenames", ())
-        group = "nspawn-hosts" if uses_hosts and not item.get_closest_marker("vm") else "vm-and-units"
-        item.add_marker(pytest.mark.xdist_group(group))
     # The VM boots in the background (30-45 s under TCG) while the other tests run:
     # started once, by the first worker (the VM is the machine's, not a worker's).
     if _WORKER not in (None, "gw0"):
