@@ -45,9 +45,17 @@ check_capacity() {  # NUMBER_OF_NEW_HOSTS
   fi
 }
 
+# Every container's systemd (and its user managers) takes inotify instances from root's
+# machine-wide allowance (128 by default): 20-odd hosts exhaust it, and user@0.service then
+# fails ("Too many open files"), leaving hosts degraded. Raise it for the lab.
+INOTIFY_INSTANCES=4096
+
 host_start() {  # NAME
   local n=$1 d; valid_name "$n"; d=$(host_dir "$n")
   [ -e "$LAB/rootfs/.lab-recipe" ] || die "no lab image in $LAB; run 'lab/lab build' first"
+  if [ "$(sysctl -n fs.inotify.max_user_instances)" -lt "$INOTIFY_INSTANCES" ]; then
+    sysctl -qw fs.inotify.max_user_instances="$INOTIFY_INSTANCES" || die "cannot raise fs.inotify.max_user_instances"
+  fi
   host_running "$n" && die "$n is already running"
   mkdir -p "$d/upper/etc"
   [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -C "$n" -f "$d/hostkey"
