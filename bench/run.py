@@ -23,9 +23,11 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +86,9 @@ def deploy_flake(hosts: list[str], config: str, *extra: str, sample_process: boo
         *extra,
         *[f"nixos://{h}/{config}" for h in hosts],
     ]
+    events = tempfile.TemporaryFile("w+")  # a pipe would fill up while we sample the process
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(argv, stdout=events, stderr=subprocess.DEVNULL, text=True)
     sample = Sample(0.0, 0)
     if sample_process:
         while proc.poll() is None:
@@ -98,8 +101,11 @@ def deploy_flake(hosts: list[str], config: str, *extra: str, sample_process: boo
             except (OSError, StopIteration):
                 pass
             time.sleep(0.05)
-    out, _ = proc.communicate()
+    proc.wait()
     sample.wall = time.monotonic() - t0
+    events.seek(0)
+    out = events.read()
+    events.close()
     sample.rc = proc.returncode
     last: dict[str, tuple[str, float]] = {}
     for line in out.splitlines():
@@ -134,31 +140,21 @@ async def bare_one(host: str, config: str, control_dir: Path) -> None:
     """What an operator types: one multiplexed connection, the five Nix and systemd steps."""
     cp = control_dir / f"cm-{host}"
     ssh = ["ssh", "-F", str(SSH_CONFIG), "-o", f"ControlPath={cp}"]
+
+    async def on_host(*argv: str) -> str:
+        return await _sh([*ssh, host, shlex.join(argv)])
+
     await _sh([*ssh, "-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-f", "-N", host])
     try:
         env = {"NIX_SSHOPTS": f"-F {SSH_CONFIG} -o ControlPath={cp}"}
-        archived = json.loads(
-            await _sh(
-                [*NIX, "flake", "archive", "--json", "--to", f"ssh-ng://{host}", f"path:{FIXTURE_FLAKE}"], env
-            )
-        )
-        src = archived["path"]
-        built = await _sh(
-            [
-                *ssh,
-                host,
-                *NIX,
-                "build",
-                "--json",
-                "--out-link",
-                "/tmp/bench-result",
-                f"path:{src}#{TOPLEVEL.format(config)}",
-            ]
-        )
+        archive = [*NIX, "flake", "archive", "--json", "--to", f"ssh-ng://{host}", f"path:{FIXTURE_FLAKE}"]
+        src = json.loads(await _sh(archive, env))["path"]
+        installable = f"path:{src}#{TOPLEVEL.format(config)}"
+        built = await on_host(*NIX, "build", "--json", "--out-link", "/tmp/bench-result", installable)
         top = json.loads(built)[0]["outputs"]["out"]
-        await _sh([*ssh, host, f"{top}/bin/switch-to-configuration", "test"])
-        await _sh([*ssh, host, "nix-env", "-p", "/nix/var/nix/profiles/system", "--set", top])
-        await _sh([*ssh, host, f"{top}/bin/switch-to-configuration", "boot"])
+        await on_host(f"{top}/bin/switch-to-configuration", "test")
+        await on_host("nix-env", "-p", "/nix/var/nix/profiles/system", "--set", top)
+        await on_host(f"{top}/bin/switch-to-configuration", "boot")
     finally:
         await _sh([*ssh, "-O", "exit", host])
 
@@ -176,9 +172,14 @@ def bare(hosts: list[str], config: str) -> float:
 
 
 # ------------------------------------------------------------------ measurements
-def accepted_logins(host: str) -> int:
+def accepted_logins(host: str, since: float, until: float) -> int:
+    """sshd's accepted logins on host between two moments (whole seconds: keep a second clear
+    of other logins on both sides; this count's own login comes after `until`)."""
+    window = f"--since=@{int(since)} --until=@{int(until) + 1}"
     return int(
-        Host(host).out("journalctl -q -t sshd -t sshd-session --no-pager | grep -c 'Accepted ' || true")
+        Host(host).out(
+            f"journalctl -q {window} -t sshd -t sshd-session --no-pager | grep -c 'Accepted ' || true"
+        )
     )
 
 
@@ -202,9 +203,12 @@ def overhead(host: str, rounds: int) -> dict[str, object]:
         changed_bare.append(bare([host], config))
         unchanged_bare.append(bare([host], config))
         config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
-        before = accepted_logins(host)
+        time.sleep(1.1)
+        since = time.time()
         s = deploy_flake([host], config, "--settle-time=0")
-        logins.append(accepted_logins(host) - before)
+        until = time.time()
+        time.sleep(1.1)
+        logins.append(accepted_logins(host, since, until))
         assert s.rc == 0
         changed_df.append(s.wall)
         stages.append(s.stages)

@@ -159,10 +159,11 @@ poll() {  # MAX_S INTERVAL CMD...
   done
 }
 
-failed_units() { systemctl list-units --failed --all --plain --no-legend --no-pager 8>&- 2>/dev/null | awk '{print $1}' | sort -u; }
-crashing_units() {  # units waiting to be restarted after a crash
-  systemctl list-units --all --plain --no-legend --no-pager --state=auto-restart 8>&- 2>/dev/null | awk '{print $1}' | sort -u
-}
+# One systemctl call for both: a unit that failed (ACTIVE), one waiting to be restarted after
+# a crash (SUB auto-restart).
+unit_states() { systemctl list-units --all --plain --no-legend --no-pager 8>&- 2>/dev/null; }
+failed_in() { printf '%s\n' "$1" | awk '$3 == "failed" { print $1 }' | sort -u; }
+crashing_in() { printf '%s\n' "$1" | awk '$4 == "auto-restart" { print $1 }' | sort -u; }
 restart_counts() {  # "UNIT NRESTARTS" for every loaded service
   systemctl show -p Id -p NRestarts '*.service' 8>&- 2>/dev/null | awk -F= '
     $1 == "Id" { id = $2 } $1 == "NRestarts" { n = $2 }
@@ -170,16 +171,18 @@ restart_counts() {  # "UNIT NRESTARTS" for every loaded service
     END { if (id != "") print id, n + 0 }' | sort
 }
 snapshot_units() {  # what was already wrong before the deploy does not count against it
-  failed_units > "$DIR/failed-before"
-  crashing_units > "$DIR/crashing-before"
+  states=$(unit_states)
+  failed_in "$states" > "$DIR/failed-before"
+  crashing_in "$states" > "$DIR/crashing-before"
   restart_counts > "$DIR/restarts-before"
 }
 # What is wrong with the units since the deploy began; false when nothing is.
 # With "counts", a service whose restart count rose since the snapshot counts too.
 unit_problems() {  # [counts]
-  failed=$(failed_units | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
+  states=$(unit_states)
+  failed=$(failed_in "$states" | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
   looping=$({
-    crashing_units
+    crashing_in "$states"
     if [ "${1:-}" = counts ]; then
       restart_counts | awk 'NR == FNR { b[$1] = $2; next } $2 > (($1 in b) ? b[$1] : 0) { print $1 }' "$DIR/restarts-before" -
     fi
@@ -406,7 +409,8 @@ run() {
   esac
   set_state checking
   if problem=$(health_problem "$HEALTH_S" counts); then rollback "after the activation $problem"; fi
-  if poll "$SETTLE_S" "$SLOW" settle_problem; then rollback "$PROBLEM"; fi
+  # (no settle window: the health check just now was its one look)
+  if [ "$SETTLE_S" -gt 0 ] && poll "$SETTLE_S" "$SLOW" settle_problem; then rollback "$PROBLEM"; fi
   set_state awaiting-confirmation
   poll "$CONFIRM_S" "$FAST" confirmed_or_aborted
   aborted && rollback "the deploy was interrupted before it was confirmed"
