@@ -77,3 +77,18 @@ def test_nix_sshopts_refuse_white_space() -> None:
     settings = SshSettings(control_dir=Path("/tmp/cm"), options=("ProxyCommand=nc %h 22",))
     with pytest.raises(UsageError):
         Remote(Destination.parse("web1"), settings).nix_sshopts()
+
+
+def test_default_jobs_follows_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from deploy_flake import fleet
+
+    limits = {"soft": 1024, "hard": 1024}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, v: limits.update(soft=v[0]))
+    assert fleet.default_jobs(4) == 4
+    assert fleet.default_jobs(500) == (1024 - 64) // 8  # 120 at a time
+    limits["hard"] = 65536  # the soft limit is raised first
+    assert fleet.default_jobs(500) == 500
+    assert limits["soft"] == 65536

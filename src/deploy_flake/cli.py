@@ -75,7 +75,12 @@ _COMMON = [
         show_default=True,
         help="tui: live view on a terminal, plain lines otherwise. json: one JSON event per line.",
     ),
-    click.option("--jobs", "-j", type=click.IntRange(min=1), help="Hosts deployed at once.  [default: all]"),
+    click.option(
+        "--jobs",
+        "-j",
+        type=click.IntRange(min=1),
+        help="Hosts deployed at once.  [default: all, as far as the open-file limit allows]",
+    ),
     click.option(
         "--ssh-config",
         type=click.Path(path_type=Path, dir_okay=False),

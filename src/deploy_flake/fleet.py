@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import resource
 import secrets
 import signal
 import socket
@@ -70,7 +71,7 @@ async def deploy_all(
             events=events,
             run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3),
             holder=f"{getpass.getuser()}@{socket.gethostname()}",
-            limit=asyncio.Semaphore(options.jobs or len(targets) or 1),
+            limit=asyncio.Semaphore(options.jobs or default_jobs(len(targets))),
             gate=Gate(len(targets)) if options.ask and options.job is Job.DEPLOY else None,
         )
         if options.build_on.place is not BuildPlace.TARGET and options.job in (Job.DEPLOY, Job.PLAN):
@@ -155,6 +156,26 @@ async def _run_all(
     if options.all_or_nothing and options.job is Job.DEPLOY:
         await _undo_activated(run, deploys, results, tasks, hard_stop)
     return results
+
+
+# Descriptors a host at work may hold here (pipes of its current step, its ControlMaster's
+# socket), with room to spare; and what the run itself keeps open.
+FDS_PER_HOST = 8
+FDS_RESERVED = 64
+
+
+def default_jobs(hosts: int) -> int:
+    """Every host at once, as far as the open-file limit allows: the soft limit is raised to
+    the hard one first (as Nix does), and each host at work is given FDS_PER_HOST."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return max(1, min(hosts, (soft - FDS_RESERVED) // FDS_PER_HOST))
 
 
 async def _all_or_hard_stop(
