@@ -10,41 +10,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, lab  # noqa: E402
+from bench.run import deploy_flake  # noqa: E402
+from tests.lab import lab  # noqa: E402
 
 NAMES = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
 
 def one_deploy(hosts: list[str], config: str, jobs: int) -> tuple[float, int, float]:
-    """Seconds, exit code and the deployer's peak RSS in MiB."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    argv = [
-        sys.executable,
-        "-m",
-        "deploy_flake",
-        "--flake",
-        str(FIXTURE_FLAKE),
-        "--ssh-config",
-        str(SSH_CONFIG),
-        "--jobs",
-        str(jobs),
-        *[f"nixos://{h}/{config}" for h in hosts],
-    ]
-    t0 = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    elapsed = time.monotonic() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, done.returncode, max(peak, before) / 1024
+    """Seconds, exit code and the deployer's peak RSS in MiB (run.py's measurement)."""
+    sample = deploy_flake(hosts, config, "--jobs", str(jobs), sample_process=True)
+    return sample.wall, sample.rc, sample.peak_rss_mb
 
 
 def main() -> None:

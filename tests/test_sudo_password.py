@@ -36,16 +36,6 @@ def run_with_password(
     line seen on this machine (and on `watch`) while it ran."""
     report = tmp_path / "report.json"
     logs = tmp_path / "logs"
-    argv = deploy_argv(
-        "--report",
-        str(report),
-        "--log-dir",
-        str(logs),
-        "--instrumentation=json",
-        "--sudo-password-fd",
-        "3",
-        *args,
-    )
     if watch is not None:
         watch.ssh(
             f"systemd-run --unit=ps-watch sh -c 'while :; do ps -eo args; sleep 0.05; done > {WATCH_LOG}'"

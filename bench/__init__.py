@@ -1,0 +1,1 @@
+"""Benchmarks on lab hosts (figures, not assertions)."""
