@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from deploy_flake import nix, process, target
-from deploy_flake.errors import DeployError
+from deploy_flake.errors import DeployError, PermanentError
 from deploy_flake.models import BuildOn, BuildPlace, Timeouts
 from deploy_flake.nix import Flake
 from deploy_flake.process import LineSink, ProcessTimeout
@@ -18,26 +18,22 @@ from deploy_flake.ssh import Remote, SshSettings
 
 
 async def retry_copy(
-    what: str,
-    copy: Callable[[], Awaitable[None]],
-    *,
-    attempts: int,
-    timeout: float,
-    note: Callable[[str], None],
+    what: str, copy: Callable[[], Awaitable[None]], t: Timeouts, note: Callable[[str], None]
 ) -> None:
-    """A copy with up to `attempts` tries, each within `timeout` (--copy-timeout), 2 s, 4 s, ... apart."""
-    attempts = max(1, attempts)
+    """A copy with up to t.copy_attempts tries, each within t.copy (--copy-timeout), 2 s, 4 s,
+    ... apart; a PermanentError (the host refuses the paths) is not tried again."""
+    attempts = max(1, t.copy_attempts)
     for attempt in range(1, attempts + 1):
         try:
             await copy()
             return
         except (DeployError, ProcessTimeout) as e:
             reason = (
-                f"no progress within {timeout:.0f}s (--copy-timeout)"
+                f"no progress within {t.copy:.0f}s (--copy-timeout)"
                 if isinstance(e, ProcessTimeout)
                 else str(e)
             )
-            if attempt == attempts or "trusted Nix user" in reason:  # that one will not heal
+            if attempt == attempts or isinstance(e, PermanentError):
                 tries = f"{attempt} attempts" if attempt > 1 else "1 attempt"
                 raise DeployError(f"{what} failed after {tries}: {reason}") from None
             delay = 2.0**attempt
@@ -103,9 +99,8 @@ class Builder:
         await retry_copy(
             f"copying the flake to the builder {remote.dest.host}",
             lambda: nix.flake_archive(remote, self.flake_dir, timeout=self.t.copy, on_line=on_line),
-            attempts=self.t.copy_attempts,
-            timeout=self.t.copy,
-            note=note,
+            self.t,
+            note,
         )
 
     async def _build(self, config: str, on_line: LineSink, note: Callable[[str], None]) -> str:
@@ -132,9 +127,8 @@ class Builder:
             await retry_copy(
                 f"copying {config} from the builder {remote.dest.host}",
                 lambda: nix.copy_closure(toplevel, source=remote, timeout=self.t.copy, on_line=on_line),
-                attempts=self.t.copy_attempts,
-                timeout=self.t.copy,
-                note=note,
+                self.t,
+                note,
             )
         return toplevel
 

@@ -14,3 +14,7 @@ class DeployError(Exception):
 
 class UsageError(DeployError):
     """Bad input found before anything was done on any host."""
+
+
+class PermanentError(DeployError):
+    """A failure that trying again cannot heal (a copy the host refuses): never retried."""

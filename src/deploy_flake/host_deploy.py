@@ -247,9 +247,8 @@ class HostDeploy:
             await retry_copy(
                 "copying the system",
                 lambda: nix.copy_closure(toplevel, to=self.remote, timeout=self.t.copy, on_line=self.line),
-                attempts=self.t.copy_attempts,
-                timeout=self.t.copy,
-                note=self.note,
+                self.t,
+                self.note,
             )
             await nix.add_gc_root(self.remote, toplevel, self.gc_root)
             return toplevel
@@ -259,9 +258,8 @@ class HostDeploy:
             lambda: nix.flake_archive(
                 self.remote, self.opts.flake_dir, timeout=self.t.copy, on_line=self.line
             ),
-            attempts=self.t.copy_attempts,
-            timeout=self.t.copy,
-            note=self.note,
+            self.t,
+            self.note,
         )
         self.stage(Stage.BUILD)
         toplevel = await nix.build_toplevel(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy_flake import process
-from deploy_flake.errors import DeployError, UsageError
+from deploy_flake.errors import DeployError, PermanentError, UsageError
 from deploy_flake.process import LineSink
 from deploy_flake.ssh import Remote
 
@@ -164,7 +164,7 @@ async def copy_closure(
     where = f"to {remote.dest.host}" if to else f"from {remote.dest.host}"
     if "lacks a signature" in done.stderr or "lacks a valid signature" in done.stderr:
         user = remote.dest.user or "the login user"
-        raise DeployError(
+        raise PermanentError(
             f"{remote.dest.host} refuses the closure built elsewhere: {user} is not a trusted Nix "
             "user there (add it to nix.settings.trusted-users, log in as root, or build on the "
             "host with --build-on=target)"
