@@ -15,8 +15,8 @@
 # part that runs inside the new mount namespace.
 DEPLOYER_PKGS=nix-bin,python3,python3-venv,openssh-client,socat,iproute2,ca-certificates,libdbi-perl
 # Paths that must be the same inside: ssh configs, keys and known_hosts ($LAB is under
-# /var/tmp), flakes and the project's checkout.
-DEPLOYER_SHARED=(/tmp /var/tmp /work)
+# /var/tmp) and flakes; the project's checkout (wherever it is) is added when entering.
+DEPLOYER_SHARED=(/tmp /var/tmp)
 
 deployer_main() {  # build|run|install SUITE ...
   local sub=${1:-} suite=${2:-}
@@ -112,6 +112,11 @@ deployer_enter() {  # ROOT CMD...
   for d in "${DEPLOYER_SHARED[@]}"; do
     [ -d "$d" ] && mount --bind "$d" "$r$d"
   done
+  # the checkout (its fixture flake, its ssh config) at the same path, unless already inside
+  d=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
+  if [ ! -d "$r$d/lab" ]; then
+    mkdir -p "$r$d" && mount --bind "$d" "$r$d"
+  fi
   # chroot itself would start in /: keep the caller's directory when it exists inside
   # shellcheck disable=SC2016  # expanded by the shell inside the root
   exec chroot "$r" /usr/bin/env HOME=/root /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' \
