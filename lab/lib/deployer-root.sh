@@ -118,8 +118,11 @@ deployer_enter() {  # ROOT CMD...
     mkdir -p "$r$d" && mount --bind "$d" "$r$d"
   fi
   # chroot itself would start in /: keep the caller's directory when it exists inside
+  # the caller's Python and PATH are not the root's (a PYTHONPATH into the checkout would make
+  # pip inside think deploy-flake is already installed)
   # shellcheck disable=SC2016  # expanded by the shell inside the root
-  exec chroot "$r" /usr/bin/env HOME=/root /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' \
+  exec chroot "$r" /usr/bin/env -u PYTHONPATH -u PYTHONHOME -u VIRTUAL_ENV HOME=/root \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' \
     sh "$PWD" "$@"
 }
 
@@ -136,6 +139,7 @@ deployer_install() {  # SUITE
   deployer_run "$s" -- env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL \
     sh -c 'rm -rf /opt/deploy-flake && python3 -m venv /opt/deploy-flake &&
     /opt/deploy-flake/bin/pip install -q --no-index --find-links "$1" deploy-flake' sh "$root.wheels"
+  [ -x "$root/opt/deploy-flake/bin/deploy-flake" ] || die "deploy-flake is not in $root/opt/deploy-flake/bin after install"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
