@@ -247,7 +247,7 @@ def _lab_block(name: str) -> str:
         f"Host {name}\n  HostName 127.0.0.1\n  User root\n  IdentityFile {CLIENT_KEY}\n  IdentitiesOnly yes\n"
         f"  BatchMode yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {KNOWN_HOSTS}\n"
         f"  GlobalKnownHostsFile /dev/null\n  HostKeyAlias {name}\n  LogLevel ERROR\n"
-        f"  ProxyCommand ip netns exec lab-{name} socat - TCP:127.0.0.1:22\n"
+        f"  ProxyCommand ip netns exec {os.environ.get('LAB_NETNS_PREFIX', 'lab')}-{name} socat - TCP:127.0.0.1:22\n"
     )
 
 

@@ -7,6 +7,10 @@ MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 KEY=$LAB/keys/id_ed25519
 KNOWN=$LAB/known_hosts
+# Prefix of the hosts' network namespaces and cgroups (machine-wide names): a second lab
+# (another DEPLOY_FLAKE_LAB) beside the first needs a prefix of its own.
+NS=${LAB_NETNS_PREFIX:-lab}
+[[ $NS =~ ^[a-z][a-z0-9]{0,7}$ ]] || { echo "lab: invalid LAB_NETNS_PREFIX '$NS'" >&2; exit 1; }
 
 die() { echo "lab: $*" >&2; exit 1; }
 say() { echo "lab: $*" >&2; }

@@ -13,7 +13,7 @@ host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && kill -0 "
 
 write_host_ssh_config() {  # NAME
   local n=$1 d; d=$(host_dir "$1")
-  write_ssh_config "$d/ssh_config" "$n" "ProxyCommand ip netns exec lab-$n socat - TCP:127.0.0.1:22"
+  write_ssh_config "$d/ssh_config" "$n" "ProxyCommand ip netns exec $NS-$n socat - TCP:127.0.0.1:22"
   # one file for every host: ssh -F $LAB/ssh_config
   printf 'Include %s/hosts/*/ssh_config\n' "$LAB" > "$LAB/ssh_config"
 }
@@ -60,8 +60,8 @@ host_start() {  # NAME
   mkdir -p "$d/upper/etc"
   [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -C "$n" -f "$d/hostkey"
   known_hosts_set "$n" "$n $(cut -d' ' -f1,2 "$d/hostkey.pub")"
-  ip netns list | grep -qw "lab-$n" || ip netns add "lab-$n" || die "$n: cannot create network namespace lab-$n"
-  ip -n "lab-$n" link set lo up
+  ip netns list | grep -qw "$NS-$n" || ip netns add "$NS-$n" || die "$n: cannot create network namespace $NS-$n"
+  ip -n "$NS-$n" link set lo up
   write_host_ssh_config "$n"
   echo "$n" > "$d/upper/etc/hostname"   # else the image's /etc/hostname wins over --hostname
   rm -f "$d/stopping"
@@ -71,17 +71,17 @@ host_start() {  # NAME
   # shellcheck disable=SC2016  # expanded by the inner bash
   setsid bash -c '
     for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
-      if [ -e "$h/cgroup.procs" ]; then mkdir -p "$h/lab-$2" && echo $$ > "$h/lab-$2/cgroup.procs"; fi
+      if [ -e "$h/cgroup.procs" ]; then mkdir -p "$h/$3-$2" && echo $$ > "$h/$3-$2/cgroup.procs"; fi
     done
     while :; do
       systemd-nspawn --boot --quiet -D "$0/rootfs" --overlay="$0/rootfs:$1/upper:/" \
         --register=no --keep-unit --machine="$2" --hostname="$2" \
-        --network-namespace-path="/run/netns/lab-$2" \
+        --network-namespace-path="/run/netns/$3-$2" \
         --bind-ro="$1/hostkey:/etc/ssh/ssh_host_ed25519_key" --console=read-only </dev/null &
       echo $! > "$1/nspawn.pid"; wait $!; rc=$?
       echo "== nspawn exited rc=$rc $(date +%T)"
       [ "$rc" = 133 ] && [ ! -e "$1/stopping" ] || break
-    done' "$LAB" "$d" "$n" >"$d/console.log" 2>&1 &
+    done' "$LAB" "$d" "$n" "$NS" >"$d/console.log" 2>&1 &
   echo $! > "$d/super.pid"
   host_wait "$n"
 }
@@ -104,12 +104,12 @@ host_stop() {  # NAME
   local n=$1 d h f; d=$(host_dir "$n")
   [ -d "$d" ] || return 0
   touch "$d/stopping"
-  for f in "$d"/forward-*.pid; do kill_pidfile "$f" 2 "lab-$n "; done
+  for f in "$d"/forward-*.pid; do kill_pidfile "$f" 2 "$NS-$n "; done
   kill_pidfile "$d/nspawn.pid" 10 "--machine=$n "   # nspawn turns SIGTERM into a clean poweroff
   kill_pidfile "$d/super.pid" 5 "$d "
-  ip netns del "lab-$n" 2>/dev/null || true
+  ip netns del "$NS-$n" 2>/dev/null || true
   for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
-    if [ -d "$h/lab-$n" ]; then find "$h/lab-$n" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
+    if [ -d "$h/$NS-$n" ]; then find "$h/$NS-$n" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
   return 0
 }
@@ -131,7 +131,7 @@ host_forward() {  # NAME ADDR PORT
   host_running "$n" || die "$n is not running"
   local listen=TCP4-LISTEN; [[ $addr == *:* ]] && listen=TCP6-LISTEN
   if (exec 3<>"/dev/tcp/$addr/$port") 2>/dev/null; then die "forward: $addr:$port is already in use"; fi
-  setsid socat "$listen:$port,bind=$addr,reuseaddr,fork" "EXEC:ip netns exec lab-$n socat - TCP\:127.0.0.1\:22" \
+  setsid socat "$listen:$port,bind=$addr,reuseaddr,fork" "EXEC:ip netns exec $NS-$n socat - TCP\:127.0.0.1\:22" \
     >/dev/null 2>&1 &
   echo $! > "$d/forward-$port.pid"
   sleep 0.2
@@ -143,7 +143,7 @@ host_forward() {  # NAME ADDR PORT
 
 # Cuts (down) or restores (up) the host's network: its loopback, the only link it has.
 host_net() {  # NAME up|down
-  ip -n "lab-$1" link set lo "$2"
+  ip -n "$NS-$1" link set lo "$2"
 }
 
 lab_stop_all_hosts() {
