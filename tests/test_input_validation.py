@@ -243,11 +243,12 @@ def test_cli_refuses_an_unwritable_report(report: str, problem: str) -> None:
 
 def _lab_block(name: str) -> str:
     """The block the lab writes for a host (lab/lib/common.sh write_ssh_config, nspawn.sh)."""
+    netns = f"{os.environ.get('LAB_NETNS_PREFIX', 'lab')}-{name}"
     return (
         f"Host {name}\n  HostName 127.0.0.1\n  User root\n  IdentityFile {CLIENT_KEY}\n  IdentitiesOnly yes\n"
         f"  BatchMode yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {KNOWN_HOSTS}\n"
         f"  GlobalKnownHostsFile /dev/null\n  HostKeyAlias {name}\n  LogLevel ERROR\n"
-        f"  ProxyCommand ip netns exec {os.environ.get('LAB_NETNS_PREFIX', 'lab')}-{name} socat - TCP:127.0.0.1:22\n"
+        f"  ProxyCommand ip netns exec {netns} socat - TCP:127.0.0.1:22\n"
     )
 
 

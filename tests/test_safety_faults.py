@@ -85,10 +85,12 @@ def test_an_unexpected_error_ends_only_its_own_host(
             raise OSError(24, "Too many open files")
         await real_install(self)
 
-    async def confirm(self: agent_module.Agent) -> tuple[agent_module.Status | None, str]:
+    async def confirm(
+        self: agent_module.Agent, on_line: agent_module.LineSink
+    ) -> tuple[agent_module.Status | None, str]:
         if self.remote.dest.host == "gamma":
             raise RuntimeError("a bug in the deployer")
-        return await real_confirm(self)
+        return await real_confirm(self, on_line)
 
     monkeypatch.setattr(agent_module.Agent, "install", install)
     monkeypatch.setattr(agent_module.Agent, "confirm", confirm)

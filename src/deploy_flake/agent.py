@@ -32,6 +32,7 @@ PROFILE_SET_S = 120
 LOCK_WAIT_S = 30
 _KILL_GRACE_S = 10  # timeout -k: a stopped activation gets this long before SIGKILL
 _MARGIN_S = 60  # ssh round trips, polling, process start-up
+STREAM_S = 30  # the longest one call shows the agent's log before the deployer asks again
 
 
 class Phase(StrEnum):
@@ -283,15 +284,23 @@ class Agent:
                 f"cannot install the deploy agent on {self.remote.dest.host}: {done.last_lines(2)}"
             )
 
-    async def start(self) -> Status:
-        """Asks the host to start the transaction in its own unit; returns its first status.
+    async def start(self, on_line: LineSink, *, stop: Phase | None = None) -> Status:
+        """Asks the host to start the transaction in its own unit, then shows its log (like
+        watch, in the same round trip) until it needs the deployer, ends, or reaches `stop`.
 
         `started` is set before the request leaves: from then on, only the agent's
         own answer can say that nothing was changed.
         """
         self.started = True
         try:
-            status, done = await self._call("start", stdin=self.settings.encode(), timeout=120)
+            status, done = await self._streamed(
+                "start",
+                str(STREAM_S),
+                str(stop or ""),
+                on_line=on_line,
+                stdin=self.settings.encode(),
+                timeout=120 + STREAM_S,
+            )
         except ProcessTimeout:
             status, done = None, None
         if status is not None and status.phase is Phase.NONE:
@@ -304,11 +313,11 @@ class Agent:
                 )
             await self.install()
             self._installed = True
-            return await self.start()
+            return await self.start(on_line, stop=stop)
         if status is not None:
             return status
         # the answer was lost: ask what the host did
-        why = done.last_lines(1) if done is not None else "no answer within 120s"
+        why = done.last_lines(1) if done is not None else f"no answer within {120 + STREAM_S}s"
         asked = await self.status_when_reachable(30)
         if asked is None:
             raise DeployError(f"starting the activation: {why}; the host's state is not known")
@@ -332,30 +341,49 @@ class Agent:
                 return None
             await asyncio.sleep(2)
 
-    async def watch(self, max_s: int, on_line: LineSink) -> Status | None:
-        """Shows the agent's log from where the last watch stopped, until the transaction needs
-        the deployer or ends (or max_s passed); its status, None when the host did not answer."""
+    async def _streamed(
+        self,
+        verb: str,
+        *args: str,
+        on_line: LineSink,
+        timeout: float,
+        fresh: bool = False,
+        stdin: bytes | None = None,
+    ) -> tuple[Status | None, process.Completed]:
+        """Runs a verb that ends like `watch`: the agent's log from self._log_offset on, then
+        the status line. Keeps track of how much of the log was shown."""
         start = self._log_offset
 
         def show(text: str) -> None:
             if text.startswith(STATUS_MARK):
                 return
-            # what was shown stays shown, even if this watch is cut off or cancelled
+            # what was shown stays shown, even if this call is cut off or cancelled
             self._log_offset += len(text.encode()) + 1
             if text:
                 on_line(text)
 
+        status, done = await self._call(verb, *args, timeout=timeout, fresh=fresh, stdin=stdin, on_line=show)
+        if status is not None:
+            marker = done.stdout.rfind("\n" + STATUS_MARK)
+            if marker >= 0:
+                self._log_offset = start + done.stdout_size - len(done.stdout[marker:].encode())
+        return status, done
+
+    async def watch(self, max_s: int, on_line: LineSink, *, stop: Phase | None = None) -> Status | None:
+        """Shows the agent's log from where the last call stopped, until the transaction needs
+        the deployer, ends or reaches `stop` (or max_s passed); its status, None when the host
+        did not answer."""
         try:
-            status, done = await self._call(
-                "watch", str(self._log_offset), str(max_s), timeout=max_s + 30, on_line=show
+            status, _ = await self._streamed(
+                "watch",
+                str(self._log_offset),
+                str(max_s),
+                str(stop or ""),
+                on_line=on_line,
+                timeout=max_s + 30,
             )
         except ProcessTimeout:
             return None
-        if status is None:
-            return None
-        marker = done.stdout.rfind("\n" + STATUS_MARK)
-        if marker >= 0:
-            self._log_offset = start + done.stdout_size - len(done.stdout[marker:].encode())
         return status
 
     async def follow(
@@ -364,9 +392,11 @@ class Agent:
         on_phase: PhaseSink,
         *,
         until: Callable[[Phase], bool] = lambda p: p.final,
+        stop: Phase | None = None,
         reconnect: Callable[[], object] | None = None,
     ) -> Status:
-        """Follows the transaction until `until(phase)` holds (by default: a final phase).
+        """Follows the transaction until `until(phase)` holds (by default: a final phase);
+        `stop`: a phase at which the agent's watch hands back even though it need not.
 
         One deadline rule: after each new phase the agent gets Settings.remaining_s(phase)
         to make progress; without an answer by then, AgentLost.
@@ -375,7 +405,7 @@ class Agent:
         deadline = time.monotonic() + self.settings.remaining_s(phase)
         last_problem = "no answer"
         while True:
-            status = await self.watch(30, on_line)
+            status = await self.watch(STREAM_S, on_line, stop=stop)
             if status is not None:
                 if status.phase != phase:
                     phase = status.phase
@@ -394,21 +424,39 @@ class Agent:
                 if reconnect is not None:
                     await _quietly(reconnect)
 
-    async def confirm(self) -> tuple[Status | None, str]:
-        """Confirms over a brand-new SSH connection, retrying within the confirmation window.
+    def _confirm_timeout(self) -> float:
+        """How long a confirmation call may take: an early one waits for the health check
+        (see the agent's confirm), then the log is shown until the commit ends (or STREAM_S)."""
+        return 2 * self.settings.health_s + self.settings.settle_s + 10 + 10 + STREAM_S + 30
 
-        Returns the agent's status once it took the confirmation (committing, or rolling
-        back if its window had just closed), or None with the last login error when no
-        new connection got through in time.
+    async def confirm(self, on_line: LineSink) -> tuple[Status | None, str]:
+        """Confirms over a brand-new SSH connection, retrying within the confirmation window,
+        and shows the log in the same call until the commit ends.
+
+        Returns the agent's status once it took the confirmation (committing or finished,
+        or rolling back if its window had just closed), or None with the last login error
+        when no new connection got through in time. Sent while the host still checks the
+        new system (checking), the agent holds it until it may take it.
         """
         window_end = time.monotonic() + self.settings.confirm_s
         last_error = ""
         while time.monotonic() < window_end:
             try:
-                status, done = await self._call("confirm", fresh=True, timeout=60)
+                status, done = await self._streamed(
+                    "confirm",
+                    str(self._log_offset),
+                    str(STREAM_S),
+                    on_line=on_line,
+                    fresh=True,
+                    timeout=self._confirm_timeout(),
+                )
             except ProcessTimeout:
                 return None, "the confirmation got no answer"
             if status is not None:
+                if status.phase in (Phase.CHECKING, Phase.AWAITING_CONFIRMATION):
+                    # not taken (a health check that outlasted the agent's wait): again
+                    await asyncio.sleep(0.2)
+                    continue
                 return status, ""
             last_error = done.last_lines(1) or f"ssh exited with {done.returncode}"
             await asyncio.sleep(min(2.0, max(0.0, window_end - time.monotonic())))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from deploy_flake import nix, process, target
@@ -479,13 +480,23 @@ class HostDeploy:
         )
 
     async def _activate(self, toplevel: str, generation: int | None = None) -> None:
-        agent = Agent(self.remote, self.deploy_id, self._settings(toplevel, generation))
+        settings = self._settings(toplevel, generation)
+        agent = Agent(self.remote, self.deploy_id, settings)
         self.agent = agent
-        status = await agent.start()  # installs the agent first when the host does not have it
+        # Without a settle window, the fresh login starts as soon as the activation has
+        # finished (checking): it is made after the activation either way, and its round
+        # trips overlap the health check. The agent holds it until it asks for it.
+        early = settings.mode is Mode.TEST and settings.settle_s == 0
+        stop = Phase.CHECKING if early else None
+        handoff = (Phase.CHECKING, Phase.AWAITING_CONFIRMATION) if early else (Phase.AWAITING_CONFIRMATION,)
+        # installs the agent first when the host does not have it
+        status = await agent.start(self.line, stop=stop)
         self._saw(status)
+        self._on_phase(status.phase)
         if not status.phase.final and status.phase is not Phase.NONE:
-            status = await self._follow(agent)
-            if status.phase is Phase.AWAITING_CONFIRMATION:
+            if status.phase not in handoff:
+                status = await self._follow(agent, until=lambda p: p in handoff, stop=stop)
+            if status.phase in handoff:
                 status = await self._confirm(agent)
         await self._conclude(agent, status)
 
@@ -498,12 +509,15 @@ class HostDeploy:
         if phase.stage is not None:
             self.stage(phase.stage)
 
-    async def _follow(self, agent: Agent, *, until_final: bool = False) -> Status:
+    async def _follow(
+        self,
+        agent: Agent,
+        *,
+        until: Callable[[Phase], bool] = lambda p: p.final,
+        stop: Phase | None = None,
+    ) -> Status:
         status = await agent.follow(
-            self.line,
-            self._on_phase,
-            until=(lambda p: p.final) if until_final else (lambda p: p is Phase.AWAITING_CONFIRMATION),
-            reconnect=self._reconnect,
+            self.line, self._on_phase, until=until, stop=stop, reconnect=self._reconnect
         )
         self._saw(status)
         return status
@@ -511,18 +525,17 @@ class HostDeploy:
     async def _confirm(self, agent: Agent) -> Status:
         """Confirms over a brand-new SSH connection, then follows the commit to its end."""
         self.stage(Stage.CONFIRM)
-        status, login_error = await agent.confirm()
+        status, login_error = await agent.confirm(self.line)  # shows the commit's log too
         if status is None:
             self.note(
                 f"cannot log in to {self.dest.host} over a new SSH connection ({login_error}): "
                 "the host rolls back to its previous system by itself"
             )
+        else:
+            self._on_phase(status.phase)
         confirmed = status is not None and status.phase in (Phase.COMMITTING, Phase.ACTIVATED)
         if status is None or not status.phase.final:
-            status = await self._follow(agent, until_final=True)
-        else:  # stream what is left of the log, then report
-            with contextlib.suppress(DeployError):
-                await agent.watch(1, self.line)
+            status = await self._follow(agent)
         if confirmed and status.phase is Phase.ACTIVATED:
             self.note("confirmed over a new SSH connection")
         self._saw(status)
@@ -624,7 +637,7 @@ class HostDeploy:
         try:
             status = await agent.abort()
             if status is None or (not status.phase.final and status.phase is not Phase.NONE):
-                status = await self._follow(agent, until_final=True)
+                status = await self._follow(agent)
             if status.phase is Phase.NONE:
                 status = Status(Phase.FAILED, reason="interrupted before the transaction started")
             await self._conclude(agent, status)

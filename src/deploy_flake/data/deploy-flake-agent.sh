@@ -22,18 +22,24 @@
 # system that ran before the deploy, never from the one being tried.
 #
 # Usage (as root; ID is the deploy's id):
-#   agent start ID < SETTINGS  record the settings (KEY=VALUE lines: NEW MODE ACTIVATION_S
+#   agent start ID [MAX_S [STOP]] < SETTINGS
+#                              record the settings (KEY=VALUE lines: NEW MODE ACTIVATION_S
 #                              HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER GC_ROOT, and
 #                              optionally FLAKE, what is recorded as the deploy's source, and
 #                              GENERATION, an existing profile generation of NEW to switch
 #                              the profile to instead of adding one: a rollback) and run
-#                              `agent run ID` in the transient unit deploy-flake-ID
+#                              `agent run ID` in the transient unit deploy-flake-ID; with
+#                              MAX_S, then `watch ID 0 MAX_S STOP` (one round trip less)
 #   agent run ID               the transaction (the unit's main process)
 #   agent recover ID           the unit's ExecStopPost: finish a transaction that was killed
 #   agent finish ID            the same, by a newer transaction that holds the deploy lock
-#   agent watch ID OFFSET MAX_S  the log from byte OFFSET on, then the status, once the
-#                              transaction needs the deployer or ended (or MAX_S passed)
-#   agent confirm ID           confirm; print the status once the transaction took it
+#   agent watch ID OFFSET MAX_S [STOP]  the log from byte OFFSET on, then the status, once
+#                              the transaction needs the deployer, ended, reached phase STOP
+#                              (or MAX_S passed)
+#   agent confirm ID [OFFSET MAX_S]  confirm; print the status once the transaction took it
+#                              (with OFFSET: `watch ID OFFSET MAX_S` from then on). Sent early,
+#                              while the new system is being checked after its activation,
+#                              it waits for the transaction to ask for it.
 #   agent abort ID             roll back now, or never start (the deployer was interrupted)
 #   agent status ID            print the status
 # Every verb but run and recover ends with one status line:
@@ -481,18 +487,23 @@ start() {
       set_reason "systemd-run failed: $(echo "$out" | tail -n 1)"; set_state failed
     fi
   fi
-  print_status
+  if [ -n "${1:-}" ]; then
+    exec 7>&-
+    watch 0 "$1" "${2:-}"
+  else
+    print_status
+  fi
 }
 
-watch() {  # OFFSET MAX_S
-  off=$1
+watch() {  # OFFSET MAX_S [STOP]
+  off=$1 stop=${3:-}
   if ! is_uint "$off" || ! is_uint "$2"; then die "watch: OFFSET and MAX_S are numbers"; fi
   tick; watch_end=$((UP + $2 * 100))
   while :; do
     st=$(state_of)  # read the state before the log: what led to it is printed first
     size=$(stat -c %s "$DIR/log" 2>/dev/null || echo 0)
     if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; off=$size; fi
-    case $st in none | awaiting-confirmation) break ;; esac
+    case $st in none | awaiting-confirmation | "$stop") break ;; esac
     is_final "$st" && break
     tick; [ "$UP" -lt "$watch_end" ] || break
     sleep "$FAST"
@@ -501,13 +512,23 @@ watch() {  # OFFSET MAX_S
   print_status "$st"  # the state read before the last of the log was printed
 }
 
-confirm() {  # the transaction takes it within a poll ($FAST s), unless its window just closed
+confirm() {  # [OFFSET MAX_S]
+  # Early (the activation finished, its health check runs): wait until the transaction asks,
+  # at most as long as that check may take. The login was made after the activation either way.
+  if [ "$(state_of)" = checking ]; then
+    load_settings
+    is_uint "$HEALTH_S" || HEALTH_S=30
+    is_uint "$SETTLE_S" || SETTLE_S=0
+    checked() { [ "$(state_of)" != checking ]; }
+    poll "$((2 * HEALTH_S + SETTLE_S + 10))" "$FAST" checked || :
+  fi
+  # the transaction takes it within a poll ($FAST s), unless its window just closed
   if [ "$(state_of)" = awaiting-confirmation ]; then
     : > "$DIR/confirm"
     taken() { [ "$(state_of)" != awaiting-confirmation ]; }
     poll 10 "$FAST" taken || :
   fi
-  print_status
+  if [ -n "${1:-}" ]; then watch "$1" "${2:-0}"; else print_status; fi
 }
 
 abort() {
@@ -524,14 +545,14 @@ abort() {
 }
 
 case $cmd in
-  start) start ;;
   run) run ;;
   recover) recover ;;
   finish)
     flock -n 8 2>/dev/null || die "finish: only for a transaction that holds the deploy lock"
     recover_locked ;;  # internal: a newer transaction, holding the lock, finishes this one
-  watch) watch "${3:-0}" "${4:-30}" ;;
-  confirm) confirm ;;
+  start) start "${3:-}" "${4:-}" ;;
+  watch) watch "${3:-0}" "${4:-30}" "${5:-}" ;;
+  confirm) confirm "${3:-}" "${4:-}" ;;
   abort) abort ;;
   status) print_status ;;
   *) die "unknown command '$cmd'" ;;
