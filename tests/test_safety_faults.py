@@ -392,3 +392,57 @@ def test_confirmation_at_the_edge_of_its_window(hosts: dict[str, Host], outage_s
     else:
         assert r.returncode == 3 and "no confirmation" in str(res["error"])
         alpha.assert_clean_after(running=before, boot=before)
+
+
+# ------------------------------------------------------------------ an early confirmation
+def test_an_early_confirmation_is_held_until_the_transaction_asks(hosts: dict[str, Host]) -> None:
+    """Without a settle window the deployer logs in as soon as the activation finished
+    (checking): the agent's confirm must not confirm anything before the transaction asks
+    (awaiting-confirmation), and must then show the log until the transaction ends.
+    Driven by hand against the real script: the test plays the transaction's unit."""
+    import subprocess
+    import threading
+
+    alpha = hosts["alpha"]
+    path = script_path()
+    alpha.ssh(f"mkdir -p /run/deploy-flake && cat > {path}", input=script().decode())
+    d = "/run/deploy-flake/early"
+    alpha.ssh(
+        f"mkdir -p {d} && printf 'HEALTH_S=5\\nSETTLE_S=0\\n' > {d}/settings && echo checking > {d}/state"
+    )
+    alpha.ssh(f"echo 'line before' > {d}/log")
+    answer: list[subprocess.CompletedProcess[str]] = []
+    confirm = threading.Thread(
+        target=lambda: answer.append(alpha.ssh(f"/bin/sh {path} confirm early 0 20", check=False))
+    )
+    confirm.start()
+    time.sleep(2)  # the login is in; the transaction is still checking
+    assert alpha.ssh(f"test -e {d}/confirm", check=False).returncode == 1, "confirmed before asked"
+    alpha.ssh(f"echo awaiting-confirmation > {d}/state")
+    assert wait_for(lambda: alpha.ssh(f"test -e {d}/confirm", check=False).returncode == 0, 5, 0.1)
+    alpha.ssh(f"echo committing > {d}/state; echo 'committed here' >> {d}/log")
+    time.sleep(1)
+    alpha.ssh(f"echo activated > {d}/state")
+    confirm.join(30)
+    assert answer, "the confirmation never answered"
+    out = answer[0].stdout
+    assert "line before" in out and "committed here" in out, out
+    assert out.rstrip().splitlines()[-1].startswith("@@deploy-flake-state\tactivated"), out
+
+
+def test_an_early_confirmation_after_a_failed_check_confirms_nothing(hosts: dict[str, Host]) -> None:
+    """The check found a problem (rolling back): the held confirmation answers with that."""
+    alpha = hosts["alpha"]
+    path = script_path()
+    alpha.ssh(f"mkdir -p /run/deploy-flake && cat > {path}", input=script().decode())
+    d = "/run/deploy-flake/early-fail"
+    alpha.ssh(
+        f"mkdir -p {d} && printf 'HEALTH_S=5\\nSETTLE_S=0\\n' > {d}/settings && echo checking > {d}/state"
+    )
+    background = (
+        f"(sleep 1; echo rolling-back > {d}/state; sleep 1; echo rolled-back > {d}/state) >/dev/null 2>&1 &"
+    )
+    alpha.ssh(background)
+    out = alpha.ssh(f"/bin/sh {path} confirm early-fail 0 20", check=False).stdout
+    assert alpha.ssh(f"test -e {d}/confirm", check=False).returncode == 1
+    assert out.rstrip().splitlines()[-1].startswith("@@deploy-flake-state\trolled-back"), out

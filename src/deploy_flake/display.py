@@ -1,4 +1,4 @@
-"""How a deploy looks: a live view on a terminal, plain lines on a pipe, or JSON events."""
+"""How a deploy looks on a pipe: plain lines or JSON events (display_live.py: a terminal)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,8 @@ import sys
 import time
 from typing import IO
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
 from deploy_flake.durations import format_duration
-from deploy_flake.models import HostResult, Outcome, Stage
-
-OUTCOME_STYLE = {
-    Outcome.ACTIVATED: "green",
-    Outcome.UNCHANGED: "green",
-    Outcome.SKIPPED: "dim",
-    Outcome.FAILED: "red",
-    Outcome.ROLLED_BACK: "yellow",
-    Outcome.UNKNOWN: "bold red",
-}
+from deploy_flake.models import HostResult, Stage
 
 
 class QuietEvents:
@@ -84,69 +70,6 @@ class JsonEvents:
 
     def finished(self, label: str, result: HostResult) -> None:
         self._emit(event="result", **result.as_json())
-
-
-class LiveEvents:
-    """A live table (host, stage, elapsed) under the hosts' prefixed output."""
-
-    def __init__(self, labels: list[str], console: Console | None = None) -> None:
-        self.console = console or Console(stderr=False)
-        self.rows: dict[str, tuple[str, float, str]] = {
-            lb: ("waiting", time.monotonic(), "") for lb in labels
-        }
-        self.live = Live(
-            console=self.console, refresh_per_second=4, get_renderable=self._render, transient=True
-        )
-
-    def __enter__(self) -> LiveEvents:
-        self.live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.live.stop()
-
-    def _render(self) -> Group:
-        table = Table(box=None, show_header=False, padding=(0, 1))
-        now = time.monotonic()
-        for label, (stage, since, outcome) in self.rows.items():
-            style = "bold" if not outcome else OUTCOME_STYLE.get(Outcome(outcome), "")
-            shown = outcome or stage
-            table.add_row(
-                Text(label, style="cyan"),
-                Text(shown, style=style),
-                Text(format_duration(now - since) if not outcome else "", style="dim"),
-            )
-        return Group(Text("─" * 40, style="dim"), table)
-
-    def stage(self, label: str, stage: Stage) -> None:
-        _, since, _ = self.rows.get(label, ("", time.monotonic(), ""))
-        self.rows[label] = (str(stage), since, "")
-
-    def line(self, label: str, text: str) -> None:
-        self.console.print(Text.assemble((f"[{label}] ", "cyan"), text))
-
-    def note(self, label: str, text: str) -> None:
-        self.console.print(Text.assemble((f"[{label}] ", "cyan"), ("deploy-flake: ", "bold"), text))
-
-    def finished(self, label: str, result: HostResult) -> None:
-        stage, since, _ = self.rows.get(label, ("", time.monotonic(), ""))
-        self.rows[label] = (stage, since, str(result.outcome))
-
-
-def summary_table(results: list[HostResult]) -> Table:
-    table = Table(title="deploy-flake summary", show_lines=False)
-    for col in ("host", "outcome", "stage", "configuration", "time", "details"):
-        table.add_column(col, overflow="fold")
-    for r in results:
-        table.add_row(
-            r.destination,
-            Text(str(r.outcome), style=OUTCOME_STYLE[r.outcome]),
-            str(r.stage),
-            r.config or "-",
-            format_duration(r.duration_s),
-            r.error or ("; ".join(r.notes[-1:]) or ""),
-        )
-    return table
 
 
 def plain_summary(results: list[HostResult]) -> str:
@@ -214,7 +137,7 @@ def _last_deploy(value: object) -> str:
     return f"{value.get('time', '?')} by {value.get('by', '?')}: {_short_flake(str(value.get('flake', '')))}"
 
 
-def _status_fields(r: HostResult) -> list[str]:
+def status_fields(r: HostResult) -> list[str]:
     d = r.details
     if not d.get("reachable"):
         return ["unreachable", "-", "-", "-", "-", "-", r.error or ""]
@@ -236,24 +159,13 @@ def _status_fields(r: HostResult) -> list[str]:
     ]
 
 
-_STATUS_COLUMNS = ("state", "current system", "generation", "booted", "reboot", "last deploy", "error")
-
-
-def status_table(results: list[HostResult]) -> Table:
-    table = Table(title="deploy-flake status")
-    for col in ("host", *_STATUS_COLUMNS):
-        table.add_column(col, overflow="fold")
-    for r in results:
-        fields = _status_fields(r)
-        style = "red" if fields[0] == "unreachable" or not fields[0].startswith("running") else "green"
-        table.add_row(r.destination, Text(fields[0], style=style), *fields[1:])
-    return table
+STATUS_COLUMNS = ("state", "current system", "generation", "booted", "reboot", "last deploy", "error")
 
 
 def plain_status(results: list[HostResult]) -> str:
     lines = []
     for r in results:
-        pairs = zip(_STATUS_COLUMNS, _status_fields(r), strict=True)
+        pairs = zip(STATUS_COLUMNS, status_fields(r), strict=True)
         lines.append(f"{r.destination}: " + "; ".join(f"{k} {v}" for k, v in pairs if v))
     return "\n".join(lines)
 

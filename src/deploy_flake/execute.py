@@ -10,22 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from deploy_flake import process
 from deploy_flake.cli import _fail
 from deploy_flake.destination import Destination, SshTarget, check_distinct_hosts
 from deploy_flake.display import (
     JsonEvents,
-    LiveEvents,
     PlainEvents,
     QuietEvents,
     plain_plan,
     plain_status,
     plain_summary,
     status_document,
-    status_table,
-    summary_table,
 )
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.events import Events
@@ -81,7 +77,8 @@ def execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
         _fail(str(e))
 
     tty = sys.stdout.isatty()
-    console = Console()
+    if tty:  # rich only for a terminal: its import is a good part of a short run's start-up
+        from deploy_flake import display_live
 
     def logged(events: Events) -> Events:
         return events if run_dir is None else RunLog(run_dir, events)
@@ -92,7 +89,7 @@ def execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
         elif instrumentation == "json":
             results = _run(targets, options, ssh_config, ssh_options, logged(JsonEvents()), password)
         elif tty and not options.ask:  # --ask: plain lines, so the question stays readable
-            with LiveEvents([d.label for d in dests], console) as live:
+            with display_live.LiveEvents([d.label for d in dests]) as live:
                 results = _run(targets, options, ssh_config, ssh_options, logged(live), password)
         else:
             results = _run(targets, options, ssh_config, ssh_options, logged(PlainEvents()), password)
@@ -117,14 +114,14 @@ def execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
         if status_json:
             click.echo(json.dumps(status_document(results), indent=2))
         elif tty:
-            console.print(status_table(results))
+            display_live.print_table(display_live.status_table(results))
         else:
             click.echo(plain_status(results))
     elif instrumentation != "json":
         if job is Job.PLAN:
             click.echo(plain_plan(results))
         if tty:
-            console.print(summary_table(results))
+            display_live.print_table(display_live.summary_table(results))
         else:
             click.echo(plain_summary(results))
     if run_dir is not None:
