@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploy_flake import nix, target
+from deploy_flake.agent import script
 
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 SOURCE = "/nix/store/" + "s" * 32 + "-source"
@@ -70,3 +71,17 @@ def test_copy_argv_both_directions() -> None:
 def test_closure_diff_argv() -> None:
     old = "/nix/store/" + "o" * 32 + "-nixos-system-web1"
     assert target.closure_diff_argv(old, SYSTEM) == ["nix", *FEATURES, "store", "diff-closures", old, SYSTEM]
+
+
+def test_profile_commands_of_the_agent() -> None:
+    """The agent (on the host) switches the system profile with nix-env: the same two command
+    lines on Nix 2.8 to 2.34 (`nix-env --set` and `--switch-generation`; `nix profile` is not
+    for the system profile), each bounded and with the deploy lock's fd closed."""
+    text = script().decode()
+    calls = sorted(line.strip() for line in text.splitlines() if "nix-env " in line and "timeout" in line)
+    assert calls == [
+        'timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --set "$NEW" 8>&-',
+        'timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --switch-generation '
+        '"$GENERATION" 8>&-',
+    ]
+    assert "PROFILE=/nix/var/nix/profiles/system" in text
