@@ -316,6 +316,10 @@ class Agent:
             return await self.start(on_line, stop=stop)
         if status is not None:
             return status
+        if self._log_offset > 0:
+            # its log was coming: the transaction runs, and the stream was cut (a restarted
+            # sshd that takes its sessions along); following it takes over from here
+            return Status(Phase.STARTING)
         # the answer was lost: ask what the host did
         why = done.last_lines(1) if done is not None else f"no answer within {120 + STREAM_S}s"
         asked = await self.status_when_reachable(30)
