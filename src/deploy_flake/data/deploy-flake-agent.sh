@@ -82,12 +82,15 @@ if [ -r "$DIR/previous" ]; then read -r PREV < "$DIR/previous" || :; fi
 use_tools_of "${PREV:-$(readlink -f /run/current-system 2>/dev/null)}"
 
 # ---------------------------------------------------------------- state
-state_of() {
-  if [ -r "$DIR/state" ]; then cat "$DIR/state"
-  elif [ -d "$DIR" ]; then echo pending
-  else echo none
+# Sets STATE without starting a process (read is a builtin): the waits below call it every
+# few centiseconds, on every host of a fleet at once.
+read_state() {
+  if [ -r "$DIR/state" ]; then read -r STATE < "$DIR/state" || STATE=""
+  elif [ -d "$DIR" ]; then STATE=pending
+  else STATE=none
   fi
 }
+state_of() { read_state; echo "$STATE"; }
 is_final() { case $1 in activated | rolled-back | failed | rollback-failed | restore-failed) return 0 ;; esac; return 1; }
 
 print_status() {  # [PHASE]
@@ -500,7 +503,7 @@ watch() {  # OFFSET MAX_S [STOP]
   if ! is_uint "$off" || ! is_uint "$2"; then die "watch: OFFSET and MAX_S are numbers"; fi
   tick; watch_end=$((UP + $2 * 100))
   while :; do
-    st=$(state_of)  # read the state before the log: what led to it is printed first
+    read_state; st=$STATE  # the state before the log: what led to it is printed first
     size=$(stat -c %s "$DIR/log" 2>/dev/null || echo 0)
     if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; off=$size; fi
     case $st in none | awaiting-confirmation | "$stop") break ;; esac
@@ -519,13 +522,13 @@ confirm() {  # [OFFSET MAX_S]
     load_settings
     is_uint "$HEALTH_S" || HEALTH_S=30
     is_uint "$SETTLE_S" || SETTLE_S=0
-    checked() { [ "$(state_of)" != checking ]; }
+    checked() { read_state; [ "$STATE" != checking ]; }
     poll "$((2 * HEALTH_S + SETTLE_S + 10))" "$FAST" checked || :
   fi
   # the transaction takes it within a poll ($FAST s), unless its window just closed
   if [ "$(state_of)" = awaiting-confirmation ]; then
     : > "$DIR/confirm"
-    taken() { [ "$(state_of)" != awaiting-confirmation ]; }
+    taken() { read_state; [ "$STATE" != awaiting-confirmation ]; }
     poll 10 "$FAST" taken || :
   fi
   if [ -n "${1:-}" ]; then watch "$1" "${2:-0}"; else print_status; fi
