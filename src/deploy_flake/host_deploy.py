@@ -24,6 +24,11 @@ from deploy_flake.target import HostFacts
 DEFAULT_PRE_ACTIVATE = "pre-activate-safety-checks"
 
 
+# After a rollback, how long a new login may keep failing (sshd restarting) before the
+# host's state is reported unknown.
+VERIFY_LOGIN_S = 30
+
+
 @dataclass(frozen=True)
 class Run:
     """What every host of one invocation shares."""
@@ -604,11 +609,18 @@ class HostDeploy:
     async def _verify_after_rollback(self) -> None:
         """A new login must work and the previous system must be running again."""
         expected = self.result.previous_system
-        for _ in range(10):
-            done = await process.run(
-                self.remote.command(["readlink", "-f", "/run/current-system"], fresh=True), timeout=30
-            )
-            if done.ok:
+        deadline = time.monotonic() + VERIFY_LOGIN_S
+        last_error = "no answer"
+        while True:
+            try:
+                done = await process.run(
+                    self.remote.command(["readlink", "-f", "/run/current-system"], fresh=True), timeout=30
+                )
+            except ProcessTimeout:
+                done = None
+            if done is not None and not done.ok:
+                last_error = done.last_lines(1) or f"ssh exited with {done.returncode}"
+            if done is not None and done.ok:
                 current = done.stdout.strip()
                 if expected and current != expected:
                     self.result.outcome = Outcome.UNKNOWN
@@ -618,11 +630,13 @@ class HostDeploy:
                 else:
                     self.note("verified over a new SSH connection: back on the previous system, healthy")
                 return
+            if time.monotonic() > deadline:
+                break
             await asyncio.sleep(1)
         self.result.outcome = Outcome.UNKNOWN
         self.result.error = (
-            f"{self.result.error}; but a new SSH login to {self.dest.host} still fails: "
-            "check the host's console"
+            f"{self.result.error}; but a new SSH login to {self.dest.host} still fails after "
+            f"{VERIFY_LOGIN_S}s ({last_error}): check the host's console"
         )
 
     async def _interrupted(self) -> None:
