@@ -67,9 +67,32 @@ def pytest_collection_modifyitems(
         lab("vm", "stop", VM_NAME, check=False)
         (LAB_DIR / "vms" / VM_NAME / "disk.qcow2").unlink(missing_ok=True)
         lab("vm", "start-bg", VM_NAME, VM_PORT)
+    # The newer suites' images (minutes when cold) are built in the background meanwhile:
+    # their tests come later in the run, and `lab build` waits for a build under way.
+    used = {f for item in items for f in getattr(item, "fixturenames", ())}
+    suites = {s for f, ss in _SUITE_FIXTURES.items() if f in used for s in ss}
+    if os.geteuid() == 0 and suites:
+        global _prebuild
+        LAB_DIR.mkdir(parents=True, exist_ok=True)
+        with (LAB_DIR / "prebuild.log").open("w") as log:
+            _prebuild = subprocess.Popen(
+                # trixie first: its hosts' tests come first
+                [
+                    "bash",
+                    "-c",
+                    'for s; do "$0" build --suite "$s" || exit; done',
+                    str(LAB_CMD),
+                    *sorted(suites, reverse=True),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _prebuild is not None:  # no build outlives the session
+        _prebuild.wait(timeout=1800)
     if _WORKER is not None:  # the controller stops everything, once every worker is done
         return
     if os.geteuid() == 0 and LAB_DIR.exists():
@@ -108,6 +131,9 @@ def vm() -> Host:
 # first use and reset before each test that uses them. Their names are theirs alone: a
 # host remembers its suite, and alpha..delta stay bookworm.
 SUITE_HOSTS = {"trixie": "trixie1", "sid": "sid1"}
+# the fixtures that need a suite's image (pytest_collection_modifyitems builds them early)
+_SUITE_FIXTURES = {"suite_target": ("trixie", "sid"), "sid_vm": ("sid",)}
+_prebuild: subprocess.Popen[bytes] | None = None
 _built: set[str] = set()
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import DEPLOYER_NIX, SID_VM_NAME, suite_host
-from tests.lab import LOCAL_DEPLOYER, VM_SSH_CONFIG, Deploy, Host, deploy, run_cli
+from tests.lab import LOCAL_DEPLOYER, VM_SSH_CONFIG, Deploy, Host, deploy, lab, run_cli
 
 LOCAL_NIX = "2.8"  # this machine's (Debian 12) nix-bin: deploy-flake's local Nix calls
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
@@ -77,7 +77,7 @@ def _check_versions(host: Host, pair: Pair) -> None:
 
 
 @pytest.fixture(params=PAIRS, ids=lambda p: p.id)
-def target(request: pytest.FixtureRequest) -> Target:
+def suite_target(request: pytest.FixtureRequest) -> Target:
     pair: Pair = request.param
     deployer: Sequence[str] = LOCAL_DEPLOYER
     if pair.deployer_nix != LOCAL_NIX:
@@ -88,7 +88,8 @@ def target(request: pytest.FixtureRequest) -> Target:
     return Target(host, deployer)
 
 
-def test_matrix_a_good_deploy_commits_and_status_and_rollback_see_it(target: Target) -> None:
+def test_matrix_a_good_deploy_commits_and_status_and_rollback_see_it(suite_target: Target) -> None:
+    target = suite_target
     host, name = target.host, target.host.name
     base = host.current_system()
     r = target.deploy("--settle-time=0", f"nixos://{name}/good")
@@ -113,7 +114,8 @@ def test_matrix_a_good_deploy_commits_and_status_and_rollback_see_it(target: Tar
     assert host.profile() == base and host.generations() == 2
 
 
-def test_matrix_a_failing_activation_is_rolled_back(target: Target) -> None:
+def test_matrix_a_failing_activation_is_rolled_back(suite_target: Target) -> None:
+    target = suite_target
     host, name = target.host, target.host.name
     before = host.current_system()
     r = target.deploy(f"nixos://{name}/fail-activation")
@@ -125,7 +127,8 @@ def test_matrix_a_failing_activation_is_rolled_back(target: Target) -> None:
     assert "fixture-failing.service" not in host.failed_units()
 
 
-def test_matrix_a_lockout_is_rolled_back_by_the_host(target: Target) -> None:
+def test_matrix_a_lockout_is_rolled_back_by_the_host(suite_target: Target) -> None:
+    target = suite_target
     host, name = target.host, target.host.name
     before = host.current_system()
     r = target.deploy(CONFIRM, f"nixos://{name}/lockout")
@@ -154,3 +157,24 @@ def test_vm_sid_reboots_into_the_new_kernel(pair: Pair, sid_vm: Host) -> None:
     assert vm.current_system() == res["system"] == vm.out("readlink -f /run/booted-system")
     assert vm.boot_default() == res["system"] == vm.profile()
     assert vm.system_state() == "running", vm.failed_units()
+
+
+# ------------------------------------------------------------------ the lab's suites themselves
+def test_lab_a_host_keeps_its_suite_and_another_suite_discards_its_layer() -> None:
+    host = suite_host("sid")
+    name = host.name
+    host.ssh("touch /etc/lab-marker")
+    lab("stop", name)
+    lab("start", name)  # no --suite: its own
+    assert host.out("cat /etc/debian_version").endswith("/sid")
+    assert host.ssh("test -e /etc/lab-marker", check=False).returncode == 0, "its writable layer was kept"
+    lab("stop", name)
+    started = lab("start", "--suite", "trixie", name)
+    assert "discarding its writable layer" in started.stderr
+    assert host.out("cat /etc/debian_version").startswith("13.")
+    assert host.ssh("test -e /etc/lab-marker", check=False).returncode == 1
+    lab("reset", name)
+    assert host.out("cat /etc/debian_version").startswith("13."), "reset keeps the suite"
+    assert host.system_state() == "running", host.failed_units()
+    bad = lab("start", "--suite", "potato", name, check=False)
+    assert bad.returncode == 1 and "unknown suite 'potato'" in bad.stderr
