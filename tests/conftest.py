@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -67,23 +69,17 @@ def pytest_collection_modifyitems(
         lab("vm", "stop", VM_NAME, check=False)
         (LAB_DIR / "vms" / VM_NAME / "disk.qcow2").unlink(missing_ok=True)
         lab("vm", "start-bg", VM_NAME, VM_PORT)
-    # The newer suites' images (minutes when cold) are built in the background meanwhile:
-    # their tests come later in the run, and `lab build` waits for a build under way.
+    # The newer suites' images and the sid deployer root (minutes when cold) are built in
+    # the background meanwhile: their tests come later in the run, and wait for a build
+    # under way (`lab build` on its lock; modern_deployer retries).
     used = {f for item in items for f in getattr(item, "fixturenames", ())}
-    suites = {s for f, ss in _SUITE_FIXTURES.items() if f in used for s in ss}
-    if os.geteuid() == 0 and suites:
+    steps = [step for step in _PREBUILD if any(f in used for f in _PREBUILD[step])]
+    if os.geteuid() == 0 and steps:
         global _prebuild
         LAB_DIR.mkdir(parents=True, exist_ok=True)
         with (LAB_DIR / "prebuild.log").open("w") as log:
             _prebuild = subprocess.Popen(
-                # trixie first: its hosts' tests come first
-                [
-                    "bash",
-                    "-c",
-                    'for s; do "$0" build --suite "$s" || exit; done',
-                    str(LAB_CMD),
-                    *sorted(suites, reverse=True),
-                ],
+                ["bash", "-c", " && ".join(shlex.join([str(LAB_CMD), *step]) for step in steps)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -131,8 +127,13 @@ def vm() -> Host:
 # first use and reset before each test that uses them. Their names are theirs alone: a
 # host remembers its suite, and alpha..delta stay bookworm.
 SUITE_HOSTS = {"trixie": "trixie1", "sid": "sid1"}
-# the fixtures that need a suite's image (pytest_collection_modifyitems builds them early)
-_SUITE_FIXTURES = {"suite_target": ("trixie", "sid"), "sid_vm": ("sid",)}
+# What pytest_collection_modifyitems builds early, in this order (trixie's hosts' tests
+# come first), when a test uses one of these fixtures.
+_PREBUILD = {
+    ("build", "--suite", "trixie"): ("suite_target",),
+    ("build", "--suite", "sid"): ("suite_target", "sid_vm"),
+    ("deployer", "build", "sid"): ("suite_target", "modern_deployer"),
+}
 _prebuild: subprocess.Popen[bytes] | None = None
 _built: set[str] = set()
 
@@ -158,7 +159,13 @@ def modern_deployer() -> Iterator[list[str]]:
     installed once per session)."""
     if os.geteuid() != 0:
         pytest.skip("the deployer root needs root (chroot)")
-    lab("deployer", "build", DEPLOYER_SUITE, timeout=1800)
+    deadline = time.monotonic() + 1800
+    while True:  # the background build of pytest_collection_modifyitems may hold the root
+        built = lab("deployer", "build", DEPLOYER_SUITE, check=False, timeout=1800)
+        if built.returncode == 0:
+            break
+        assert "is in use" in built.stderr and time.monotonic() < deadline, built.stderr
+        time.sleep(5)
     lab("deployer", "install", DEPLOYER_SUITE, timeout=900)
     version = subprocess.run(
         [str(LAB_CMD), "deployer", "run", DEPLOYER_SUITE, "--", "nix", "--version"],
