@@ -62,8 +62,9 @@ image_build() {  # [--suite SUITE] [--force]
       || die "cannot reach the Debian mirror $MIRROR (set LAB_MIRROR to one that works)"
     rm -rf --one-file-system "$d/stage0"
     say "debootstrap $suite from $MIRROR (about 90 s)"
-    # in a mount namespace of its own: a failed debootstrap leaves nothing mounted
-    unshare --mount --propagation private \
+    # in a mount namespace of its own: a failed debootstrap leaves nothing mounted; one
+    # debootstrap at a time per package cache (the deployer root of the suite shares it)
+    flock "$cache.lock" unshare --mount --propagation private \
       debootstrap --variant=minbase --cache-dir="$cache" --include="$pkgs" \
       "$suite" "$d/stage0" "$MIRROR" > "$d/debootstrap.log" 2>&1 \
       || die "debootstrap failed; see $d/debootstrap.log"
