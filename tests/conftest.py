@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.lab import LAB_DIR, VM_SSH_CONFIG, Host, lab
+from tests.lab import LAB_CMD, LAB_DIR, VM_SSH_CONFIG, Host, lab
 
 POOL = ("alpha", "beta", "gamma", "delta")
-VM_NAME, VM_PORT = "vm1", "2311"
+# a second lab beside the default one (its own DEPLOY_FLAKE_LAB) needs its own VM ports
+VM_NAME, VM_PORT = "vm1", os.environ.get("LAB_TEST_VM_PORT", "2311")
 _dirty: set[str] = set(POOL)  # hosts whose state a test may have changed
 
 
@@ -59,14 +63,32 @@ def pytest_collection_modifyitems(
     # started once, by the first worker (the VM is the machine's, not a worker's).
     if _WORKER not in (None, "gw0"):
         return
-    if os.geteuid() == 0 and any(item.get_closest_marker("vm") for item in items):
+    # (only for the tests of vm1: the sid VM's test boots its own, when it runs)
+    if os.geteuid() == 0 and any("vm" in getattr(item, "fixturenames", ()) for item in items):
         lab("build", timeout=1800)
         lab("vm", "stop", VM_NAME, check=False)
         (LAB_DIR / "vms" / VM_NAME / "disk.qcow2").unlink(missing_ok=True)
         lab("vm", "start-bg", VM_NAME, VM_PORT)
+    # The newer suites' images and the sid deployer root (minutes when cold) are built in
+    # the background meanwhile: their tests come later in the run, and wait for a build
+    # under way (`lab build` on its lock; modern_deployer retries).
+    used = {f for item in items for f in getattr(item, "fixturenames", ())}
+    steps = [step for step in _PREBUILD if any(f in used for f in _PREBUILD[step])]
+    if os.geteuid() == 0 and steps:
+        global _prebuild
+        LAB_DIR.mkdir(parents=True, exist_ok=True)
+        with (LAB_DIR / "prebuild.log").open("w") as log:
+            _prebuild = subprocess.Popen(
+                ["bash", "-c", " && ".join(shlex.join([str(LAB_CMD), *step]) for step in steps)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _prebuild is not None:  # no build outlives the session
+        _prebuild.wait(timeout=1800)
     if _WORKER is not None:  # the controller stops everything, once every worker is done
         return
     if os.geteuid() == 0 and LAB_DIR.exists():
@@ -98,3 +120,73 @@ def vm() -> Host:
         pytest.skip("the lab VM needs root")
     lab("vm", "wait", VM_NAME, timeout=900)
     return Host(VM_NAME, VM_SSH_CONFIG)
+
+
+# ------------------------------------------------------------------ newer Debian suites
+# Hosts of the newer suites' images (`lab build --suite S`), one per suite, started on
+# first use and reset before each test that uses them. Their names are theirs alone: a
+# host remembers its suite, and alpha..delta stay bookworm.
+SUITE_HOSTS = {"trixie": "trixie1", "sid": "sid1"}
+# What pytest_collection_modifyitems builds early, in this order (trixie's hosts' tests
+# come first), when a test uses one of these fixtures.
+_PREBUILD = {
+    ("build", "--suite", "trixie"): ("suite_target",),
+    ("build", "--suite", "sid"): ("suite_target", "sid_vm"),
+    ("deployer", "build", "sid"): ("suite_target", "modern_deployer"),
+}
+_prebuild: subprocess.Popen[bytes] | None = None
+_built: set[str] = set()
+
+
+def suite_host(suite: str) -> Host:
+    """A clean host of SUITE's image (the image is built on first use: minutes when cold)."""
+    if os.geteuid() != 0:
+        pytest.skip("lab hosts need root (systemd-nspawn, network namespaces)")
+    if suite not in _built:
+        lab("build", "--suite", suite, timeout=1800)
+        _built.add(suite)
+    name = SUITE_HOSTS[suite]
+    lab("reset", "--suite", suite, name, timeout=300)
+    return Host(name)
+
+
+DEPLOYER_SUITE, DEPLOYER_NIX = "sid", "2.34"
+
+
+@pytest.fixture(scope="session")
+def modern_deployer() -> Iterator[list[str]]:
+    """deploy-flake's argv inside the sid deployer root (Nix 2.34; built and the project
+    installed once per session)."""
+    if os.geteuid() != 0:
+        pytest.skip("the deployer root needs root (chroot)")
+    deadline = time.monotonic() + 1800
+    while True:  # the background build of pytest_collection_modifyitems may hold the root
+        built = lab("deployer", "build", DEPLOYER_SUITE, check=False, timeout=1800)
+        if built.returncode == 0:
+            break
+        assert "is in use" in built.stderr and time.monotonic() < deadline, built.stderr
+        time.sleep(5)
+    lab("deployer", "install", DEPLOYER_SUITE, timeout=900)
+    version = subprocess.run(
+        [str(LAB_CMD), "deployer", "run", DEPLOYER_SUITE, "--", "nix", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"nix (Nix) {DEPLOYER_NIX}" in version, version
+    yield [str(LAB_CMD), "deployer", "run", DEPLOYER_SUITE, "--", "/opt/deploy-flake/bin/deploy-flake"]
+
+
+# The sid VM (systemd 262 under a real kernel): its own name and port beside vm1.
+SID_VM_NAME, SID_VM_PORT = "vm-sid", os.environ.get("LAB_TEST_SID_VM_PORT", "2312")
+
+
+@pytest.fixture(scope="session")
+def sid_vm() -> Iterator[Host]:
+    """A clean VM of the sid image, booted when first needed (TCG: about a minute), stopped after."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab VM needs root")
+    lab("build", "--suite", "sid", timeout=1800)
+    lab("vm", "reset", "--suite", "sid", SID_VM_NAME, SID_VM_PORT, timeout=900)
+    yield Host(SID_VM_NAME, VM_SSH_CONFIG)
+    lab("vm", "stop", SID_VM_NAME, check=False)

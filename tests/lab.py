@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,11 +169,21 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.5) -> bool:
 COMMANDS = ("deploy", "status", "plan", "rollback")
 
 
-def deploy_argv(*args: str, ssh_config: Path | None = SSH_CONFIG, flake: Path = FIXTURE_FLAKE) -> list[str]:
+# deploy-flake run by this machine's Python and Nix; a deployer root's is another argv
+# (tests.conftest's modern_deployer).
+LOCAL_DEPLOYER = (sys.executable, "-m", "deploy_flake")
+
+
+def deploy_argv(
+    *args: str,
+    ssh_config: Path | None = SSH_CONFIG,
+    flake: Path = FIXTURE_FLAKE,
+    deployer: Sequence[str] = LOCAL_DEPLOYER,
+) -> list[str]:
     """deploy-flake's argv with the lab's flake and ssh config (after the subcommand, if any)."""
     command = [args[0]] if args and args[0] in COMMANDS else []
     args = args[len(command) :]
-    argv = [sys.executable, "-m", "deploy_flake", *command, "--flake", str(flake)]
+    argv = [*deployer, *command, "--flake", str(flake)]
     if ssh_config is not None:
         argv += ["--ssh-config", str(ssh_config)]
     return argv + list(args)
@@ -184,12 +195,19 @@ def deploy(
     flake: Path = FIXTURE_FLAKE,
     report: Path | None = None,
     timeout: float = 600,
+    deployer: Sequence[str] = LOCAL_DEPLOYER,
 ) -> Deploy:
     """Runs deploy-flake as a user would, and reads its --report."""
     report_path = report or Path(f"/tmp/deploy-flake-test-report-{os.getpid()}-{time.monotonic_ns()}.json")
     cmd = args[:1] if args and args[0] in COMMANDS else ()
     argv = deploy_argv(
-        *cmd, "--report", str(report_path), *args[len(cmd) :], ssh_config=ssh_config, flake=flake
+        *cmd,
+        "--report",
+        str(report_path),
+        *args[len(cmd) :],
+        ssh_config=ssh_config,
+        flake=flake,
+        deployer=deployer,
     )
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     data: dict[str, object] = {}
@@ -199,10 +217,21 @@ def deploy(
     return Deploy(done.returncode, done.stdout + done.stderr, data)
 
 
-def run_cli(*args: str, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    timeout: float = 300,
+    input: str | None = None,
+    ssh_config: Path | None = SSH_CONFIG,
+    deployer: Sequence[str] = LOCAL_DEPLOYER,
+) -> subprocess.CompletedProcess[str]:
     """deploy-flake as a user runs it (any subcommand), with the lab's flake and ssh config."""
     return subprocess.run(
-        deploy_argv(*args), capture_output=True, text=True, timeout=timeout, check=False, input=input
+        deploy_argv(*args, ssh_config=ssh_config, deployer=deployer),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        input=input,
     )
 
 

@@ -22,7 +22,7 @@ from deploy_flake.errors import UsageError
 from deploy_flake.models import HostResult, Outcome
 from deploy_flake.report import ReportError, check_report_path, write_report
 from deploy_flake.ssh import config_command
-from tests.lab import CLIENT_KEY, KNOWN_HOSTS, LAB_DIR, SSH_CONFIG, deploy_argv
+from tests.lab import CLIENT_KEY, FIXTURE_FLAKE, KNOWN_HOSTS, LAB_DIR, SSH_CONFIG, deploy_argv
 
 TIMEOUT_OPTIONS = (
     "--copy-timeout",
@@ -39,8 +39,7 @@ def run_cli(
     *args: str, ssh_config: Path | None = None, flake: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """deploy-flake as a user runs it (python -m deploy_flake)."""
-    kw = {} if flake is None else {"flake": flake}
-    argv = deploy_argv(*args, ssh_config=ssh_config, **kw)
+    argv = deploy_argv(*args, ssh_config=ssh_config, flake=flake or FIXTURE_FLAKE)
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 

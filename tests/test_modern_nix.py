@@ -1,6 +1,6 @@
 """deploy-flake run by a modern Nix: the deployer in a Debian sid root (Nix 2.34, entered
-with `lab deployer run`), the hosts the lab's Debian 12 ones (Nix 2.8, systemd 252).
-Each test id names the deployer's and the host's Nix."""
+with `lab deployer run`; conftest's modern_deployer), the hosts the lab's Debian 12 ones
+(Nix 2.8, systemd 252). Each test id names the deployer's and the host's Nix and systemd."""
 
 from __future__ import annotations
 
@@ -8,31 +8,15 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.lab import FIXTURE_FLAKE, LAB_CMD, SSH_CONFIG, Host, lab
+from tests.conftest import DEPLOYER_NIX
+from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host
 from tests.test_flake_inputs import consumer, fixture_lib
 
-SUITE, NIX_VERSION = "sid", "2.34"
-PAIR = f"deployer-nix-{NIX_VERSION}-host-nix-2.8"
-
-
-@pytest.fixture(scope="session")
-def modern_deployer(lab_pool: None) -> Iterator[list[str]]:
-    """deploy-flake's argv inside the sid root (built and the project installed once)."""
-    lab("deployer", "build", SUITE, timeout=1800)
-    lab("deployer", "install", SUITE, timeout=900)
-    version = subprocess.run(
-        [str(LAB_CMD), "deployer", "run", SUITE, "--", "nix", "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert f"nix (Nix) {NIX_VERSION}" in version, version
-    yield [str(LAB_CMD), "deployer", "run", SUITE, "--", "/opt/deploy-flake/bin/deploy-flake"]
+PAIR = f"deployer-nix-{DEPLOYER_NIX}-target-nix-2.8-systemd-252"
 
 
 def run_modern(

@@ -4,7 +4,6 @@
 LAB=${DEPLOY_FLAKE_LAB:-/var/tmp/deploy-flake-lab}
 LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
-SUITE=bookworm
 KEY=$LAB/keys/id_ed25519
 KNOWN=$LAB/known_hosts
 # Prefix of the hosts' network namespaces and cgroups (machine-wide names): a second lab
@@ -67,8 +66,9 @@ write_ssh_config() {  # FILE NAME [EXTRA_LINE...]
   } > "$f"
 }
 
-# The hash of everything the image is made of: rebuild when it changes.
-recipe_hash() {
-  (cd "$LAB_SRC" && cat lib/image.sh image/* fixture-flake/flake.nix fixture-flake/lib.nix fixture-flake/scripts/*) \
-    | sha256sum | cut -c1-16
+# The hash of everything a suite's image is made of: rebuild when it changes.
+recipe_hash() {  # SUITE
+  { echo "suite $1"
+    cd "$LAB_SRC" && cat lib/image.sh image/* fixture-flake/flake.nix fixture-flake/lib.nix fixture-flake/scripts/*
+  } | sha256sum | cut -c1-16
 }

@@ -52,7 +52,8 @@ deployer_build() {  # SUITE [--force]
   mkdir -p "$LAB/debcache-$s"
   say "debootstrap $s from $MIRROR into $root (a few minutes)"
   # in a mount namespace of its own: a failed debootstrap leaves no /proc or /sys mounted
-  unshare --mount --propagation private \
+  # (one debootstrap at a time per package cache: the suite's lab image shares it)
+  flock "$LAB/debcache-$s.lock" unshare --mount --propagation private \
     debootstrap --variant=minbase --cache-dir="$LAB/debcache-$s" --include="$DEPLOYER_PKGS" \
     "$s" "$root.new" "$MIRROR" > "$LAB/deployer-$s.log" 2>&1 \
     || die "debootstrap failed; see $LAB/deployer-$s.log"

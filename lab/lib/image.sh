@@ -1,51 +1,110 @@
 # shellcheck shell=bash
-# `lab build`: the Debian 12 base image of the lab hosts, cached under $LAB.
-#   $LAB/stage0/   debootstrap output (kept; redone only when the package list changes)
-#   $LAB/rootfs/   stage0 + lab configuration + the initial NixOS-like generation
-#   $LAB/base.raw  ext4 image of rootfs for the VM; vmlinuz, initrd.img beside it
+# `lab build [--suite SUITE] [--force]`: the base image of the lab hosts, one per Debian
+# suite (bookworm, the default; trixie; sid), each cached in its own directory
+# (image_dir): $LAB itself for bookworm, as before suites existed, $LAB/images/SUITE else.
+#   DIR/stage0/    debootstrap output (kept; redone only when the suite's package list changes)
+#   DIR/rootfs/    stage0 + lab configuration + the initial NixOS-like generation
+#   DIR/base.raw   ext4 image of rootfs for the VM; vmlinuz, initrd.img beside it
 IMAGE_PKGS=systemd-sysv,udev,dbus,libpam-systemd,libnss-myhostname,openssh-server,sudo,nix-bin,nix-setup-systemd,libdbi-perl,linux-image-amd64,initramfs-tools,zstd,iproute2,procps,less,ca-certificates,xz-utils,kmod
 NIXF=(--extra-experimental-features 'nix-command flakes' --option build-users-group '')
+LAB_SUITES=(bookworm trixie sid)
 
-image_build() {
+valid_suite() {  # SUITE
+  local s; for s in "${LAB_SUITES[@]}"; do [ "$s" = "$1" ] && return 0; done
+  die "unknown suite '$1' (one of: ${LAB_SUITES[*]})"
+}
+image_dir() {  # SUITE
+  if [ "$1" = bookworm ]; then echo "$LAB"; else echo "$LAB/images/$1"; fi
+}
+# The suite's package list. sid's kernel packages pull in dracut (debootstrap fails with
+# initramfs-tools there); its initrd is made as small as initramfs-tools' (image_initrd).
+image_pkgs() {  # SUITE
+  case $1 in
+    sid) echo "${IMAGE_PKGS/initramfs-tools/dracut}" ;;
+    *) echo "$IMAGE_PKGS" ;;
+  esac
+}
+# systemd >= 256 (trixie's 257, sid's 262) refuses the hybrid cgroup hierarchy this machine
+# has (cgroup v1 with a cgroup2 mount beside it): nspawn must give such a container a unified one.
+suite_unified_cgroup() {  # SUITE: true when nspawn needs SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
+  [ "$1" != bookworm ]
+}
+
+image_build() {  # [--suite SUITE] [--force]
   need_root
+  local suite=bookworm force=
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --suite) [ $# -ge 2 ] || die "usage: lab build [--suite SUITE] [--force]"; suite=$2; shift 2 ;;
+      --suite=*) suite=${1#--suite=}; shift ;;
+      --force) force=1; shift ;;
+      *) die "usage: lab build [--suite SUITE] [--force]" ;;
+    esac
+  done
+  valid_suite "$suite"
   ensure_host_packages
   ensure_host_nix
-  local want; want=$(recipe_hash)
-  if [ "${1:-}" != --force ] && [ -e "$LAB/rootfs/.lab-recipe" ] && [ "$(cat "$LAB/rootfs/.lab-recipe")" = "$want" ] \
-     && [ -e "$LAB/base.raw" ]; then
-    say "image up to date ($LAB, recipe $want)"
+  local d want pkgs; d=$(image_dir "$suite"); want=$(recipe_hash "$suite"); pkgs=$(image_pkgs "$suite")
+  mkdir -p "$d"
+  # two builds of one suite at once (two test workers): the second waits, then finds it done
+  exec 9>"$LAB/build-$suite.lock"
+  flock -w 1800 9 || die "another 'lab build --suite $suite' holds $LAB/build-$suite.lock"
+  if [ -z "$force" ] && [ -e "$d/rootfs/.lab-recipe" ] && [ "$(cat "$d/rootfs/.lab-recipe")" = "$want" ] \
+     && [ -e "$d/base.raw" ]; then
+    say "image up to date ($d, $suite, recipe $want)"
     return 0
   fi
-  mkdir -p "$LAB/debcache" "$LAB/keys"
-  local t0=$SECONDS stamp; stamp=$(echo "$IMAGE_PKGS $SUITE" | sha256sum | cut -c1-16)
-  if [ "$(cat "$LAB/stage0/.lab-stage0" 2>/dev/null)" != "$stamp" ]; then
-    curl -fsS --max-time 20 -o /dev/null "$MIRROR/dists/$SUITE/Release" \
+  local cache=$LAB/debcache; [ "$suite" = bookworm ] || cache=$LAB/debcache-$suite
+  mkdir -p "$cache" "$LAB/keys"
+  local t0=$SECONDS stamp; stamp=$(echo "$pkgs $suite" | sha256sum | cut -c1-16)
+  if [ "$(cat "$d/stage0/.lab-stage0" 2>/dev/null)" != "$stamp" ]; then
+    curl -fsS --max-time 20 -o /dev/null "$MIRROR/dists/$suite/Release" \
       || die "cannot reach the Debian mirror $MIRROR (set LAB_MIRROR to one that works)"
-    rm -rf "$LAB/stage0"
-    say "debootstrap $SUITE from $MIRROR (about 90 s)"
-    debootstrap --variant=minbase --cache-dir="$LAB/debcache" --include="$IMAGE_PKGS" \
-      "$SUITE" "$LAB/stage0" "$MIRROR" > "$LAB/debootstrap.log" 2>&1 \
-      || die "debootstrap failed; see $LAB/debootstrap.log"
-    echo "$stamp" > "$LAB/stage0/.lab-stage0"
+    rm -rf --one-file-system "$d/stage0"
+    say "debootstrap $suite from $MIRROR (about 90 s)"
+    # in a mount namespace of its own: a failed debootstrap leaves nothing mounted; one
+    # debootstrap at a time per package cache (the deployer root of the suite shares it)
+    flock "$cache.lock" unshare --mount --propagation private \
+      debootstrap --variant=minbase --cache-dir="$cache" --include="$pkgs" \
+      "$suite" "$d/stage0" "$MIRROR" > "$d/debootstrap.log" 2>&1 \
+      || die "debootstrap failed; see $d/debootstrap.log"
+    echo "$stamp" > "$d/stage0/.lab-stage0"
   fi
-  say "configuring the image"
-  rm -rf "$LAB/rootfs.new"
-  cp -a "$LAB/stage0" "$LAB/rootfs.new"
-  image_configure "$LAB/rootfs.new"
-  echo "$want" > "$LAB/rootfs.new/.lab-recipe"
-  # every host's writable layer sits on the old rootfs: they must go with it
-  lab_stop_all_hosts
-  vm_stop_all
-  rm -rf "$LAB/hosts"/*/upper "$LAB/vms"/*/disk.qcow2 "$LAB/rootfs"
-  mv "$LAB/rootfs.new" "$LAB/rootfs"
-  say "writing $LAB/base.raw"
-  rm -f "$LAB/base.raw"
-  truncate -s 8G "$LAB/base.raw"
-  mkfs.ext4 -q -L labroot -d "$LAB/rootfs" "$LAB/base.raw"
-  chmod 444 "$LAB/base.raw"
-  cp -L "$LAB/rootfs/vmlinuz" "$LAB/vmlinuz"
-  cp -L "$LAB/rootfs/initrd.img" "$LAB/initrd.img"
-  say "image ready in $((SECONDS - t0)) s (recipe $want)"
+  say "configuring the $suite image"
+  rm -rf --one-file-system "$d/rootfs.new"
+  cp -a "$d/stage0" "$d/rootfs.new"
+  image_configure "$d/rootfs.new"
+  echo "$want" > "$d/rootfs.new/.lab-recipe"
+  # every writable layer on the old rootfs must go with it: the hosts and VMs of this suite
+  local h
+  for h in "$LAB"/hosts/*/; do
+    if [ ! -d "$h" ] || [ "$(host_suite "$(basename "$h")")" != "$suite" ]; then continue; fi
+    host_stop "$(basename "$h")"; rm -rf "$h/upper"
+  done
+  for h in "$LAB"/vms/*/; do
+    if [ ! -d "$h" ] || [ "$(vm_suite "$(basename "$h")")" != "$suite" ]; then continue; fi
+    vm_stop "$(basename "$h")"; rm -f "$h/disk.qcow2"
+  done
+  rm -rf --one-file-system "$d/rootfs"
+  mv "$d/rootfs.new" "$d/rootfs"
+  say "writing $d/base.raw"
+  rm -f "$d/base.raw"
+  truncate -s 8G "$d/base.raw"
+  mkfs.ext4 -q -L labroot -d "$d/rootfs" "$d/base.raw"
+  chmod 444 "$d/base.raw"
+  image_kernel "$d/rootfs" "$d"
+  say "image $suite ready in $((SECONDS - t0)) s (recipe $want)"
+}
+
+# The newest kernel of the rootfs and its initrd, beside base.raw, for QEMU's -kernel/-initrd.
+image_kernel() {  # ROOTFS DIR
+  local r=$1 kver
+  kver=$(find "$r/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+  if [ -z "$kver" ] || [ ! -e "$r/boot/vmlinuz-$kver" ] || [ ! -e "$r/boot/initrd.img-$kver" ]; then
+    die "no kernel and initrd in the image (/boot/vmlinuz-$kver, /boot/initrd.img-$kver)"
+  fi
+  cp "$r/boot/vmlinuz-$kver" "$2/vmlinuz"
+  cp "$r/boot/initrd.img-$kver" "$2/initrd.img"
 }
 
 image_configure() {  # ROOTFS
@@ -80,17 +139,13 @@ image_configure() {  # ROOTFS
   echo 'deploy ALL=(ALL:ALL) NOPASSWD: ALL' > "$r/etc/sudoers.d/deploy"; chmod 440 "$r/etc/sudoers.d/deploy"
   chroot "$r" passwd -l root >/dev/null
 
-  echo '{"flakes":[],"version":2}' > "$r/etc/nix/registry.json"
-  install -m 644 "$LAB_SRC/image/nix.conf" "$r/etc/nix/nix.conf"
-
-  # small initrd for the VM: only what mounts ext4 on virtio-blk
-  sed -i 's/^MODULES=.*/MODULES=list/' "$r/etc/initramfs-tools/initramfs.conf"
-  printf 'virtio_pci\nvirtio_blk\next4\n' > "$r/etc/initramfs-tools/modules"
+  image_container_units "$r"
   mount -t proc proc "$r/proc"
   mount --rbind /dev "$r/dev"; mount --make-rslave "$r/dev"
   # shellcheck disable=SC2064
   trap "umount -R '$r/dev' 2>/dev/null; umount '$r/proc' 2>/dev/null || true" EXIT
-  chroot "$r" update-initramfs -u -k all >/dev/null 2>&1 || die "update-initramfs failed in the image"
+  image_initrd "$r"
+  image_nix_conf "$r"
   image_initial_generation "$r"
   umount -R "$r/dev"; umount "$r/proc"; trap - EXIT
 
@@ -112,4 +167,47 @@ image_initial_generation() {  # ROOTFS
   chroot "$r" nix-env -p /nix/var/nix/profiles/system --set "$out"
   chroot "$r" "$out/bin/switch-to-configuration" boot 2>/dev/null || die "initial boot entry failed"
   say "initial generation: $out"
+}
+
+# A small initrd for the VM: only what mounts ext4 on virtio-blk. initramfs-tools
+# (bookworm, trixie) or dracut (sid), whichever the suite's kernel came with.
+image_initrd() {  # ROOTFS (with /proc and /dev mounted)
+  local r=$1
+  if [ -d "$r/etc/initramfs-tools" ]; then
+    sed -i 's/^MODULES=.*/MODULES=list/' "$r/etc/initramfs-tools/initramfs.conf"
+    printf 'virtio_pci\nvirtio_blk\next4\n' > "$r/etc/initramfs-tools/modules"
+    chroot "$r" update-initramfs -u -k all >/dev/null 2>&1 || die "update-initramfs failed in the image"
+  else
+    # not host-only (it is built in a chroot), and `drivers` replaces the generic driver set
+    printf 'hostonly="no"\ndrivers=" virtio_pci virtio_blk ext4 "\ncompress="zstd"\n' \
+      > "$r/etc/dracut.conf.d/90-lab.conf"
+    chroot "$r" dracut --force --regenerate-all >"$r/var/log/lab-dracut.log" 2>&1 \
+      || die "dracut failed in the image; see $r/var/log/lab-dracut.log"
+  fi
+}
+
+# Units that cannot work in a container must not leave the nspawn hosts `degraded`:
+# systemd-remount-fs fails on the overlay root with newer systemd (the fstab line names
+# /dev/vda, the VM's disk). The VM (not a container) still runs it.
+image_container_units() {  # ROOTFS
+  local r=$1
+  mkdir -p "$r/etc/systemd/system/systemd-remount-fs.service.d"
+  printf '[Unit]\nConditionVirtualization=!container\n' \
+    > "$r/etc/systemd/system/systemd-remount-fs.service.d/lab-container.conf"
+}
+
+# nix.conf without flakes enabled (on purpose, see image/nix.conf). From Nix 2.26 on,
+# flake-registry is a setting of the flakes feature: with flakes off, every nix call warns
+# "Ignoring setting 'flake-registry'". It stays only where this Nix understands it
+# without flakes; the system registry (/etc/nix/registry.json) is empty either way.
+image_nix_conf() {  # ROOTFS
+  local r=$1
+  echo '{"flakes":[],"version":2}' > "$r/etc/nix/registry.json"
+  install -m 644 "$LAB_SRC/image/nix.conf" "$r/etc/nix/nix.conf"
+  if chroot "$r" env HOME=/root nix --version 2>&1 >/dev/null | grep -q "Ignoring setting 'flake-registry'"; then
+    sed -i '/^flake-registry/d' "$r/etc/nix/nix.conf"
+  fi
+  if chroot "$r" env HOME=/root nix --version 2>&1 >/dev/null | grep -q .; then
+    die "nix in the image still warns: $(chroot "$r" env HOME=/root nix --version 2>&1 >/dev/null)"
+  fi
 }

@@ -2,13 +2,15 @@
 # Lab hosts as systemd-nspawn containers: systemd as PID 1, own network
 # namespace with loopback only, reached by ssh through a ProxyCommand that
 # enters the namespace. Per host, under $LAB/hosts/NAME/: upper/ (writable
-# layer over the shared rootfs; reset deletes it), hostkey, ssh_config,
-# console.log, super.pid and nspawn.pid, forward-*.pid.
+# layer over the shared rootfs of its suite; reset deletes it), suite (the Debian suite
+# of its image; bookworm when missing), hostkey, ssh_config, console.log, super.pid and
+# nspawn.pid, forward-*.pid.
 BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-60}
 HOST_MEM_MB=${LAB_HOST_MEM_MB:-300}
 
 host_dir() { echo "$LAB/hosts/$1"; }
 valid_name() { [[ $1 =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "invalid host name '$1' (lower-case letters, digits, '-')"; }
+host_suite() { cat "$(host_dir "$1")/suite" 2>/dev/null || echo bookworm; }
 host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && kill -0 "$(cat "$d/super.pid")" 2>/dev/null; }
 
 write_host_ssh_config() {  # NAME
@@ -50,14 +52,22 @@ check_capacity() {  # NUMBER_OF_NEW_HOSTS
 # fails ("Too many open files"), leaving hosts degraded. Raise it for the lab.
 INOTIFY_INSTANCES=4096
 
-host_start() {  # NAME
-  local n=$1 d; valid_name "$n"; d=$(host_dir "$n")
-  [ -e "$LAB/rootfs/.lab-recipe" ] || die "no lab image in $LAB; run 'lab/lab build' first"
+host_start() {  # NAME [SUITE]: SUITE (default: the host's own, else bookworm) is remembered
+  local n=$1 d suite img unified=; valid_name "$n"; d=$(host_dir "$n")
+  suite=${2:-$(host_suite "$n")}; valid_suite "$suite"; img=$(image_dir "$suite")
+  [ -e "$img/rootfs/.lab-recipe" ] || die "no $suite image in $img; run 'lab/lab build --suite $suite' first"
+  suite_unified_cgroup "$suite" && unified=1
   if [ "$(sysctl -n fs.inotify.max_user_instances)" -lt "$INOTIFY_INSTANCES" ]; then
     sysctl -qw fs.inotify.max_user_instances="$INOTIFY_INSTANCES" || die "cannot raise fs.inotify.max_user_instances"
   fi
   host_running "$n" && die "$n is already running"
+  # a writable layer belongs to the rootfs under it: another suite's is discarded
+  if [ -d "$d/upper" ] && [ "$(host_suite "$n")" != "$suite" ]; then
+    say "$n: was $(host_suite "$n"), now $suite: discarding its writable layer"
+    rm -rf "$d/upper"
+  fi
   mkdir -p "$d/upper/etc"
+  echo "$suite" > "$d/suite"
   [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -C "$n" -f "$d/hostkey"
   known_hosts_set "$n" "$n $(cut -d' ' -f1,2 "$d/hostkey.pub")"
   ip netns list | grep -qw "$NS-$n" || ip netns add "$NS-$n" || die "$n: cannot create network namespace $NS-$n"
@@ -74,14 +84,15 @@ host_start() {  # NAME
       if [ -e "$h/cgroup.procs" ]; then mkdir -p "$h/$3-$2" && echo $$ > "$h/$3-$2/cgroup.procs"; fi
     done
     while :; do
-      systemd-nspawn --boot --quiet -D "$0/rootfs" --overlay="$0/rootfs:$1/upper:/" \
+      # $4: 1 for a unified cgroup hierarchy; empty: nspawn detects it (as without the variable)
+      SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=$4 systemd-nspawn --boot --quiet -D "$0/rootfs" --overlay="$0/rootfs:$1/upper:/" \
         --register=no --keep-unit --machine="$2" --hostname="$2" \
         --network-namespace-path="/run/netns/$3-$2" \
         --bind-ro="$1/hostkey:/etc/ssh/ssh_host_ed25519_key" --console=read-only </dev/null &
       echo $! > "$1/nspawn.pid"; wait $!; rc=$?
       echo "== nspawn exited rc=$rc $(date +%T)"
       [ "$rc" = 133 ] && [ ! -e "$1/stopping" ] || break
-    done' "$LAB" "$d" "$n" "$NS" >"$d/console.log" 2>&1 &
+    done' "$img" "$d" "$n" "$NS" "$unified" >"$d/console.log" 2>&1 &
   echo $! > "$d/super.pid"
   host_wait "$n"
 }
@@ -114,8 +125,8 @@ host_stop() {  # NAME
   return 0
 }
 
-host_reset() {  # NAME: a clean host, as the image made it
-  host_stop "$1"; rm -rf "$(host_dir "$1")/upper"; host_start "$1"
+host_reset() {  # NAME [SUITE]: a clean host, as the image made it (of SUITE, else its own)
+  host_stop "$1"; rm -rf "$(host_dir "$1")/upper"; host_start "$1" "${2:-}"
 }
 
 host_reboot() {  # NAME: reboot from inside and wait until it is back

@@ -2,15 +2,17 @@
 # The lab VM: the same image booted by QEMU (KVM when it really works, else TCG),
 # for the tests that need a real kernel and a real reboot.
 #
-#   lab vm start    NAME PORT [MEM_MB] [CPUS]  create the overlay if missing, boot, wait for ssh
-#   lab vm start-bg NAME PORT [MEM_MB] [CPUS]  boot without waiting (then: lab vm wait NAME)
+#   lab vm start    [--suite S] NAME PORT [MEM_MB] [CPUS]  create the overlay if missing, boot,
+#                   wait for ssh; S: the Debian suite of its image (default: the VM's own, else bookworm)
+#   lab vm start-bg [--suite S] NAME PORT [MEM_MB] [CPUS]  boot without waiting (then: lab vm wait NAME)
 #   lab vm wait     NAME                       wait until ssh answers (LAB_VM_BOOT_TIMEOUT, 300 s)
 #   lab vm stop     NAME                       sync, quit QEMU; the overlay (the VM's state) stays
-#   lab vm reset    NAME PORT [MEM_MB] [CPUS]  stop, discard the overlay, start clean
+#   lab vm reset    [--suite S] NAME PORT [MEM_MB] [CPUS]  stop, discard the overlay, start clean
 #   lab vm reboot   NAME                       reboot from inside; back when ssh answers with a new boot_id
 #   lab vm ssh      NAME [USER] -- CMD...      run a command (fresh connection, no ControlMaster)
 #
-# Per VM, under $LAB/vms/NAME/: disk.qcow2 (overlay on the read-only $LAB/base.raw),
+# Per VM, under $LAB/vms/NAME/: suite, disk.qcow2 (overlay on the read-only base.raw of
+# that suite's image: $LAB/base.raw for bookworm, $LAB/images/SUITE/base.raw else),
 # hostkey(.pub) (given to the guest through fw_cfg; lab-hostkey.service installs it),
 # port, qemu.pid, monitor.sock, console.log (serial console), qemu.err, ssh_config.
 # Network: QEMU user mode with restrict=on (the guest reaches nothing) and one
@@ -20,6 +22,8 @@
 VM_BOOT_TIMEOUT=${LAB_VM_BOOT_TIMEOUT:-300}
 
 vm_dir() { echo "$LAB/vms/$1"; }
+vm_suite() { cat "$(vm_dir "$1")/suite" 2>/dev/null || echo bookworm; }
+VM_SUITE=  # lab vm start|start-bg|reset --suite S
 vm_now() { date +%s.%N; }
 vm_since() { awk -v t0="$1" -v t1="$(vm_now)" 'BEGIN { printf "%.1f", t1 - t0 }'; }
 
@@ -96,15 +100,16 @@ vm_accel() {  # prints kvm or tcg
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-vm_launch() {  # NAME PORT [MEM_MB] [CPUS]: boot, do not wait
-  local n=$1 port=${2:-} mem=${3:-1024} cpus=${4:-2} d recipe avail acc accel=() rc=0 err
+vm_launch() {  # NAME PORT [MEM_MB] [CPUS]: boot, do not wait (suite: VM_SUITE, else the VM's own)
+  local n=$1 port=${2:-} mem=${3:-1024} cpus=${4:-2} d recipe avail acc accel=() rc=0 err suite img
   valid_name "$n"; d=$(vm_dir "$n")
+  suite=${VM_SUITE:-$(vm_suite "$n")}; valid_suite "$suite"; img=$(image_dir "$suite")
   [[ $port =~ ^[0-9]{1,5}$ && $port -ge 1 && $port -le 65535 ]] \
     || die "usage: lab vm start NAME PORT [MEM_MB] [CPUS] (PORT: 1-65535, not '$port')"
   [[ $mem =~ ^[0-9]{1,7}$ && $mem -ge 256 ]] || die "$n: MEM_MB must be a number >= 256 (not '$mem')"
   [[ $cpus =~ ^[0-9]{1,3}$ && $cpus -ge 1 ]] || die "$n: CPUS must be a number >= 1 (not '$cpus')"
   local f; for f in base.raw vmlinuz initrd.img rootfs/.lab-recipe; do
-    [ -s "$LAB/$f" ] || die "no lab image in $LAB ($f missing); run 'lab/lab build' first"
+    [ -s "$img/$f" ] || die "no $suite image in $img ($f missing); run 'lab/lab build --suite $suite' first"
   done
   [ -f "$KEY" ] || die "no client key $KEY; run 'lab/lab build' first"
   [[ $d != *,* ]] || die "the lab directory must not contain ',' (QEMU options): $LAB"
@@ -123,14 +128,15 @@ vm_launch() {  # NAME PORT [MEM_MB] [CPUS]: boot, do not wait
   # a TCG guest of 1024 MiB takes about 620 MiB (QEMU + the 256 MiB translation cache)
   [ "$avail" -ge $((mem / 2 + 100)) ] || die "$n: only ${avail} MiB available, the VM needs about $((mem / 2 + 100)) MiB"
 
-  # the overlay belongs to one image: a rebuilt base.raw makes it garbage
-  recipe=$(cat "$LAB/rootfs/.lab-recipe")
+  # the overlay belongs to one image: a rebuilt base.raw (or another suite's) makes it garbage
+  recipe=$(cat "$img/rootfs/.lab-recipe")
   if [ -f "$d/disk.qcow2" ] && [ "$(cat "$d/recipe" 2>/dev/null)" != "$recipe" ]; then
-    say "$n: the image changed; discarding the old disk"
+    say "$n: the image changed ($(vm_suite "$n") -> $suite); discarding the old disk"
     rm -f "$d/disk.qcow2"
   fi
+  echo "$suite" > "$d/suite"
   if [ ! -f "$d/disk.qcow2" ]; then
-    qemu-img create -q -f qcow2 -F raw -b "$LAB/base.raw" "$d/disk.qcow2" \
+    qemu-img create -q -f qcow2 -F raw -b "$img/base.raw" "$d/disk.qcow2" \
       || die "$n: cannot create $d/disk.qcow2"
     echo "$recipe" > "$d/recipe"
   fi
@@ -143,7 +149,7 @@ vm_launch() {  # NAME PORT [MEM_MB] [CPUS]: boot, do not wait
 
   # -daemonize: QEMU returns once the machine is set up (or failed), in its own session.
   qemu-system-x86_64 "${accel[@]}" -smp "$cpus" -m "$mem" \
-    -kernel "$LAB/vmlinuz" -initrd "$LAB/initrd.img" \
+    -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
     -append "root=/dev/vda rw console=ttyS0,115200 systemd.hostname=$n ${LAB_VM_APPEND:-}" \
     -drive "file=$d/disk.qcow2,if=virtio,format=qcow2,cache=unsafe,discard=unmap" \
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
@@ -158,7 +164,7 @@ vm_launch() {  # NAME PORT [MEM_MB] [CPUS]: boot, do not wait
     err=$(grep -v '^\s*$' "$d/qemu.err" | tail -n 1)
     die "$n: qemu did not start (rc $rc): ${err:-no message; see $d/console.log}"
   fi
-  say "$n: booting ($acc, ${mem} MiB, $cpus CPUs, ssh on 127.0.0.1:$port)"
+  say "$n: booting $suite ($acc, ${mem} MiB, $cpus CPUs, ssh on 127.0.0.1:$port)"
 }
 
 vm_start() {  # NAME PORT [MEM_MB] [CPUS]: boot and wait for ssh; a VM that does not come up is stopped
@@ -220,6 +226,12 @@ vm_stop_all() {
 
 vm_main() {
   local cmd=${1:-}; shift || true
+  case "$cmd:${1:-}" in
+    start:--suite|start-bg:--suite|reset:--suite)
+      [ $# -ge 2 ] || die "usage: lab vm $cmd --suite SUITE NAME PORT"; VM_SUITE=$2; shift 2 ;;
+    start:--suite=*|start-bg:--suite=*|reset:--suite=*) VM_SUITE=${1#--suite=}; shift ;;
+  esac
+  [ -z "$VM_SUITE" ] || valid_suite "$VM_SUITE"
   case "$cmd" in
     start) (( $# >= 2 && $# <= 4 )) || die "usage: lab vm start NAME PORT [MEM_MB] [CPUS]"; vm_start "$@" ;;
     start-bg) (( $# >= 2 && $# <= 4 )) || die "usage: lab vm start-bg NAME PORT [MEM_MB] [CPUS]"; vm_launch "$@" ;;
