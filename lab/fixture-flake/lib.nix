@@ -9,6 +9,7 @@ let
   } // env);
 
   # one systemd unit file in its own store path, like NixOS's unit-*.drv
+  # (wantedBy = null: wanted by nothing, like a socket-activated service)
   mkUnit = { name, text, version ? "1.0", wantedBy ? "multi-user.target" }:
     (runSh "unit-${name}-${version}" { unitName = name; unitText = text; } ''
       mkdir -p "$out"
@@ -52,6 +53,7 @@ let
         [Service]
         Type=simple
         ExecStart=${app}/bin/fixture-app serve
+        X-StopIfChanged=false
         [Install]
         WantedBy=multi-user.target
       '';
@@ -183,6 +185,7 @@ let
     , failBoot ? false             # `switch-to-configuration boot` fails
     , bootDelay ? 0                # seconds `switch-to-configuration boot` takes
     , swExtra ? ""                 # shell appended to the build of sw/ ($out is sw)
+    , preSwitchCheck ? "ok"        # "ok" | "fail": switch-to-configuration's pre-switch check
     }:
     let
       app = mkApp appVersion;
@@ -195,7 +198,7 @@ let
       etc = runSh "etc" {
         inherit hostName nixosVersion;
         unitPaths = map (u: "${u}/${u.unitName}") allUnits;
-        wants = map (u: "${u.wantedBy}/${u.unitName}") allUnits;
+        wants = map (u: "${u.wantedBy}/${u.unitName}") (builtins.filter (u: u.wantedBy != null) allUnits);
       } ''
         d="$out/etc/systemd/system"
         mkdir -p "$d" "$out/etc/fixture-nixos"
@@ -220,6 +223,7 @@ let
         inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType;
         precheckEnabled = if precheck == null then "" else "1";
         failBoot = if failBoot then "1" else "";
+        preSwitchFail = if preSwitchCheck == "fail" then "1" else "";
         bootDelay = toString bootDelay;
         inherit extraDeps;
         stc = builtins.readFile ./scripts/switch-to-configuration.sh;
@@ -238,7 +242,7 @@ let
         for d in $extraDeps; do echo "$d"; done > "$out/extra-dependencies"
 
         { echo '#!/bin/sh'; echo "systemConfig=$out"; printf '%s\n' "$activateScript"; printf '%s\n' "$activationExtra"; } > "$out/activate"
-        { echo '#!/bin/sh'; echo "out=$out"; echo "failBoot=$failBoot"; echo "bootDelay=$bootDelay"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
+        { echo '#!/bin/bash'; echo "out=$out"; echo "failBoot=$failBoot"; echo "bootDelay=$bootDelay"; echo "preSwitchFail=$preSwitchFail"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
         { echo '#!/bin/sh'; echo "echo 'fixture init: stage 2 is emulated by the lab image' >&2; exit 1"; } > "$out/init"
         chmod 0555 "$out/activate" "$out/bin/switch-to-configuration" "$out/init"
 
