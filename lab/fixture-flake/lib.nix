@@ -153,6 +153,85 @@ let
     };
   };
 
+  # Units for switch-to-configuration-ng's unit keys, in generation GEN: every
+  # one but fixture-triggers changes its [Service] from one GEN to the next.
+  keyed = gen:
+    let
+      echoServer = builtins.toFile "fixture-echo.pl" ''
+        use IO::Socket::INET;
+        my $listener = IO::Socket::INET->new_from_fd(3, "r") or die "fixture-echo: no socket from systemd: $!";
+        while (my $c = $listener->accept) { print $c "fixture-echo generation $ENV{FIXTURE_GEN}\n"; close $c; }
+      '';
+      svc = name: desc: unitExtra: serviceExtra: mkUnit {
+        inherit name;
+        version = toString gen;
+        text = ''
+          [Unit]
+          Description=${desc}
+          ${unitExtra}
+          [Service]
+          Type=simple
+          Environment=FIXTURE_GEN=${toString gen}
+          ExecStart=/bin/sleep infinity
+          ${serviceExtra}
+          [Install]
+          WantedBy=multi-user.target
+        '';
+      };
+    in
+    {
+      stopStart = svc "fixture-stop-start.service" "fixture unit with default keys: stopped, then started" "" "";
+      noRestart = svc "fixture-no-restart.service" "fixture unit with X-RestartIfChanged=false" "" "X-RestartIfChanged=false";
+      restart = svc "fixture-restart.service" "fixture unit with X-StopIfChanged=false" "" "X-StopIfChanged=false";
+      reload = svc "fixture-reload.service" "fixture unit with X-ReloadIfChanged=true" ""
+        "X-ReloadIfChanged=true\nExecReload=/bin/sh -c 'echo reloaded >> /run/fixture-reload.log'";
+      keep = svc "fixture-keep.service" "fixture unit with X-StopOnRemoval=false" "X-StopOnRemoval=false" "";
+      gone = svc "fixture-gone.service" "fixture unit that goes away (stopped on removal)" "" "";
+      # only its X-Reload-Triggers change: reloaded
+      triggers = mkUnit {
+        name = "fixture-triggers.service";
+        version = toString gen;
+        text = ''
+          [Unit]
+          Description=fixture unit whose X-Reload-Triggers change
+          X-Reload-Triggers=${toString gen}
+          [Service]
+          Type=simple
+          ExecStart=/bin/sleep infinity
+          ExecReload=/bin/sh -c 'echo reloaded >> /run/fixture-triggers.log'
+          [Install]
+          WantedBy=multi-user.target
+        '';
+      };
+      # a socket-activated service (wanted by nothing) and its socket
+      socket = mkUnit {
+        name = "fixture-echo.socket";
+        wantedBy = "sockets.target";
+        text = ''
+          [Unit]
+          Description=fixture socket that activates fixture-echo.service
+          [Socket]
+          ListenStream=127.0.0.1:7070
+          [Install]
+          WantedBy=sockets.target
+        '';
+      };
+      # answers every connection on the socket systemd passes it (fd 3), so none waits
+      socketService = mkUnit {
+        name = "fixture-echo.service";
+        version = toString gen;
+        wantedBy = null;
+        text = ''
+          [Unit]
+          Description=fixture socket-activated service
+          [Service]
+          Type=simple
+          Environment=FIXTURE_GEN=${toString gen}
+          ExecStart=/usr/bin/perl ${echoServer}
+        '';
+      };
+    };
+
   failingDrv = runSh "fixture-broken-dep-1.0" { } ''
     echo "fixture: this derivation intentionally fails to build" >&2
     exit 1
@@ -261,5 +340,5 @@ let
     };
 in
 {
-  inherit mkSystem mkUnit units failingDrv slowDrv mkKernel runSh;
+  inherit mkSystem mkUnit units keyed failingDrv slowDrv mkKernel runSh;
 }
