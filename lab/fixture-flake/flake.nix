@@ -49,7 +49,29 @@
         # healthy; `switch-to-configuration boot` takes about 6 s (to interrupt the commit)
         slow-boot = mkSystem { hostName = "slow-boot"; bootDelay = 6; };
 
+        # switch-to-configuration-ng's unit keys: unit-keys, then unit-keys-v2, where
+        # every unit changes (fixture-keep and fixture-gone go away)
+        unit-keys = mkSystem {
+          hostName = "unit-keys";
+          extraUnits = with fx.keyed 1; [ stopStart noRestart restart reload triggers keep gone socket socketService ];
+        };
+        unit-keys-v2 = mkSystem {
+          hostName = "unit-keys";
+          version = "2";
+          extraUnits = with fx.keyed 2; [ stopStart noRestart restart reload triggers socket socketService ];
+        };
+        # unit-keys-v2 whose activation takes ~10 s (to interrupt a switch half-way)
+        unit-keys-v2-slow = mkSystem {
+          hostName = "unit-keys";
+          version = "2";
+          activationExtra = "sleep 10";
+          extraUnits = with fx.keyed 2; [ stopStart noRestart restart reload triggers socket socketService ];
+        };
+
         # --- failure variants ----------------------------------------------
+        # switch-to-configuration's pre-switch check fails: every verb exits 1
+        # (unless NIXOS_NO_CHECK=1)
+        pre-switch-fail = mkSystem { hostName = "pre-switch-fail"; preSwitchCheck = "fail"; };
         # a service crashes right after starting and is restarted every 2 s, forever:
         # it never enters "failed"
         crash-loop = mkSystem { hostName = "crash-loop"; extraUnits = [ units.crashLoop ]; };

@@ -9,6 +9,7 @@ let
   } // env);
 
   # one systemd unit file in its own store path, like NixOS's unit-*.drv
+  # (wantedBy = null: wanted by nothing, like a socket-activated service)
   mkUnit = { name, text, version ? "1.0", wantedBy ? "multi-user.target" }:
     (runSh "unit-${name}-${version}" { unitName = name; unitText = text; } ''
       mkdir -p "$out"
@@ -52,6 +53,7 @@ let
         [Service]
         Type=simple
         ExecStart=${app}/bin/fixture-app serve
+        X-StopIfChanged=false
         [Install]
         WantedBy=multi-user.target
       '';
@@ -151,6 +153,85 @@ let
     };
   };
 
+  # Units for switch-to-configuration-ng's unit keys, in generation GEN: every
+  # one but fixture-triggers changes its [Service] from one GEN to the next.
+  keyed = gen:
+    let
+      echoServer = builtins.toFile "fixture-echo.pl" ''
+        use IO::Socket::INET;
+        my $listener = IO::Socket::INET->new_from_fd(3, "r") or die "fixture-echo: no socket from systemd: $!";
+        while (my $c = $listener->accept) { print $c "fixture-echo generation $ENV{FIXTURE_GEN}\n"; close $c; }
+      '';
+      svc = name: desc: unitExtra: serviceExtra: mkUnit {
+        inherit name;
+        version = toString gen;
+        text = ''
+          [Unit]
+          Description=${desc}
+          ${unitExtra}
+          [Service]
+          Type=simple
+          Environment=FIXTURE_GEN=${toString gen}
+          ExecStart=/bin/sleep infinity
+          ${serviceExtra}
+          [Install]
+          WantedBy=multi-user.target
+        '';
+      };
+    in
+    {
+      stopStart = svc "fixture-stop-start.service" "fixture unit with default keys: stopped, then started" "" "";
+      noRestart = svc "fixture-no-restart.service" "fixture unit with X-RestartIfChanged=false" "" "X-RestartIfChanged=false";
+      restart = svc "fixture-restart.service" "fixture unit with X-StopIfChanged=false" "" "X-StopIfChanged=false";
+      reload = svc "fixture-reload.service" "fixture unit with X-ReloadIfChanged=true" ""
+        "X-ReloadIfChanged=true\nExecReload=/bin/sh -c 'echo reloaded >> /run/fixture-reload.log'";
+      keep = svc "fixture-keep.service" "fixture unit with X-StopOnRemoval=false" "X-StopOnRemoval=false" "";
+      gone = svc "fixture-gone.service" "fixture unit that goes away (stopped on removal)" "" "";
+      # only its X-Reload-Triggers change: reloaded
+      triggers = mkUnit {
+        name = "fixture-triggers.service";
+        version = toString gen;
+        text = ''
+          [Unit]
+          Description=fixture unit whose X-Reload-Triggers change
+          X-Reload-Triggers=${toString gen}
+          [Service]
+          Type=simple
+          ExecStart=/bin/sleep infinity
+          ExecReload=/bin/sh -c 'echo reloaded >> /run/fixture-triggers.log'
+          [Install]
+          WantedBy=multi-user.target
+        '';
+      };
+      # a socket-activated service (wanted by nothing) and its socket
+      socket = mkUnit {
+        name = "fixture-echo.socket";
+        wantedBy = "sockets.target";
+        text = ''
+          [Unit]
+          Description=fixture socket that activates fixture-echo.service
+          [Socket]
+          ListenStream=127.0.0.1:7070
+          [Install]
+          WantedBy=sockets.target
+        '';
+      };
+      # answers every connection on the socket systemd passes it (fd 3), so none waits
+      socketService = mkUnit {
+        name = "fixture-echo.service";
+        version = toString gen;
+        wantedBy = null;
+        text = ''
+          [Unit]
+          Description=fixture socket-activated service
+          [Service]
+          Type=simple
+          Environment=FIXTURE_GEN=${toString gen}
+          ExecStart=/usr/bin/perl ${echoServer}
+        '';
+      };
+    };
+
   failingDrv = runSh "fixture-broken-dep-1.0" { } ''
     echo "fixture: this derivation intentionally fails to build" >&2
     exit 1
@@ -183,6 +264,7 @@ let
     , failBoot ? false             # `switch-to-configuration boot` fails
     , bootDelay ? 0                # seconds `switch-to-configuration boot` takes
     , swExtra ? ""                 # shell appended to the build of sw/ ($out is sw)
+    , preSwitchCheck ? "ok"        # "ok" | "fail": switch-to-configuration's pre-switch check
     }:
     let
       app = mkApp appVersion;
@@ -195,7 +277,7 @@ let
       etc = runSh "etc" {
         inherit hostName nixosVersion;
         unitPaths = map (u: "${u}/${u.unitName}") allUnits;
-        wants = map (u: "${u.wantedBy}/${u.unitName}") allUnits;
+        wants = map (u: "${u.wantedBy}/${u.unitName}") (builtins.filter (u: u.wantedBy != null) allUnits);
       } ''
         d="$out/etc/systemd/system"
         mkdir -p "$d" "$out/etc/fixture-nixos"
@@ -220,6 +302,7 @@ let
         inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType;
         precheckEnabled = if precheck == null then "" else "1";
         failBoot = if failBoot then "1" else "";
+        preSwitchFail = if preSwitchCheck == "fail" then "1" else "";
         bootDelay = toString bootDelay;
         inherit extraDeps;
         stc = builtins.readFile ./scripts/switch-to-configuration.sh;
@@ -238,7 +321,7 @@ let
         for d in $extraDeps; do echo "$d"; done > "$out/extra-dependencies"
 
         { echo '#!/bin/sh'; echo "systemConfig=$out"; printf '%s\n' "$activateScript"; printf '%s\n' "$activationExtra"; } > "$out/activate"
-        { echo '#!/bin/sh'; echo "out=$out"; echo "failBoot=$failBoot"; echo "bootDelay=$bootDelay"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
+        { echo '#!/bin/bash'; echo "out=$out"; echo "failBoot=$failBoot"; echo "bootDelay=$bootDelay"; echo "preSwitchFail=$preSwitchFail"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
         { echo '#!/bin/sh'; echo "echo 'fixture init: stage 2 is emulated by the lab image' >&2; exit 1"; } > "$out/init"
         chmod 0555 "$out/activate" "$out/bin/switch-to-configuration" "$out/init"
 
@@ -257,5 +340,5 @@ let
     };
 in
 {
-  inherit mkSystem mkUnit units failingDrv slowDrv mkKernel runSh;
+  inherit mkSystem mkUnit units keyed failingDrv slowDrv mkKernel runSh;
 }

@@ -111,6 +111,7 @@ image_configure() {  # ROOTFS
   local r=$1
   printf '#!/bin/sh\nexit 101\n' > "$r/usr/sbin/policy-rc.d"; chmod 755 "$r/usr/sbin/policy-rc.d"
   echo lab > "$r/etc/hostname"
+  touch "$r/etc/NIXOS"  # switch-to-configuration refuses a system without it, as NixOS's does
   printf '127.0.0.1 localhost\n::1       localhost ip6-localhost ip6-loopback\n' > "$r/etc/hosts"
   echo '/dev/vda / ext4 rw,errors=remount-ro 0 1' > "$r/etc/fstab"
   mkdir -p "$r/etc/systemd/network"

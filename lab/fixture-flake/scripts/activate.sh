@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2154  # systemConfig is set by the builder
 # Fixture <toplevel>/activate, like NixOS's: points /etc/static and
 # /run/current-system at this system. $systemConfig is set by the builder.
 echo "fixture: setting up /etc/static and /run/current-system..." >&2

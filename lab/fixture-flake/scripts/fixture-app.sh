@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # fixture-app (FIXTURE_APP_VERSION is set above by the builder)
 case "${1:-serve}" in
   serve) echo "fixture-app $FIXTURE_APP_VERSION serving"; exec sleep infinity ;;

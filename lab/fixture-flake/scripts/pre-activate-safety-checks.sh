@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2154  # out and mode are set by the builder
 # Fixture pre-activate-safety-checks ($out and $mode are set by the builder):
 # exit 0 means the configuration is safe to activate.
 # The "ok" variant fails too while /run/fixture-nixos/precheck-fail exists.

@@ -230,6 +230,24 @@ activate() {  # SYSTEM: switch-to-configuration test, bounded; returns its exit 
   timeout -k "$KILL_GRACE_S" "$ACT_S" "$1/bin/switch-to-configuration" test 8>&-
 }
 
+# Why switch-to-configuration refused to start, changing nothing, judged by its exit
+# code and its output in the log from byte OFFSET on; false when it did not refuse.
+# NixOS's (ng, and the Perl one before it) checks these before anything else, and
+# exits with errno: EWOULDBLOCK (11) when another switch holds the lock.
+stc_refusal() {  # RC OFFSET
+  out=$(tail -c +"$(($2 + 1))" "$DIR/log" 2>/dev/null)
+  if [ "$1" = 11 ] && printf '%s\n' "$out" | grep -Eq '^Could not acquire lock( - .*)?$'; then
+    echo "another switch is in progress on this host: another switch-to-configuration holds $SWITCH_LOCK (Could not acquire lock)"
+    return 0
+  fi
+  if printf '%s\n' "$out" | grep -Eq '^This is not a NixOS installation!'; then
+    echo "switch-to-configuration refused: This is not a NixOS installation! (no /etc/NIXOS, and /etc/os-release's ID is not nixos)"
+    return 0
+  fi
+  return 1
+}
+log_size() { wc -c < "$DIR/log" 2>/dev/null || echo 0; }
+
 # Back to the previous system, retried once; exits with the final state.
 rollback() {  # REASON
   set_reason "$1"
@@ -410,7 +428,11 @@ run() {
 
   set_state activating
   log "activating $NEW (previous: $PREV)"
+  log_from=$(log_size)
   activate "$NEW"; rc=$?
+  if [ "$rc" -ne 0 ] && why=$(stc_refusal "$rc" "$log_from"); then
+    conclude_unchanged "$why; switch-to-configuration test (exit $rc) changed nothing"
+  fi
   case $rc in
     0) ;;
     124 | 137) rollback "the activation did not finish within ${ACT_S}s and was stopped" ;;
