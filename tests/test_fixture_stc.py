@@ -234,3 +234,22 @@ def test_pre_switch_check_verbs_and_usage(hosts: dict[str, Host]) -> None:
     rc, err = _stc(alpha, before, "test", user="deploy")
     assert (rc, err.strip()) == (1, "Error: switch-to-configuration must be run as the root user")
     assert alpha.current_system() == before and alpha.boot_default() == before
+
+
+def test_a_rollback_waits_for_another_switch_to_finish(hosts: dict[str, Host]) -> None:
+    """Another switch holds the lock when the transaction must roll back: the rollback waits
+    for it (up to 30 s) instead of failing twice with `Could not acquire lock`."""
+    alpha = hosts["alpha"]
+    before = alpha.current_system()
+    bg = Background("--settle-time=10s", "nixos://alpha/good")
+    assert wait_for(lambda: "checking" in alpha.transaction_states().values(), 60), bg.output()
+    # another switch for 4 s, then a unit fails within the settle window: roll back
+    alpha.ssh(f"mkdir -p /run/nixos && systemd-run --unit=other-switch flock {LOCK} sleep 4")
+    alpha.ssh("systemd-run --unit=fixture-boom sh -c 'exit 1'")
+    r = bg.finish()
+    assert r.returncode == 3, r.output
+    res = r.host("nixos://alpha/good")
+    assert res["outcome"] == "rolled-back", res
+    assert "units failed: fixture-boom.service" in str(res["error"]), res
+    assert f"another switch-to-configuration holds {LOCK}: waiting up to 30s" in r.output, r.output
+    alpha.assert_clean_after(running=before, boot=before)

@@ -27,7 +27,7 @@ from deploy_flake.ssh import Remote
 AGENT_DIR = "/run/deploy-flake"
 STATUS_MARK = "@@deploy-flake-state\t"
 # Fixed limits of the agent itself (see the script): nix-env --set, and how long
-# a recovery waits for the deploy lock.
+# a recovery waits for the deploy lock (and a rollback or boot entry for another switch's).
 PROFILE_SET_S = 120
 LOCK_WAIT_S = 30
 _KILL_GRACE_S = 10  # timeout -k: a stopped activation gets this long before SIGKILL
@@ -135,18 +135,19 @@ class Settings:
         return self.activation_s + _KILL_GRACE_S
 
     def _rollback(self) -> int:
-        """A rollback with its one retry: activation and health check, twice."""
-        return 2 * (self._activation() + self.health_s)
+        """A rollback with its one retry: another switch's lock, activation and health
+        check, twice."""
+        return 2 * (LOCK_WAIT_S + self._activation() + self.health_s)
 
     def _restore(self) -> int:
-        return PROFILE_SET_S + self.boot_s + _KILL_GRACE_S
+        return PROFILE_SET_S + LOCK_WAIT_S + self.boot_s + _KILL_GRACE_S
 
     def recovery_s(self) -> int:
         """The longest recovery of a killed transaction: lock wait, putting the profile back, rollback."""
         return LOCK_WAIT_S + self._restore() + self._rollback()
 
     def _commit(self) -> int:
-        return PROFILE_SET_S + self.boot_s + _KILL_GRACE_S
+        return PROFILE_SET_S + LOCK_WAIT_S + self.boot_s + _KILL_GRACE_S
 
     def remaining_s(self, phase: Phase) -> int:
         """The longest the agent may still take, from entering `phase`, to reach a final phase.

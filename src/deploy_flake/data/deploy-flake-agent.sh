@@ -151,7 +151,7 @@ settings_problem() {  # prints what is wrong with the settings; false when nothi
   return 1
 }
 # The longest recovery of a killed transaction: the unit's stop timeout must cover it.
-recovery_s() { echo $((LOCK_WAIT_S + PROFILE_SET_S + BOOT_S + KILL_GRACE_S + 2 * (ACT_S + KILL_GRACE_S + HEALTH_S) + 60)); }
+recovery_s() { echo $((2 * LOCK_WAIT_S + PROFILE_SET_S + BOOT_S + KILL_GRACE_S + 2 * (LOCK_WAIT_S + ACT_S + KILL_GRACE_S + HEALTH_S) + 60)); }
 
 # ---------------------------------------------------------------- health
 # One poll loop for every wait: CMD runs every INTERVAL s until it succeeds (0) or MAX_S passed (1).
@@ -248,6 +248,16 @@ stc_refusal() {  # RC OFFSET
 }
 log_size() { wc -c < "$DIR/log" 2>/dev/null || echo 0; }
 
+# Before a switch the transaction cannot give up (a rollback, the boot entry): another
+# switch-to-configuration holding its lock would make it fail at once (exit 11), so wait
+# for that one to finish, up to LOCK_WAIT_S. Only looked at, never held across the call.
+await_other_switch() {
+  [ -e "$SWITCH_LOCK" ] || return 0
+  flock -n "$SWITCH_LOCK" true 8>&- && return 0
+  log "another switch-to-configuration holds $SWITCH_LOCK: waiting up to ${LOCK_WAIT_S}s for it"
+  flock -w "$LOCK_WAIT_S" "$SWITCH_LOCK" true 8>&- || log "it still holds the lock"
+}
+
 # Back to the previous system, retried once; exits with the final state.
 rollback() {  # REASON
   set_reason "$1"
@@ -255,6 +265,7 @@ rollback() {  # REASON
   attempt=1
   while :; do
     log "rolling back to $PREV (attempt $attempt): $1"
+    await_other_switch
     activate "$PREV"; rc=$?
     if [ "$rc" -ne 0 ]; then
       why="re-activating the previous system failed (exit $rc)"
@@ -314,6 +325,7 @@ restore_profile() {
       return 1
     fi
   fi
+  await_other_switch
   if ! timeout -k "$KILL_GRACE_S" "$BOOT_S" "$PROFILE/bin/switch-to-configuration" boot 8>&-; then
     RESTORE_PROBLEM="writing the previous boot entry again failed: the boot loader may still default to $NEW; run \`$PROFILE/bin/switch-to-configuration boot\` on the host"
     return 1
@@ -355,6 +367,7 @@ commit() {  # profile generation + boot entry, undone if either step fails
     [ "$MODE" = test ] && rollback "$why"
     conclude_unchanged "$why"
   fi
+  await_other_switch
   if ! timeout -k "$KILL_GRACE_S" "$BOOT_S" "$NEW/bin/switch-to-configuration" boot 8>&-; then
     log "the boot step failed: putting the system profile and the boot entry back"
     why="switch-to-configuration boot failed; the profile and boot entry were put back"
