@@ -24,8 +24,9 @@ def _wants_vm(session: pytest.Session) -> bool:
 
 # With pytest-xdist (scripts/test runs two workers): every test that may use the nspawn
 # hosts runs on one worker, one after the other, as they share alpha..delta; the VM's tests
-# (named test_vm*) and the pure unit test files run on the other, beside them. (xdist's own
-# --dist loadgroup ignores the group marks with pytest 9, so the scheduler is ours.)
+# (named test_vm*), the matrix of newer suites and the pure unit test files run on the other,
+# beside them. (xdist's own --dist loadgroup ignores the group marks with pytest 9, so the
+# scheduler is ours.)
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _BESIDE_FILES = frozenset(
     {
@@ -35,6 +36,9 @@ _BESIDE_FILES = frozenset(
         "test_nix_output.py",
         "test_destination.py",
         "test_agent_protocol.py",
+        # hosts of their own (trixie1, sid1, vm-sid); the sid deployer root they share with
+        # test_modern_nix.py is installed once, under a lock (`lab deployer install`)
+        "test_matrix.py",
     }
 )
 

@@ -131,16 +131,29 @@ deployer_enter() {  # ROOT CMD...
 # index), installed there with --no-index.
 deployer_install() {  # SUITE
   need_root
-  local s=$1 root=$LAB/deployer-$1 py
+  local s=$1 root=$LAB/deployer-$1 py want
+  # one install at a time (test workers share the root); none when this source is installed
+  exec 6>"$root.install.lock"
+  flock 6
+  want=$(cd "$LAB_SRC/.." && find src pyproject.toml -type f ! -path '*__pycache__*' -print0 \
+         | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+  if [ -x "$root/opt/deploy-flake/bin/deploy-flake" ] \
+     && [ "$(cat "$root/opt/deploy-flake/.lab-source" 2>/dev/null)" = "$want" ]; then
+    say "deploy-flake in the $s root is up to date (source $want)"
+    return 0
+  fi
   py=$LAB_SRC/../.venv/bin/python; [ -x "$py" ] || py=python3
   rm -rf "$root.wheels"
   "$py" -m pip wheel -q -w "$root.wheels" "$LAB_SRC/.." > "$LAB/deployer-$s.pip.log" 2>&1 \
     || die "building the wheels failed; see $LAB/deployer-$s.pip.log"
+  # (a subshell: deployer_run ends in exec)
   # shellcheck disable=SC2016  # expanded by the shell inside the root
-  deployer_run "$s" -- env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL \
+  ( deployer_run "$s" -- env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL \
     sh -c 'rm -rf /opt/deploy-flake && python3 -m venv /opt/deploy-flake &&
-    /opt/deploy-flake/bin/pip install -q --no-index --find-links "$1" deploy-flake' sh "$root.wheels"
+    /opt/deploy-flake/bin/pip install -q --no-index --find-links "$1" deploy-flake' sh "$root.wheels" ) \
+    || die "installing deploy-flake in the $s root failed"
   [ -x "$root/opt/deploy-flake/bin/deploy-flake" ] || die "deploy-flake is not in $root/opt/deploy-flake/bin after install"
+  echo "$want" > "$root/opt/deploy-flake/.lab-source"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
