@@ -33,6 +33,10 @@ LOCK_WAIT_S = 30
 _KILL_GRACE_S = 10  # timeout -k: a stopped activation gets this long before SIGKILL
 _MARGIN_S = 60  # ssh round trips, polling, process start-up
 STREAM_S = 30  # the longest one call shows the agent's log before the deployer asks again
+# The agent's confirm: an early one waits for the checks and this long more; then it waits
+# this long for the transaction to take the confirmation.
+CONFIRM_HOLD_MARGIN_S = 10
+CONFIRM_TAKEN_S = 10
 
 
 class Phase(StrEnum):
@@ -432,7 +436,8 @@ class Agent:
     def _confirm_timeout(self) -> float:
         """How long a confirmation call may take: an early one waits for the health check
         (see the agent's confirm), then the log is shown until the commit ends (or STREAM_S)."""
-        return 2 * self.settings.health_s + self.settings.settle_s + 10 + 10 + STREAM_S + 30
+        held = 2 * self.settings.health_s + self.settings.settle_s + CONFIRM_HOLD_MARGIN_S
+        return held + CONFIRM_TAKEN_S + STREAM_S + 30
 
     async def confirm(self, on_line: LineSink) -> tuple[Status | None, str]:
         """Confirms over a brand-new SSH connection, retrying within the confirmation window,

@@ -60,6 +60,8 @@ KEEP_RUNS=20
 LOCK_WAIT_S=30   # agent.py LOCK_WAIT_S
 PROFILE_SET_S=120  # agent.py PROFILE_SET_S
 KILL_GRACE_S=10
+CONFIRM_HOLD_MARGIN_S=10  # agent.py CONFIRM_HOLD_MARGIN_S: an early confirm's wait, beyond the checks
+CONFIRM_TAKEN_S=10  # agent.py CONFIRM_TAKEN_S: how long confirm waits for the transaction to take it
 
 die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
 
@@ -91,6 +93,7 @@ read_state() {
   fi
 }
 state_of() { read_state; echo "$STATE"; }
+state_is_not() { read_state; [ "$STATE" != "$1" ]; }  # PHASE (a poll's condition)
 is_final() { case $1 in activated | rolled-back | failed | rollback-failed | restore-failed) return 0 ;; esac; return 1; }
 
 print_status() {  # [PHASE]
@@ -246,7 +249,7 @@ stc_refusal() {  # RC OFFSET
   fi
   return 1
 }
-log_size() { wc -c < "$DIR/log" 2>/dev/null || echo 0; }
+log_size() { stat -c %s "$DIR/log" 2>/dev/null || echo 0; }
 
 # Before a switch the transaction cannot give up (a rollback, the boot entry): another
 # switch-to-configuration holding its lock would make it fail at once (exit 11), so wait
@@ -539,7 +542,7 @@ watch() {  # OFFSET MAX_S [STOP]
   tick; watch_end=$((UP + $2 * 100))
   while :; do
     read_state; st=$STATE  # the state before the log: what led to it is printed first
-    size=$(stat -c %s "$DIR/log" 2>/dev/null || echo 0)
+    size=$(log_size)
     if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; off=$size; fi
     case $st in none | awaiting-confirmation | "$stop") break ;; esac
     is_final "$st" && break
@@ -557,14 +560,12 @@ confirm() {  # [OFFSET MAX_S]
     load_settings
     is_uint "$HEALTH_S" || HEALTH_S=30
     is_uint "$SETTLE_S" || SETTLE_S=0
-    checked() { read_state; [ "$STATE" != checking ]; }
-    poll "$((2 * HEALTH_S + SETTLE_S + 10))" "$FAST" checked || :
+    poll "$((2 * HEALTH_S + SETTLE_S + CONFIRM_HOLD_MARGIN_S))" "$FAST" state_is_not checking || :
   fi
   # the transaction takes it within a poll ($FAST s), unless its window just closed
   if [ "$(state_of)" = awaiting-confirmation ]; then
     : > "$DIR/confirm"
-    taken() { read_state; [ "$STATE" != awaiting-confirmation ]; }
-    poll 10 "$FAST" taken || :
+    poll "$CONFIRM_TAKEN_S" "$FAST" state_is_not awaiting-confirmation || :
   fi
   if [ -n "${1:-}" ]; then watch "$1" "${2:-0}"; else print_status; fi
 }
