@@ -39,6 +39,13 @@ def _seconds(systemd_timespan: str) -> int:
     return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(h|min|s)\b", systemd_timespan))
 
 
+def _install_agent(host: Host) -> str:
+    """The agent script on the host, where deploy-flake puts it; its path."""
+    path = script_path()
+    host.ssh(f"mkdir -p /run/deploy-flake && cat > {path}", input=script().decode())
+    return path
+
+
 # ------------------------------------------------------------------ item 1: crash loops
 def test_crash_looping_service_is_rolled_back(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
@@ -56,8 +63,7 @@ def test_crash_looping_service_is_rolled_back(hosts: dict[str, Host]) -> None:
 def test_the_agent_itself_refuses_a_zero_limit(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     before = alpha.current_system()
-    path = script_path()
-    alpha.ssh(f"mkdir -p /run/deploy-flake && cat > {path}", input=script().decode())
+    path = _install_agent(alpha)
     settings = (
         f"NEW={before}\nMODE=test\nACTIVATION_S=0\nHEALTH_S=60\nSETTLE_S=0\nCONFIRM_S=30\nBOOT_S=60\n"
         "HOLDER=test\nGC_ROOT=\n"
@@ -395,6 +401,17 @@ def test_confirmation_at_the_edge_of_its_window(hosts: dict[str, Host], outage_s
 
 
 # ------------------------------------------------------------------ an early confirmation
+def _checking_transaction(host: Host, deploy_id: str) -> tuple[str, str]:
+    """The agent on the host, and a transaction DEPLOY_ID recorded as checking (no unit runs
+    it: the test plays its part). The agent's path and the transaction's directory."""
+    path = _install_agent(host)
+    d = f"/run/deploy-flake/{deploy_id}"
+    host.ssh(
+        f"mkdir -p {d} && printf 'HEALTH_S=5\\nSETTLE_S=0\\n' > {d}/settings && echo checking > {d}/state"
+    )
+    return path, d
+
+
 def test_an_early_confirmation_is_held_until_the_transaction_asks(hosts: dict[str, Host]) -> None:
     """Without a settle window the deployer logs in as soon as the activation finished
     (checking): the agent's confirm must not confirm anything before the transaction asks
@@ -404,12 +421,7 @@ def test_an_early_confirmation_is_held_until_the_transaction_asks(hosts: dict[st
     import threading
 
     alpha = hosts["alpha"]
-    path = script_path()
-    alpha.ssh(f"mkdir -p /run/deploy-flake && cat > {path}", input=script().decode())
-    d = "/run/deploy-flake/early"
-    alpha.ssh(
-        f"mkdir -p {d} && printf 'HEALTH_S=5\\nSETTLE_S=0\\n' > {d}/settings && echo checking > {d}/state"
-    )
+    path, d = _checking_transaction(alpha, "early")
     alpha.ssh(f"echo 'line before' > {d}/log")
     answer: list[subprocess.CompletedProcess[str]] = []
     confirm = threading.Thread(
@@ -433,12 +445,7 @@ def test_an_early_confirmation_is_held_until_the_transaction_asks(hosts: dict[st
 def test_an_early_confirmation_after_a_failed_check_confirms_nothing(hosts: dict[str, Host]) -> None:
     """The check found a problem (rolling back): the held confirmation answers with that."""
     alpha = hosts["alpha"]
-    path = script_path()
-    alpha.ssh(f"mkdir -p /run/deploy-flake && cat > {path}", input=script().decode())
-    d = "/run/deploy-flake/early-fail"
-    alpha.ssh(
-        f"mkdir -p {d} && printf 'HEALTH_S=5\\nSETTLE_S=0\\n' > {d}/settings && echo checking > {d}/state"
-    )
+    path, d = _checking_transaction(alpha, "early-fail")
     background = (
         f"(sleep 1; echo rolling-back > {d}/state; sleep 1; echo rolled-back > {d}/state) >/dev/null 2>&1 &"
     )
