@@ -173,6 +173,17 @@ class HostDeploy:
         await target.close_connection(self.remote)
 
     async def _deploy_connected(self) -> None:
+        # Copying the flake needs nothing the host's facts tell: it runs while they are read.
+        copy = None
+        if self.job in (Job.DEPLOY, Job.PLAN) and self.run.builder is None:
+            copy = asyncio.create_task(self._copy_flake())
+        try:
+            await self._deploy_with(copy)
+        finally:
+            if copy is not None:
+                await _settle(copy)
+
+    async def _deploy_with(self, copy: asyncio.Task[None] | None) -> None:
         facts = await target.host_facts(self.remote)
         self.result.previous_system = facts.current_system or None
         self.profile_link = facts.profile_link
@@ -188,7 +199,7 @@ class HostDeploy:
         if self.job is Job.ROLLBACK:
             toplevel, generation = self._rollback_target(facts)
         else:
-            toplevel, generation = await self._build(facts), None
+            toplevel, generation = await self._build(facts, copy), None
         self.result.system = toplevel
 
         preflight = self.opts.preflight and self.job is not Job.PLAN
@@ -238,8 +249,19 @@ class HostDeploy:
         if self.result.outcome is Outcome.ACTIVATED and self._reboot_wanted(toplevel, facts):
             await self._reboot(toplevel)
 
-    async def _build(self, facts: HostFacts) -> str:
-        """Copies the flake and builds this host's configuration on it."""
+    async def _copy_flake(self) -> None:
+        await retry_copy(
+            "copying the flake",
+            lambda: nix.flake_archive(
+                self.remote, self.opts.flake_dir, timeout=self.t.copy, on_line=self.line
+            ),
+            self.t,
+            self.note,
+        )
+
+    async def _build(self, facts: HostFacts, copy: asyncio.Task[None] | None) -> str:
+        """Builds this host's configuration on it, once the flake's copy (started with the
+        facts' lookup) is there; or, with a builder, has it built and copies the system."""
         config = self.dest.config or check_config_name(
             facts.hostname, f"the host name that {self.dest.host} reports,"
         )
@@ -259,14 +281,7 @@ class HostDeploy:
             await nix.add_gc_root(self.remote, toplevel, self.gc_root)
             return toplevel
         self.stage(Stage.COPY)
-        await retry_copy(
-            "copying the flake",
-            lambda: nix.flake_archive(
-                self.remote, self.opts.flake_dir, timeout=self.t.copy, on_line=self.line
-            ),
-            self.t,
-            self.note,
-        )
+        await (copy if copy is not None else self._copy_flake())
         self.stage(Stage.BUILD)
         toplevel = await nix.build_toplevel(
             self.remote,
@@ -665,6 +680,15 @@ class HostDeploy:
                 f"interrupted, and then {e}; without confirmation {self.dest.host} returns to its "
                 f"previous system by itself within {self.t.confirm:.0f}s of its activation"
             )
+
+
+async def _settle(task: asyncio.Task[None]) -> None:
+    """A helper task this host no longer waits for: stopped (its process killed), and its
+    outcome taken, so that an error nobody awaited is not reported again."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def _whole(seconds: float, *, minimum: int = 1) -> int:

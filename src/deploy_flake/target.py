@@ -25,7 +25,6 @@ echo "hostname=$(hostname)"
 echo "machine=$(uname -m)"
 echo "current=$(readlink -f /run/current-system 2>/dev/null)"
 echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
-echo "nix=$(nix --version 2>/dev/null)"
 echo "profile=$(readlink /nix/var/nix/profiles/system 2>/dev/null)"
 echo "profile_system=$(readlink -f /nix/var/nix/profiles/system 2>/dev/null)"
 echo "state=$(systemctl is-system-running 2>/dev/null)"
@@ -35,9 +34,9 @@ for f in kernel initrd kernel-modules; do
   b=$(readlink -f "/run/booted-system/$f" 2>/dev/null)
   [ -n "$b" ] && [ "$b" != "$(readlink -f "/run/current-system/$f" 2>/dev/null)" ] && echo "reboot=$f"
 done
-for g in /nix/var/nix/profiles/system-*-link; do
-  [ -L "$g" ] && n=${g##*/system-} && echo "generation=${n%-link} $(readlink -f "$g")"
-done
+# one process for all generations (nix-env links each to its system's store path)
+find /nix/var/nix/profiles -maxdepth 1 -name 'system-*-link' -type l -printf '%f %l\n' 2>/dev/null |
+  sed -n 's/^system-\([0-9]*\)-link /generation=\1 /p'
 [ -r /var/lib/deploy-flake/last-deploy ] && sed 's/^/last_/' /var/lib/deploy-flake/last-deploy
 true
 """
@@ -50,7 +49,6 @@ class HostFacts:
     system: str  # the platform, like x86_64-linux
     current_system: str
     booted_system: str
-    nix_version: str
     profile_link: str  # the generation the system profile points at (system-N-link)
     profile_system: str = ""  # the system that generation is
     state: str = ""  # systemctl is-system-running, without waiting
@@ -145,7 +143,6 @@ def parse_facts(text: str) -> HostFacts:
         system=f"{machine}-linux" if machine else "",
         current_system=kv.get("current", ""),
         booted_system=kv.get("booted", ""),
-        nix_version=kv.get("nix", ""),
         profile_link=kv.get("profile", ""),
         profile_system=kv.get("profile_system", ""),
         state=kv.get("state", ""),
@@ -232,6 +229,10 @@ async def wait_for_new_boot(remote: Remote, old_boot_id: str, deadline: float) -
 _INSPECT_SCRIPT = r"""
 top=$1 cur=$2 rel=$3 wait_s=$4
 shift 4  # the rest: the diff's argv (closure_diff_argv)
+diff=""  # the diff (a nix process) runs while the rest is looked at
+if [ -n "$cur" ] && [ "$cur" != "$top" ] && diff=$(mktemp 2>/dev/null); then
+  timeout 120 "$@" > "$diff" 2>/dev/null &
+fi
 if [ "$wait_s" -gt 0 ]; then
   echo "health=$(timeout "$wait_s" systemctl is-system-running --wait 2>/dev/null | tail -n 1)"
   systemctl list-units --failed --plain --no-legend --no-pager 2>/dev/null | awk '{print "failed=" $1}'
@@ -248,8 +249,10 @@ for f in kernel initrd kernel-modules; do
   echo "booted:$f=$(readlink -f "/run/booted-system/$f" 2>/dev/null)"
 done
 [ -n "$rel" ] && [ -x "$top/$rel" ] && echo pre_activate=yes
-if [ -n "$cur" ] && [ "$cur" != "$top" ]; then
-  timeout 120 "$@" 2>/dev/null | sed 's/^/change=/'
+if [ -n "$diff" ]; then
+  wait
+  sed 's/^/change=/' "$diff"
+  rm -f "$diff"
 fi
 true
 """

@@ -86,9 +86,10 @@ use_tools_of "${PREV:-$(readlink -f /run/current-system 2>/dev/null)}"
 # ---------------------------------------------------------------- state
 # Sets STATE without starting a process (read is a builtin): the waits below call it every
 # few centiseconds, on every host of a fleet at once.
-read_state() {
-  if [ -r "$DIR/state" ]; then read -r STATE < "$DIR/state" || STATE=""
-  elif [ -d "$DIR" ]; then STATE=pending
+read_state() {  # [DIR]: another transaction's
+  rs_dir=${1:-$DIR}
+  if [ -r "$rs_dir/state" ]; then read -r STATE < "$rs_dir/state" || STATE=""
+  elif [ -d "$rs_dir" ]; then STATE=pending
   else STATE=none
   fi
 }
@@ -124,7 +125,12 @@ drop_gc_root() {
 }
 
 # ---------------------------------------------------------------- settings
-param() { sed -n "s/^$1=//p" "$DIR/settings" 2>/dev/null | head -n 1; }
+param() {  # KEY: the value of its first line in the settings (builtins only: no process)
+  [ -r "$DIR/settings" ] || return 0
+  while IFS= read -r kv || [ -n "$kv" ]; do
+    case $kv in "$1="*) printf '%s\n' "${kv#*=}"; return 0 ;; esac
+  done < "$DIR/settings"
+}
 load_settings() {
   NEW=$(param NEW) MODE=$(param MODE) ACT_S=$(param ACTIVATION_S) HEALTH_S=$(param HEALTH_S)
   SETTLE_S=$(param SETTLE_S) CONFIRM_S=$(param CONFIRM_S) BOOT_S=$(param BOOT_S) HOLDER=$(param HOLDER)
@@ -183,20 +189,24 @@ restart_counts() {  # "UNIT NRESTARTS" for every loaded service
     END { if (id != "") print id, n + 0 }' | sort
 }
 snapshot_units() {  # what was already wrong before the deploy does not count against it
+  restart_counts > "$DIR/restarts-before" &  # the slower look, beside the other
   states=$(unit_states)
   failed_in "$states" > "$DIR/failed-before"
   crashing_in "$states" > "$DIR/crashing-before"
-  restart_counts > "$DIR/restarts-before"
+  wait "$!"
 }
 # What is wrong with the units since the deploy began; false when nothing is.
 # With "counts", a service whose restart count rose since the snapshot counts too.
 unit_problems() {  # [counts]
+  counts=${1:-}
+  [ "$counts" = counts ] && { restart_counts > "$DIR/restarts-now" & }
   states=$(unit_states)
+  [ "$counts" = counts ] && wait "$!"
   failed=$(failed_in "$states" | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
   looping=$({
     crashing_in "$states"
-    if [ "${1:-}" = counts ]; then
-      restart_counts | awk 'NR == FNR { b[$1] = $2; next } $2 > (($1 in b) ? b[$1] : 0) { print $1 }' "$DIR/restarts-before" -
+    if [ "$counts" = counts ]; then
+      awk 'NR == FNR { b[$1] = $2; next } $2 > (($1 in b) ? b[$1] : 0) { print $1 }' "$DIR/restarts-before" "$DIR/restarts-now"
     fi
   } | sort -u | comm -13 "$DIR/crashing-before" - | tr '\n' ' ')
   [ -n "$failed$looping" ] || return 1
@@ -218,9 +228,12 @@ health_problem() {  # TIMEOUT_S [counts]
 }
 
 other_switch() {  # prints what else is switching this host's system; false when nothing is
-  for u in $OTHER_SWITCHES; do
-    s=$(systemctl show -p ActiveState --value "$u" 8>&- 2>/dev/null)
-    case $s in active | activating | reloading | deactivating) echo "$u is $s"; return 0 ;; esac
+  # shellcheck disable=SC2086  # a list of unit names
+  set -- $OTHER_SWITCHES
+  for s in $(systemctl is-active "$@" 8>&- 2>/dev/null); do  # a line per unit, in order
+    [ $# -gt 0 ] || break
+    case $s in active | activating | reloading | deactivating | refreshing) echo "$1 is $s"; return 0 ;; esac
+    shift
   done
   if [ -e "$SWITCH_LOCK" ] && ! flock -n "$SWITCH_LOCK" true 8>&-; then
     echo "another switch-to-configuration holds $SWITCH_LOCK"; return 0
@@ -397,7 +410,7 @@ finish_earlier() {
   for d in "$BASE"/*/; do
     d=${d%/}
     if [ "$d" = "$DIR" ] || [ ! -f "$d/state" ]; then continue; fi
-    st=$(cat "$d/state")
+    read_state "$d"; st=$STATE
     is_final "$st" && continue
     log "finishing the earlier deploy ${d##*/}, left in state $st"
     /bin/sh "$AGENT" finish "${d##*/}" >> "$d/log" 2>&1  # inherits the lock (fd 8)
@@ -409,7 +422,7 @@ forget_old_runs() {  # keep the last few finished transactions; never a live one
   # shellcheck disable=SC2012  # deploy ids have no odd characters
   ls -1dt "$BASE"/*/ 2>/dev/null | while read -r d; do
     d=${d%/}
-    [ "$d" != "$DIR" ] && is_final "$(cat "$d/state" 2>/dev/null)" && echo "$d"
+    [ "$d" != "$DIR" ] && read_state "$d" && is_final "$STATE" && echo "$d"
   done | tail -n +$((KEEP_RUNS + 1)) | while read -r d; do rm -rf "$d"; done
 }
 
