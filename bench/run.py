@@ -136,8 +136,9 @@ async def _sh(argv: list[str], env: dict[str, str] | None = None) -> str:
     return out.decode()
 
 
-async def bare_one(host: str, config: str, control_dir: Path) -> None:
-    """What an operator types: one multiplexed connection, the five Nix and systemd steps."""
+async def bare_one(host: str, config: str, control_dir: Path, *, fresh_login: bool = False) -> None:
+    """What an operator types: one multiplexed connection, the five Nix and systemd steps.
+    fresh_login: and, after the activation, one new SSH login (the floor of a lockout check)."""
     cp = control_dir / f"cm-{host}"
     ssh = ["ssh", "-F", str(SSH_CONFIG), "-o", f"ControlPath={cp}"]
 
@@ -153,18 +154,20 @@ async def bare_one(host: str, config: str, control_dir: Path) -> None:
         built = await on_host(*NIX, "build", "--json", "--out-link", "/tmp/bench-result", installable)
         top = json.loads(built)[0]["outputs"]["out"]
         await on_host(f"{top}/bin/switch-to-configuration", "test")
+        if fresh_login:
+            await _sh(["ssh", "-F", str(SSH_CONFIG), "-o", "ControlPath=none", host, "true"])
         await on_host("nix-env", "-p", "/nix/var/nix/profiles/system", "--set", top)
         await on_host(f"{top}/bin/switch-to-configuration", "boot")
     finally:
         await _sh([*ssh, "-O", "exit", host])
 
 
-def bare(hosts: list[str], config: str) -> float:
+def bare(hosts: list[str], config: str, *, fresh_login: bool = False) -> float:
     control = Path("/tmp/deploy-flake-bench-cm")
     control.mkdir(exist_ok=True)
 
     async def all_hosts() -> None:
-        await asyncio.gather(*(bare_one(h, config, control) for h in hosts))
+        await asyncio.gather(*(bare_one(h, config, control, fresh_login=fresh_login) for h in hosts))
 
     t0 = time.monotonic()
     asyncio.run(all_hosts())
@@ -192,6 +195,7 @@ def overhead(host: str, rounds: int) -> dict[str, object]:
         assert deploy_flake([host], config, "--settle-time=0").rc == 0
     changed_df: list[float] = []
     changed_bare: list[float] = []
+    changed_bare_login: list[float] = []
     unchanged_df: list[float] = []
     unchanged_bare: list[float] = []
     settle_default: list[float] = []
@@ -202,6 +206,8 @@ def overhead(host: str, rounds: int) -> dict[str, object]:
         config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
         changed_bare.append(bare([host], config))
         unchanged_bare.append(bare([host], config))
+        config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
+        changed_bare_login.append(bare([host], config, fresh_login=True))
         config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
         time.sleep(1.1)
         since = time.time()
@@ -220,7 +226,11 @@ def overhead(host: str, rounds: int) -> dict[str, object]:
         settle_default.append(deploy_flake([host], config).wall)
     stage_names = sorted({k for st in stages for k in st})
     return {
-        "changed": {"deploy_flake_s": median(changed_df), "bare_s": median(changed_bare)},
+        "changed": {
+            "deploy_flake_s": median(changed_df),
+            "bare_s": median(changed_bare),
+            "bare_fresh_login_s": median(changed_bare_login),
+        },
         "unchanged": {"deploy_flake_s": median(unchanged_df), "bare_s": median(unchanged_bare)},
         "default_settle_s": median(settle_default),
         "stages_s": {k: median([st.get(k, 0.0) for st in stages]) for k in stage_names},
@@ -291,8 +301,12 @@ def report(results: dict[str, object]) -> str:
             f"| {kind} configuration | {d['deploy_flake_s']:.2f} s | {d['bare_s']:.2f} s | "
             f"{d['deploy_flake_s'] / d['bare_s']:.2f}x |"
         )
+    c = o["changed"]
     lines += [
         "",
+        f"bare sequence plus one fresh SSH login after the activation (the floor of a lockout "
+        f"check), changed configuration: {c['bare_fresh_login_s']:.2f} s; deploy-flake's ratio to it: "
+        f"{c['deploy_flake_s'] / c['bare_fresh_login_s']:.2f}x",
         f"default --settle-time=5s, changed configuration: {o['default_settle_s']:.2f} s",
         "stages (changed configuration): " + ", ".join(f"{k} {v:.2f} s" for k, v in o["stages_s"].items()),
         f"SSH logins per host per deploy: {o['ssh_logins_per_deploy']:.0f}",

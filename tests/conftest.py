@@ -10,7 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.lab import LAB_CMD, LAB_DIR, VM_SSH_CONFIG, Host, lab
+# Each pytest-xdist worker but the first has a pool of nspawn hosts of its own (LAB_POOL,
+# lab/lib/common.sh): its own alpha..delta, so that the hosts' tests can run on two workers.
+# Set before tests.lab reads it.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER is not None and _WORKER != "gw0":
+    os.environ.setdefault("LAB_POOL", _WORKER.removeprefix("gw"))
+
+from tests.lab import LAB_CMD, LAB_DIR, VM_SSH_CONFIG, Host, lab  # noqa: E402
 
 POOL = ("alpha", "beta", "gamma", "delta")
 # a second lab beside the default one (its own DEPLOY_FLAKE_LAB) needs its own VM ports
@@ -22,12 +29,11 @@ def _wants_vm(session: pytest.Session) -> bool:
     return any(item.get_closest_marker("vm") for item in session.items)
 
 
-# With pytest-xdist (scripts/test runs two workers): every test that may use the nspawn
-# hosts runs on one worker, one after the other, as they share alpha..delta; the VM's tests
-# (named test_vm*), the matrix of newer suites and the pure unit test files run on the other,
-# beside them. (xdist's own --dist loadgroup ignores the group marks with pytest 9, so the
-# scheduler is ours.)
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# With pytest-xdist (scripts/test runs three workers), tests run in three groups, each on one
+# worker, one test after the other: the nspawn hosts' tests in two halves (each worker has its
+# own pool of hosts, so the halves run side by side), and the VM's tests (named test_vm*), the
+# matrix of newer suites and the pure unit test files beside them. (xdist's own --dist
+# loadgroup ignores the group marks with pytest 9, so the scheduler is ours.)
 _BESIDE_FILES = frozenset(
     {
         "test_vm.py",
@@ -43,11 +49,18 @@ _BESIDE_FILES = frozenset(
 )
 
 
+# The second half of the nspawn hosts' tests, by file (about as long as the rest).
+_SECOND_HALF_FILES = frozenset({"test_safety.py", "test_safety_faults.py"})
+
+
 def test_group(nodeid: str) -> str:
     path, _, name = nodeid.partition("::")
-    if path.rsplit("/", 1)[-1] in _BESIDE_FILES or name.startswith("test_vm"):
+    file = path.rsplit("/", 1)[-1]
+    if file in _BESIDE_FILES or name.startswith("test_vm"):
         return "beside-the-hosts"
-    return "nspawn-hosts"  # the default: a new test file can never share the hosts by mistake
+    if file in _SECOND_HALF_FILES:
+        return "nspawn-hosts-2"
+    return "nspawn-hosts"  # the default: a new test file always runs on the hosts of a worker
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:

@@ -16,10 +16,15 @@ REPO = Path(__file__).resolve().parent.parent
 LAB_CMD = REPO / "lab" / "lab"
 FIXTURE_FLAKE = REPO / "lab" / "fixture-flake"
 LAB_DIR = Path(os.environ.get("DEPLOY_FLAKE_LAB", "/var/tmp/deploy-flake-lab"))
-SSH_CONFIG = LAB_DIR / "ssh_config"
+# This process's pool of nspawn hosts (LAB_POOL, lab/lib/common.sh): each test worker has
+# its own alpha..delta. Images, keys and VMs are the lab's.
+LAB_POOL = os.environ.get("LAB_POOL", "")
+POOL_DIR = LAB_DIR / "pools" / LAB_POOL if LAB_POOL else LAB_DIR
+HOSTS_DIR = POOL_DIR / "hosts"
+SSH_CONFIG = POOL_DIR / "ssh_config"
+KNOWN_HOSTS = POOL_DIR / "known_hosts"
 VM_SSH_CONFIG = LAB_DIR / "vm_ssh_config"
 CLIENT_KEY = LAB_DIR / "keys" / "id_ed25519"
-KNOWN_HOSTS = LAB_DIR / "known_hosts"
 
 
 def lab(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ from deploy_flake.errors import UsageError
 from deploy_flake.models import HostResult, Outcome
 from deploy_flake.report import ReportError, check_report_path, write_report
 from deploy_flake.ssh import config_command
-from tests.lab import CLIENT_KEY, FIXTURE_FLAKE, KNOWN_HOSTS, LAB_DIR, SSH_CONFIG, deploy_argv
+from tests.lab import CLIENT_KEY, FIXTURE_FLAKE, HOSTS_DIR, KNOWN_HOSTS, LAB_POOL, SSH_CONFIG, deploy_argv
 
 TIMEOUT_OPTIONS = (
     "--copy-timeout",
@@ -242,7 +242,7 @@ def test_cli_refuses_an_unwritable_report(report: str, problem: str) -> None:
 
 def _lab_block(name: str) -> str:
     """The block the lab writes for a host (lab/lib/common.sh write_ssh_config, nspawn.sh)."""
-    netns = f"{os.environ.get('LAB_NETNS_PREFIX', 'lab')}-{name}"
+    netns = f"{os.environ.get('LAB_NETNS_PREFIX', 'lab')}{LAB_POOL}-{name}"
     return (
         f"Host {name}\n  HostName 127.0.0.1\n  User root\n  IdentityFile {CLIENT_KEY}\n  IdentitiesOnly yes\n"
         f"  BatchMode yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {KNOWN_HOSTS}\n"
@@ -256,7 +256,7 @@ def lab_ssh_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[P
     """The lab's ssh config (when the lab has written it), and a copy of its blocks that
     always exists. Every lab host is 127.0.0.1 port 22, each behind its own ProxyCommand."""
     if request.param == "lab":
-        if not (LAB_DIR / "hosts" / "alpha" / "ssh_config").is_file():
+        if not (HOSTS_DIR / "alpha" / "ssh_config").is_file():
             pytest.skip(f"the lab has not written {SSH_CONFIG} for alpha")
         yield SSH_CONFIG
     else:

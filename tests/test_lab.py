@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import FIXTURE_FLAKE, KNOWN_HOSTS, LAB_DIR, SSH_CONFIG, Host, deploy, lab
+from tests.lab import FIXTURE_FLAKE, HOSTS_DIR, KNOWN_HOSTS, LAB_CMD, LAB_DIR, SSH_CONFIG, Host, deploy, lab
 
 
 def test_hosts_come_up_healthy(hosts: dict[str, Host]) -> None:
@@ -27,7 +27,7 @@ def test_hosts_come_up_healthy(hosts: dict[str, Host]) -> None:
 
 
 def test_strict_host_keys(hosts: dict[str, Host], tmp_path: Path) -> None:
-    assert "StrictHostKeyChecking yes" in (LAB_DIR / "hosts" / "alpha" / "ssh_config").read_text()
+    assert "StrictHostKeyChecking yes" in (HOSTS_DIR / "alpha" / "ssh_config").read_text()
     # the key is known before the first connection; a wrong key is refused
     wrong = tmp_path / "known_hosts"
     beta_key = next(ln for ln in KNOWN_HOSTS.read_text().splitlines() if ln.startswith("beta "))
@@ -70,7 +70,33 @@ def test_reset_discards_changes(lab_pool: None) -> None:
         assert eps.out("systemctl is-active fixture-app.service") == "active"
     finally:
         lab("stop", "epsilon")
-    assert not (LAB_DIR / "hosts" / "epsilon" / "super.pid").exists()
+    assert not (HOSTS_DIR / "epsilon" / "super.pid").exists()
+
+
+def test_a_pool_has_hosts_of_the_same_names_beside_the_others(hosts: dict[str, Host]) -> None:
+    """LAB_POOL: each test worker's own alpha..delta (the same image, keys and VMs)."""
+
+    def in_pool(pool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LAB_POOL": pool}
+        return subprocess.run(
+            [str(LAB_CMD), *args], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+
+    bad = in_pool("No/Pool", "ssh-config")
+    assert bad.returncode == 1 and "invalid LAB_POOL 'No/Pool'" in bad.stderr
+    config = Path(in_pool("t", "ssh-config").stdout.strip())
+    assert config == LAB_DIR / "pools" / "t" / "ssh_config"
+    started = in_pool("t", "start", "alpha")
+    try:
+        assert started.returncode == 0, started.stderr
+        twin = Host("alpha", config)
+        assert twin.out("hostname") == "alpha"
+        twin.ssh("touch /etc/twin-marker")
+        assert hosts["alpha"].ssh("test -e /etc/twin-marker", check=False).returncode == 1
+    finally:
+        in_pool("t", "stop", "alpha")
+    assert not (LAB_DIR / "pools" / "t" / "hosts" / "alpha" / "super.pid").exists()
+    assert hosts["alpha"].reachable()
 
 
 def test_reboot_comes_back_into_the_boot_entry(hosts: dict[str, Host]) -> None:
@@ -133,7 +159,7 @@ def test_bad_input_to_the_lab(lab_pool: None) -> None:
         cwd=FIXTURE_FLAKE.parent.parent,
     )
     assert too_many.returncode == 1 and "cannot start 1 more host" in too_many.stderr
-    assert not (LAB_DIR / "hosts" / "zeta" / "super.pid").exists()
+    assert not (HOSTS_DIR / "zeta" / "super.pid").exists()
     with tempfile.TemporaryDirectory() as empty:
         no_mirror = subprocess.run(
             ["lab/lab", "build"],
@@ -158,7 +184,7 @@ def test_port_in_use_for_a_forward(hosts: dict[str, Host]) -> None:
         port = s.getsockname()[1]
         done = lab("forward", "alpha", "::1", str(port), check=False)
     assert done.returncode == 1 and "already in use" in done.stderr
-    assert not (LAB_DIR / "hosts" / "alpha" / f"forward-{port}.pid").exists()
+    assert not (HOSTS_DIR / "alpha" / f"forward-{port}.pid").exists()
 
 
 @pytest.mark.parametrize("flag", ["--help"])

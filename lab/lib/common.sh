@@ -5,11 +5,21 @@ LAB=${DEPLOY_FLAKE_LAB:-/var/tmp/deploy-flake-lab}
 LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
 KEY=$LAB/keys/id_ed25519
-KNOWN=$LAB/known_hosts
-# Prefix of the hosts' network namespaces and cgroups (machine-wide names): a second lab
-# (another DEPLOY_FLAKE_LAB) beside the first needs a prefix of its own.
-NS=${LAB_NETNS_PREFIX:-lab}
-[[ $NS =~ ^[a-z][a-z0-9]{0,7}$ ]] || { echo "lab: invalid LAB_NETNS_PREFIX '$NS'" >&2; exit 1; }
+MACHINE_KNOWN=$LAB/known_hosts  # the VMs' (they are the machine's, whatever the pool)
+# A pool (LAB_POOL, empty: the default one) is a set of nspawn hosts of its own beside the
+# others, names included (each test worker has its own alpha): its hosts, ssh config and
+# known hosts are under $LAB/pools/POOL, its network namespaces and cgroups are named
+# PREFIXPOOL-NAME. Images, keys, VMs and deployer roots are the lab's, shared by every pool.
+# The prefix (LAB_NETNS_PREFIX, default lab) is for a second lab (another DEPLOY_FLAKE_LAB).
+use_pool() {  # POOL
+  [[ -z $1 || $1 =~ ^[a-z0-9]{1,3}$ ]] || { echo "lab: invalid LAB_POOL '$1' (1-3 letters or digits)" >&2; exit 1; }
+  POOL=$1
+  POOL_DIR=$LAB${POOL:+/pools/$POOL}
+  KNOWN=$POOL_DIR/known_hosts
+  NS=${LAB_NETNS_PREFIX:-lab}$POOL
+  [[ $NS =~ ^[a-z][a-z0-9]{0,9}$ ]] || { echo "lab: invalid LAB_NETNS_PREFIX '${LAB_NETNS_PREFIX:-}'" >&2; exit 1; }
+}
+use_pool "${LAB_POOL:-}"
 
 die() { echo "lab: $*" >&2; exit 1; }
 say() { echo "lab: $*" >&2; }
@@ -45,12 +55,13 @@ NIXCONF
 
 # Writes $KNOWN atomically under a lock: several hosts may start at once.
 known_hosts_set() {  # PATTERN LINE
+  mkdir -p "${KNOWN%/*}"
   (
     flock 9
     touch "$KNOWN"
     { awk -v p="$1 " 'index($0, p) != 1' "$KNOWN"; echo "$2"; } > "$KNOWN.$$"
     mv "$KNOWN.$$" "$KNOWN"
-  ) 9>"$LAB/known_hosts.lock"
+  ) 9>"$KNOWN.lock"
 }
 
 # An ssh config block for a lab machine: strict host keys (known in advance, under

@@ -1,14 +1,15 @@
 # shellcheck shell=bash
 # Lab hosts as systemd-nspawn containers: systemd as PID 1, own network
 # namespace with loopback only, reached by ssh through a ProxyCommand that
-# enters the namespace. Per host, under $LAB/hosts/NAME/: upper/ (writable
+# enters the namespace. Per host, under $POOL_DIR/hosts/NAME/ ($LAB/hosts/NAME/ in the
+# default pool; see use_pool): upper/ (writable
 # layer over the shared rootfs of its suite; reset deletes it), suite (the Debian suite
 # of its image; bookworm when missing), hostkey, ssh_config, console.log, super.pid and
 # nspawn.pid, forward-*.pid.
 BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-60}
 HOST_MEM_MB=${LAB_HOST_MEM_MB:-300}
 
-host_dir() { echo "$LAB/hosts/$1"; }
+host_dir() { echo "$POOL_DIR/hosts/$1"; }
 valid_name() { [[ $1 =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "invalid host name '$1' (lower-case letters, digits, '-')"; }
 host_suite() { cat "$(host_dir "$1")/suite" 2>/dev/null || echo bookworm; }
 host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && kill -0 "$(cat "$d/super.pid")" 2>/dev/null; }
@@ -16,8 +17,8 @@ host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && kill -0 "
 write_host_ssh_config() {  # NAME
   local n=$1 d; d=$(host_dir "$1")
   write_ssh_config "$d/ssh_config" "$n" "ProxyCommand ip netns exec $NS-$n socat - TCP:127.0.0.1:22"
-  # one file for every host: ssh -F $LAB/ssh_config
-  printf 'Include %s/hosts/*/ssh_config\n' "$LAB" > "$LAB/ssh_config"
+  # one file for every host of the pool: ssh -F $POOL_DIR/ssh_config
+  printf 'Include %s/hosts/*/ssh_config\n' "$POOL_DIR" > "$POOL_DIR/ssh_config"
 }
 
 host_ssh() {  # NAME [USER] -- CMD...
@@ -40,7 +41,7 @@ host_wait() {  # NAME
 check_capacity() {  # NUMBER_OF_NEW_HOSTS
   local avail_mb running want
   avail_mb=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
-  running=$( (find "$LAB/hosts" -maxdepth 2 -name super.pid 2>/dev/null || true) | wc -l)
+  running=$( (find "$LAB/hosts" "$LAB/pools" -maxdepth 4 -name super.pid 2>/dev/null || true) | wc -l)
   want=$1
   if [ $((want * HOST_MEM_MB)) -gt "$avail_mb" ] || [ $((running + want)) -gt "${LAB_MAX_HOSTS:-40}" ]; then
     die "cannot start $want more host(s): $running running, ${avail_mb} MiB available, each needs about ${HOST_MEM_MB} MiB (limit ${LAB_MAX_HOSTS:-40} hosts)"
@@ -157,8 +158,15 @@ host_net() {  # NAME up|down
   ip -n "$NS-$1" link set lo "$2"
 }
 
-lab_stop_all_hosts() {
-  local d
-  for d in "$LAB"/hosts/*/; do [ -d "$d" ] && host_stop "$(basename "$d")"; done
+lab_stop_all_hosts() {  # of every pool
+  local p d
+  for p in "" "$LAB"/pools/*/; do
+    [ -z "$p" ] || [ -d "$p" ] || continue
+    p=${p%/}
+    (
+      use_pool "${p##*/}"
+      for d in "$POOL_DIR"/hosts/*/; do [ -d "$d" ] && host_stop "$(basename "$d")"; done
+    )
+  done
   return 0
 }

@@ -226,6 +226,8 @@ vm_stop_all() {
 
 vm_main() {
   local cmd=${1:-}; shift || true
+  # shellcheck disable=SC2034  # read by known_hosts_set and write_ssh_config
+  KNOWN=$MACHINE_KNOWN  # a VM is the machine's, whatever LAB_POOL says
   case "$cmd:${1:-}" in
     start:--suite|start-bg:--suite|reset:--suite)
       [ $# -ge 2 ] || die "usage: lab vm $cmd --suite SUITE NAME PORT"; VM_SUITE=$2; shift 2 ;;
