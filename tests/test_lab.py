@@ -99,6 +99,14 @@ def test_a_pool_has_hosts_of_the_same_names_beside_the_others(hosts: dict[str, H
     assert hosts["alpha"].reachable()
 
 
+def test_starting_a_running_host_leaves_it_running(hosts: dict[str, Host]) -> None:
+    again = lab("start", "alpha", "beta", check=False)
+    assert again.returncode == 0 and "alpha: already running" in again.stderr, again.stderr
+    other = lab("start", "--suite", "sid", "alpha", check=False)
+    assert other.returncode == 1 and "already running on bookworm, not sid" in other.stderr
+    assert hosts["alpha"].reachable() and hosts["beta"].reachable()
+
+
 def test_reboot_comes_back_into_the_boot_entry(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     r = deploy("--test=skip", "nixos://alpha/good")
