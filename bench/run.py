@@ -9,7 +9,8 @@ Side by side, in one run:
     boot), for a changed configuration (good <-> good-v2) and an unchanged one; per-stage
     times from deploy-flake's JSON events; the default 5 s settle time apart.
  2. fleet scaling: 1..32 hosts at once, wall time and ratio to one host, beside the bare
-    sequence's own ratio.
+    sequence's own ratio; the CPU time each host's deploy costs (the lab's hosts run on this
+    machine: with every core busy, the wall time follows the CPU time), and the deployer's share.
  3. SSH connections per host per deploy: sshd's accepted logins on the host.
  4. `deploy-flake --help` wall time; the deployer's peak RSS, file descriptors and
     processes with 32 hosts.
@@ -55,19 +56,41 @@ class Sample:
     peak_rss_mb: float = 0.0
     peak_fds: int = 0
     peak_children: int = 0
+    cpu_s: float = 0.0  # the whole machine's (hosts and deployer) busy CPU time during the run
+    deployer_cpu_s: float = 0.0  # the deployer's own and its processes'
+
+
+def busy_cpu_s() -> float:
+    """CPU time the machine spent busy so far (lab hosts included: they run on it)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+
+
+def _reap(proc: subprocess.Popen[str], *, block: bool) -> float | None:
+    """Waits for proc (or looks whether it ended): its CPU time and its processes', None while
+    it runs. (A look at the whole process table, as ps takes, would cost more CPU than a host.)"""
+    pid, status, ru = os.wait4(proc.pid, 0 if block else os.WNOHANG)
+    if pid == 0:
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _descendants(pid: int) -> int:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=False).stdout
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        p, pp = (int(x) for x in line.split())
-        children.setdefault(pp, []).append(p)
+    """How many processes pid has below it (the kernel's list of each one's children)."""
     todo, seen = [pid], 0
     while todo:
-        for c in children.get(todo.pop(), []):
-            seen += 1
-            todo.append(c)
+        p = todo.pop()
+        try:
+            kids = [
+                int(c)
+                for t in os.listdir(f"/proc/{p}/task")
+                for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()
+            ]
+        except OSError:
+            continue
+        seen += len(kids)
+        todo.extend(kids)
     return seen
 
 
@@ -87,11 +110,12 @@ def deploy_flake(hosts: list[str], config: str, *extra: str, sample_process: boo
         *[f"nixos://{h}/{config}" for h in hosts],
     ]
     events = tempfile.TemporaryFile("w+")  # a pipe would fill up while we sample the process
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), busy_cpu_s()
     proc = subprocess.Popen(argv, stdout=events, stderr=subprocess.DEVNULL, text=True)
     sample = Sample(0.0, 0)
+    own = None
     if sample_process:
-        while proc.poll() is None:
+        while (own := _reap(proc, block=False)) is None:
             try:
                 status = Path(f"/proc/{proc.pid}/status").read_text()
                 hwm = next(ln for ln in status.splitlines() if ln.startswith("VmHWM:"))
@@ -101,8 +125,10 @@ def deploy_flake(hosts: list[str], config: str, *extra: str, sample_process: boo
             except (OSError, StopIteration):
                 pass
             time.sleep(0.05)
-    proc.wait()
+    if own is None:
+        own = _reap(proc, block=True)
     sample.wall = time.monotonic() - t0
+    sample.cpu_s, sample.deployer_cpu_s = busy_cpu_s() - cpu0, own or 0.0
     events.seek(0)
     out = events.read()
     events.close()
@@ -247,14 +273,21 @@ def fleet(sizes: list[int], rounds: int) -> list[dict[str, float]]:
             assert deploy_flake(hosts, c, "--settle-time=0").rc == 0
         walls: list[float] = []
         bares: list[float] = []
+        cpus: list[float] = []
+        deployer_cpus: list[float] = []
+        bare_cpus: list[float] = []
         peak = Sample(0, 0)
         for _ in range(rounds):
             config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
+            cpu0 = busy_cpu_s()
             bares.append(bare(hosts, config))
+            bare_cpus.append((busy_cpu_s() - cpu0) / n)
             config = CONFIGS[0] if config == CONFIGS[1] else CONFIGS[1]
             s = deploy_flake(hosts, config, "--settle-time=0", sample_process=True)
             assert s.rc == 0, f"{n} hosts: exit {s.rc}"
             walls.append(s.wall)
+            cpus.append(s.cpu_s / n)
+            deployer_cpus.append(s.deployer_cpu_s / n)
             peak.peak_rss_mb = max(peak.peak_rss_mb, s.peak_rss_mb)
             peak.peak_fds = max(peak.peak_fds, s.peak_fds)
             peak.peak_children = max(peak.peak_children, s.peak_children)
@@ -263,6 +296,9 @@ def fleet(sizes: list[int], rounds: int) -> list[dict[str, float]]:
                 "hosts": n,
                 "deploy_flake_s": median(walls),
                 "bare_s": median(bares),
+                "cpu_per_host_s": median(cpus),
+                "deployer_cpu_per_host_s": median(deployer_cpus),
+                "bare_cpu_per_host_s": median(bare_cpus),
                 "peak_rss_mb": peak.peak_rss_mb,
                 "peak_fds": peak.peak_fds,
                 "peak_processes": peak.peak_children,
@@ -311,16 +347,18 @@ def report(results: dict[str, object]) -> str:
         "stages (changed configuration): " + ", ".join(f"{k} {v:.2f} s" for k, v in o["stages_s"].items()),
         f"SSH logins per host per deploy: {o['ssh_logins_per_deploy']:.0f}",
         "",
-        "| hosts | deploy-flake | ratio to 1 host | bare | bare ratio | peak RSS | peak fds "
-        "| peak processes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| hosts | deploy-flake | ratio to 1 host | bare | bare ratio | CPU per host (deployer's) "
+        "| bare CPU per host | peak RSS | peak fds | peak processes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     fleet_rows = results["fleet"]
     assert isinstance(fleet_rows, list)
     for r in fleet_rows:
         lines.append(
             f"| {r['hosts']} | {r['deploy_flake_s']:.2f} s | {r['ratio']:.2f}x | {r['bare_s']:.2f} s | "
-            f"{r['bare_ratio']:.2f}x | {r['peak_rss_mb']:.0f} MiB | {r['peak_fds']} | {r['peak_processes']} |"
+            f"{r['bare_ratio']:.2f}x | {r['cpu_per_host_s']:.2f} s ({r['deployer_cpu_per_host_s']:.2f} s) | "
+            f"{r['bare_cpu_per_host_s']:.2f} s | {r['peak_rss_mb']:.0f} MiB | {r['peak_fds']} | "
+            f"{r['peak_processes']} |"
         )
     lines += ["", f"deploy-flake --help: {results['help_s']:.3f} s"]
     return "\n".join(lines)
@@ -345,7 +383,7 @@ def main() -> None:
             f"nspawn lab hosts, {nix_version.stdout.strip()}",
             "help_s": help_time(max(5, args.rounds)),
             "overhead": overhead(hosts[0], args.rounds),
-            "fleet": fleet(sizes, max(1, args.rounds // 2)),
+            "fleet": fleet(sizes, max(1, min(3, args.rounds))),
         }
     finally:
         lab("stop", *hosts, check=False, timeout=600)
