@@ -129,10 +129,10 @@ def test_ssh_client_killed_during_activation(hosts: dict[str, Host]) -> None:
 
     bg = Background("nixos://alpha/slow-activation")
     bg.wait_output("state: activating")
-    # kill every ssh client that talks to alpha, the shared connection included
-    killed = subprocess.run(
-        ["pkill", "-e", "-f", "^ssh .*cm-_alpha_"], capture_output=True, text=True, check=False
-    )
+    # kill every ssh client of this deploy that talks to alpha, the shared connection included
+    # (this worker's alpha only: another worker's pool has an alpha too, and its own ssh config)
+    pattern = f"^ssh -F {re.escape(str(SSH_CONFIG))} .*cm-_alpha_"
+    killed = subprocess.run(["pkill", "-e", "-f", pattern], capture_output=True, text=True, check=False)
     assert "killed" in killed.stdout
     r = bg.finish()
     assert r.returncode == 0, r.output
