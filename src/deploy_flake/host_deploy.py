@@ -281,7 +281,8 @@ class HostDeploy:
             await nix.add_gc_root(self.remote, toplevel, self.gc_root)
             return toplevel
         self.stage(Stage.COPY)
-        await (copy if copy is not None else self._copy_flake())
+        assert copy is not None, "a deploy or plan that builds on the host starts the copy with the facts"
+        await copy
         self.stage(Stage.BUILD)
         toplevel = await nix.build_toplevel(
             self.remote,

@@ -188,20 +188,22 @@ restart_counts() {  # "UNIT NRESTARTS" for every loaded service
     /^$/ { if (id != "") print id, n + 0; id = ""; n = 0 }
     END { if (id != "") print id, n + 0 }' | sort
 }
-snapshot_units() {  # what was already wrong before the deploy does not count against it
-  restart_counts > "$DIR/restarts-before" &  # the slower look, beside the other
+# Sets states (unit_states) and writes the services' restart counts to FILE, both looks at once.
+look_at_units() {  # FILE
+  restart_counts > "$1" &  # the slower look, beside the other
   states=$(unit_states)
+  wait "$!"
+}
+snapshot_units() {  # what was already wrong before the deploy does not count against it
+  look_at_units "$DIR/restarts-before"
   failed_in "$states" > "$DIR/failed-before"
   crashing_in "$states" > "$DIR/crashing-before"
-  wait "$!"
 }
 # What is wrong with the units since the deploy began; false when nothing is.
 # With "counts", a service whose restart count rose since the snapshot counts too.
 unit_problems() {  # [counts]
   counts=${1:-}
-  [ "$counts" = counts ] && { restart_counts > "$DIR/restarts-now" & }
-  states=$(unit_states)
-  [ "$counts" = counts ] && wait "$!"
+  if [ "$counts" = counts ]; then look_at_units "$DIR/restarts-now"; else states=$(unit_states); fi
   failed=$(failed_in "$states" | comm -13 "$DIR/failed-before" - | tr '\n' ' ')
   looping=$({
     crashing_in "$states"
