@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 # Each pytest-xdist worker but the first has a pool of nspawn hosts of its own (LAB_POOL,
-# lab/lib/common.sh): its own alpha..delta, so that the hosts' tests can run on two workers.
-# Set before tests.lab reads it.
+# lab/lib/common.sh): hosts a worker starts are never another worker's. Set before tests.lab
+# reads it.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER is not None and _WORKER != "gw0":
     os.environ.setdefault("LAB_POOL", _WORKER.removeprefix("gw"))
@@ -29,11 +29,13 @@ def _wants_vm(session: pytest.Session) -> bool:
     return any(item.get_closest_marker("vm") for item in session.items)
 
 
-# With pytest-xdist (scripts/test runs three workers), tests run in three groups, each on one
-# worker, one test after the other: the nspawn hosts' tests in two halves (each worker has its
-# own pool of hosts, so the halves run side by side), and the VM's tests (named test_vm*), the
-# matrix of newer suites and the pure unit test files beside them. (xdist's own --dist
-# loadgroup ignores the group marks with pytest 9, so the scheduler is ours.)
+# With pytest-xdist (scripts/test runs two workers): every test that may use the nspawn
+# hosts alpha..delta runs on one worker, one after the other; the VM's tests (named
+# test_vm*), the matrix of newer suites and the pure unit test files run on the other,
+# beside them. (xdist's own --dist loadgroup ignores the group marks with pytest 9, so the
+# scheduler is ours.) Splitting the hosts' tests over two workers, each on its own pool, took
+# the suite from 23 to 15 minutes but failed twice in three clean runs (a build on the second
+# pool's alpha killed by signal 9, cause not found yet): not done until that is understood.
 _BESIDE_FILES = frozenset(
     {
         "test_vm.py",
@@ -49,18 +51,12 @@ _BESIDE_FILES = frozenset(
 )
 
 
-# The second half of the nspawn hosts' tests, by file (about as long as the rest).
-_SECOND_HALF_FILES = frozenset({"test_safety.py", "test_safety_faults.py"})
-
-
 def test_group(nodeid: str) -> str:
     path, _, name = nodeid.partition("::")
     file = path.rsplit("/", 1)[-1]
     if file in _BESIDE_FILES or name.startswith("test_vm"):
         return "beside-the-hosts"
-    if file in _SECOND_HALF_FILES:
-        return "nspawn-hosts-2"
-    return "nspawn-hosts"  # the default: a new test file always runs on the hosts of a worker
+    return "nspawn-hosts"  # the default: a new test file can never share the hosts by mistake
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
