@@ -453,3 +453,52 @@ def test_an_early_confirmation_after_a_failed_check_confirms_nothing(hosts: dict
     out = alpha.ssh(f"/bin/sh {path} confirm early-fail 0 20", check=False).stdout
     assert alpha.ssh(f"test -e {d}/confirm", check=False).returncode == 1
     assert out.rstrip().splitlines()[-1].startswith("@@deploy-flake-state\trolled-back"), out
+
+
+# ------------------------------------------------------------------ the agent's watch
+def test_the_watch_follows_the_log_and_believes_only_the_state_file(hosts: dict[str, Host]) -> None:
+    """The agent's watch waits on the log (tail -F), not on a clock: it shows each line as it
+    comes, an activation's output that looks like a state line does not end it, the state
+    file does; a state written without its log line is seen within its one-second re-read;
+    MAX_S bounds it; it leaves no process nor pipe behind. Driven by hand on the host: the
+    test plays the transaction's part."""
+    alpha = hosts["alpha"]
+    path, d = _checking_transaction(alpha, "watched")
+    script_text = f"""
+        d={d}
+        echo activating > $d/state
+        printf 'line one\\n' > $d/log
+        /bin/sh {path} watch watched 0 20 checking > /tmp/watch.out 2>&1 & w=$!
+        sleep 0.5
+        echo 'fixture: [deploy-flake] state: activated' >> $d/log
+        sleep 1.5
+        kill -0 $w && echo "still watching"
+        echo checking > $d/state && echo '[deploy-flake] state: checking' >> $d/log
+        wait $w; echo "first watch: exit $?"
+        off=$(stat -c %s $d/log)
+        /bin/sh {path} watch watched "$off" 20 > /tmp/watch2.out 2>&1 & w=$!
+        sleep 0.5
+        echo 'late line' >> $d/log
+        echo activated > $d/state
+        wait $w; echo "second watch: exit $?"
+        echo rolling-back > $d/state
+        /bin/sh {path} watch watched "$off" 1 > /tmp/watch3.out 2>&1; echo "third watch: exit $?"
+        ls $d | grep -c '^watch\\.' || true
+        pgrep -f "tail .*$d/log" || echo "no tail left"
+    """
+    done = alpha.ssh(script_text, timeout=90)
+    report = done.stdout
+    assert "still watching" in report, report
+    assert "first watch: exit 0" in report and "second watch: exit 0" in report, report
+    assert "third watch: exit 0" in report and "no tail left" in report, report
+    assert report.splitlines()[-2] == "0", report  # no pipe left in the transaction's directory
+
+    first = alpha.out("cat /tmp/watch.out").splitlines()
+    fake, real = "fixture: [deploy-flake] state: activated", "[deploy-flake] state: checking"
+    assert first[:3] == ["line one", fake, real], first
+    assert first[-1].split("\t")[:2] == ["@@deploy-flake-state", "checking"], first
+    second = alpha.out("cat /tmp/watch2.out").splitlines()
+    assert second[0] == "late line", second
+    assert second[-1].split("\t")[:2] == ["@@deploy-flake-state", "activated"], second
+    third = alpha.out("cat /tmp/watch3.out").splitlines()
+    assert third[-1].split("\t")[:2] == ["@@deploy-flake-state", "rolling-back"], third

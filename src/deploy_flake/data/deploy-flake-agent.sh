@@ -165,15 +165,16 @@ recovery_s() { echo $((2 * LOCK_WAIT_S + PROFILE_SET_S + BOOT_S + KILL_GRACE_S +
 # ---------------------------------------------------------------- health
 # One poll loop for every wait: CMD runs every INTERVAL s until it succeeds (0) or MAX_S passed (1).
 # Waits on a file (a confirmation, a state) poll fast, as they are cheap and someone waits
-# on the other end; the settle window's unit checks run systemctl, so they poll slower.
-FAST=0.05 SLOW=0.2
+# on the other end: every BRISK s for their first second (the answer usually comes within
+# it), then every FAST s. The settle window's unit checks run systemctl: they poll SLOW.
+BRISK=0.02 FAST=0.05 SLOW=0.2
 tick() { read -r UP _ < /proc/uptime; UP=${UP%.*}${UP#*.}; UP=${UP#"${UP%%[!0]*}"}; UP=${UP:-0}; }  # centiseconds
 poll() {  # MAX_S INTERVAL CMD...
-  poll_max=$1 poll_every=$2; shift 2; tick; poll_end=$((UP + poll_max * 100))
+  poll_max=$1 poll_every=$2; shift 2; tick; poll_end=$((UP + poll_max * 100)) poll_brisk=$((UP + 100))
   while :; do
     "$@" && return 0
     tick; [ "$UP" -lt "$poll_end" ] || return 1
-    sleep "$poll_every"
+    if [ "$poll_every" = "$FAST" ] && [ "$UP" -lt "$poll_brisk" ]; then sleep "$BRISK"; else sleep "$poll_every"; fi
   done
 }
 
@@ -551,21 +552,50 @@ start() {
   fi
 }
 
+watch_ends() {  # PHASE: where a watch hands back to the deployer
+  case $1 in none | awaiting-confirmation | "$stop") return 0 ;; esac
+  is_final "$1"
+}
+# Prints the log from byte $off to its end as seen after the state was read (so whatever led
+# to that state is printed before it), then the status.
+watch_end() {  # PHASE
+  size=$(log_size)
+  if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; fi
+  echo
+  print_status "$1"
+}
+# Waits on the log, not on a clock: `tail -F` (inotify) streams it as it grows, and each
+# state line it shows makes the watch read the state file (the truth: an activation's own
+# output could look like a state line). Every second the stream is started again from where
+# it was and the state read anyway (a state written without its line). Without mkfifo,
+# polls every FAST s instead.
 watch() {  # OFFSET MAX_S [STOP]
   off=$1 stop=${3:-}
   if ! is_uint "$off" || ! is_uint "$2"; then die "watch: OFFSET and MAX_S are numbers"; fi
-  tick; watch_end=$((UP + $2 * 100))
+  tick; watch_stop=$((UP + $2 * 100))
+  fifo=$DIR/watch.$$
+  trap 'rm -f "$fifo"' EXIT
+  { rm -f "$fifo" && mkfifo -m 600 "$fifo"; } 2>/dev/null || fifo=""
   while :; do
-    read_state; st=$STATE  # the state before the log: what led to it is printed first
-    size=$(log_size)
-    if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; off=$size; fi
-    case $st in none | awaiting-confirmation | "$stop") break ;; esac
-    is_final "$st" && break
-    tick; [ "$UP" -lt "$watch_end" ] || break
-    sleep "$FAST"
+    read_state; watch_ends "$STATE" && break
+    tick; [ "$UP" -lt "$watch_stop" ] || break
+    if [ -z "$fifo" ]; then
+      size=$(log_size)
+      if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; off=$size; fi
+      sleep "$FAST"
+      continue
+    fi
+    timeout 1 tail -s "$FAST" -c +"$((off + 1))" -F "$DIR/log" 8>&- 2>/dev/null > "$fifo" &
+    tailer=$!
+    while IFS= read -r line; do  # a last line without its newline yet: read again next time
+      printf '%s\n' "$line"
+      off=$((off + ${#line} + 1))  # bytes: LC_ALL=C
+      case $line in *"[deploy-flake] state: "*) read_state; watch_ends "$STATE" && break ;; esac
+    done < "$fifo"
+    kill "$tailer" 2>/dev/null
+    wait "$tailer" 2>/dev/null
   done
-  echo
-  print_status "$st"  # the state read before the last of the log was printed
+  watch_end "$STATE"
 }
 
 confirm() {  # [OFFSET MAX_S]
@@ -577,7 +607,7 @@ confirm() {  # [OFFSET MAX_S]
     is_uint "$SETTLE_S" || SETTLE_S=0
     poll "$((2 * HEALTH_S + SETTLE_S + CONFIRM_HOLD_MARGIN_S))" "$FAST" state_is_not checking || :
   fi
-  # the transaction takes it within a poll ($FAST s), unless its window just closed
+  # the transaction takes it within a poll ($BRISK s), unless its window just closed
   if [ "$(state_of)" = awaiting-confirmation ]; then
     : > "$DIR/confirm"
     poll "$CONFIRM_TAKEN_S" "$FAST" state_is_not awaiting-confirmation || :
