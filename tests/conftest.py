@@ -11,11 +11,12 @@ from collections.abc import Iterator
 import pytest
 
 # Each pytest-xdist worker but the first has a pool of nspawn hosts of its own (LAB_POOL,
-# lab/lib/common.sh): hosts a worker starts are never another worker's. Set before tests.lab
+# lab/lib/common.sh): hosts a worker starts are never another worker's. A session run with
+# LAB_POOL=P (beside another one) works on P, its workers on P1, P2, ... Set before tests.lab
 # reads it.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER is not None and _WORKER != "gw0":
-    os.environ.setdefault("LAB_POOL", _WORKER.removeprefix("gw"))
+    os.environ["LAB_POOL"] = os.environ.get("LAB_POOL", "") + _WORKER.removeprefix("gw")
 
 from tests.lab import LAB_CMD, LAB_DIR, VM_SSH_CONFIG, Host, lab  # noqa: E402
 
@@ -102,10 +103,13 @@ def pytest_collection_modifyitems(
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _prebuild is not None:  # no build outlives the session
         _prebuild.wait(timeout=1800)
-    if _WORKER is not None:  # the controller stops everything, once every worker is done
+    if os.geteuid() != 0 or not LAB_DIR.exists():
         return
-    if os.geteuid() == 0 and LAB_DIR.exists():
-        lab("stop", "--all", check=False)
+    # Each process stops the hosts of its own pool, never another session's (`lab stop --all`
+    # would stop every pool's); the controller (or a run without workers) the VM gw0 booted.
+    lab("stop", "--pool", check=False, timeout=600)
+    if _WORKER is None:
+        lab("vm", "stop", VM_NAME, check=False, timeout=600)
 
 
 @pytest.fixture(scope="session")

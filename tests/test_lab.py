@@ -94,7 +94,7 @@ def test_a_pool_has_hosts_of_the_same_names_beside_the_others(hosts: dict[str, H
         twin.ssh("touch /etc/twin-marker")
         assert hosts["alpha"].ssh("test -e /etc/twin-marker", check=False).returncode == 1
     finally:
-        in_pool("t", "stop", "alpha")
+        in_pool("t", "stop", "--pool")  # that pool's hosts only (what a test session does at its end)
     assert not (LAB_DIR / "pools" / "t" / "hosts" / "alpha" / "super.pid").exists()
     assert hosts["alpha"].reachable()
 
@@ -105,6 +105,16 @@ def test_starting_a_running_host_leaves_it_running(hosts: dict[str, Host]) -> No
     other = lab("start", "--suite", "sid", "alpha", check=False)
     assert other.returncode == 1 and "already running on bookworm, not sid" in other.stderr
     assert hosts["alpha"].reachable() and hosts["beta"].reachable()
+
+
+def test_the_same_host_named_twice_is_started_and_reset_once(hosts: dict[str, Host]) -> None:
+    lab("stop", "alpha")
+    twice = lab("start", "alpha", "alpha", check=False)
+    assert twice.returncode == 0, twice.stderr
+    assert twice.stderr.count("alpha: ssh up") == 1, twice.stderr
+    again = lab("reset", "alpha", "alpha", check=False)
+    assert again.returncode == 0 and again.stderr.count("alpha: ssh up") == 1, again.stderr
+    assert hosts["alpha"].reachable() and hosts["alpha"].system_state() == "running"
 
 
 def test_reboot_comes_back_into_the_boot_entry(hosts: dict[str, Host]) -> None:

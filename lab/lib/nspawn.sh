@@ -158,14 +158,20 @@ host_net() {  # NAME up|down
   ip -n "$NS-$1" link set lo "$2"
 }
 
+lab_stop_pool_hosts() {  # of this pool (LAB_POOL) only
+  local d
+  for d in "$POOL_DIR"/hosts/*/; do [ -d "$d" ] && host_stop "$(basename "$d")"; done
+  return 0
+}
+
 lab_stop_all_hosts() {  # of every pool
-  local p d
+  local p
   for p in "" "$LAB"/pools/*/; do
     [ -z "$p" ] || [ -d "$p" ] || continue
     p=${p%/}
     (
       use_pool "${p##*/}"
-      for d in "$POOL_DIR"/hosts/*/; do [ -d "$d" ] && host_stop "$(basename "$d")"; done
+      lab_stop_pool_hosts
     )
   done
   return 0
