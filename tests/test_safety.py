@@ -4,6 +4,7 @@ no transaction unit or lock is left behind, and a clean deploy works again."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -150,6 +151,23 @@ def test_network_cut_during_activation(hosts: dict[str, Host]) -> None:
     assert "no confirmation" in str(r.host("nixos://alpha/slow-activation")["error"])
     alpha.assert_clean_after(running=before, boot=before)
     _clean_deploy_works(alpha, "nixos://alpha/good")
+
+
+def test_host_powered_off_mid_activation_is_reported_unknown_within_the_contact_window(
+    hosts: dict[str, Host],
+) -> None:
+    """A host that stops answering for good is not waited for the transaction's whole
+    worst-case budget (an hour): the deployer says at once that it lost contact, keeps
+    trying for the contact window (60 s here), then reports it unknown."""
+    bg = Background(CONFIRM, "nixos://alpha/slow-activation")
+    bg.wait_output("state: activating")
+    lab("stop", "alpha")
+    r = bg.finish(timeout=240)
+    assert r.returncode == 4, r.output
+    assert "no answer from alpha while it is activating: its transaction goes on by itself" in r.output
+    err = str(r.host("nixos://alpha/slow-activation")["error"])
+    assert re.search(r"no answer from alpha for \d+s while it was activating", err), err
+    assert "returns to its previous system by itself" in err, err
 
 
 def test_two_concurrent_deploys_to_one_host(hosts: dict[str, Host]) -> None:

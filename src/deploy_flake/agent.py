@@ -11,6 +11,7 @@ confirms and aborts one transaction over ssh.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from deploy_flake.ssh import Remote
 
 AGENT_DIR = "/run/deploy-flake"
 STATUS_MARK = "@@deploy-flake-state\t"
+STATE_LINE = "[deploy-flake] state: "  # the agent's log line for each new state
 # Fixed limits of the agent itself (see the script): nix-env --set, and how long
 # a recovery waits for the deploy lock (and a rollback or boot entry for another switch's).
 PROFILE_SET_S = 120
@@ -33,6 +35,7 @@ LOCK_WAIT_S = 30
 _KILL_GRACE_S = 10  # timeout -k: a stopped activation gets this long before SIGKILL
 _MARGIN_S = 60  # ssh round trips, polling, process start-up
 STREAM_S = 30  # the longest one call shows the agent's log before the deployer asks again
+CONTACT_WINDOW_S = 60  # the least time a host that does not answer at all is tried again
 # The agent's confirm: an early one waits for the checks and this long more; then it waits
 # this long for the transaction to take the confirmation.
 CONFIRM_HOLD_MARGIN_S = 10
@@ -153,6 +156,12 @@ class Settings:
     def _commit(self) -> int:
         return PROFILE_SET_S + LOCK_WAIT_S + self.boot_s + _KILL_GRACE_S
 
+    def contact_window_s(self) -> int:
+        """How long the deployer keeps trying a host that does not answer at all (a network
+        cut, a host powered off) before it reports it unknown: its transaction decides by
+        itself, and `deploy-flake status` tells what it decided."""
+        return max(CONTACT_WINDOW_S, 2 * self.confirm_s)
+
     def remaining_s(self, phase: Phase) -> int:
         """The longest the agent may still take, from entering `phase`, to reach a final phase.
 
@@ -216,6 +225,14 @@ def script_path() -> str:
     return f"{AGENT_DIR}/agent-{hashlib.sha256(script()).hexdigest()[:16]}.sh"
 
 
+# What a transaction does without the deployer, by the phase it was last seen in.
+_ON_ITS_OWN = {
+    Phase.ACTIVATING: "without a confirmation it returns to its previous system",
+    Phase.COMMITTING: "it finishes the commit, or puts the previous system back if that fails",
+    Phase.ROLLING_BACK: "it finishes its rollback",
+}
+
+
 class AgentLost(DeployError):
     """No answer from the agent within the time it may take: its final state is not known here."""
 
@@ -235,6 +252,7 @@ class Agent:
         self.started = False  # from the moment start was asked: the host may be acting on it
         self.last: Status | None = None
         self._log_offset = 0  # bytes of the agent's log already shown
+        self._logged_phase: Phase | None = None  # the last in-progress phase its log showed
         self._installed = False
 
     # ------------------------------------------------------------ commands
@@ -312,6 +330,7 @@ class Agent:
             # The agent is not on the host (the first deploy since it booted, or a new
             # version of deploy-flake): nothing was started. Install it, and ask again.
             self.started = False
+            self.last = None  # the agent's absence, not the transaction's phase
             if self._installed:
                 raise DeployError(
                     f"the deploy agent is missing on {self.remote.dest.host} right after its install"
@@ -324,7 +343,8 @@ class Agent:
         if self._log_offset > 0:
             # its log was coming: the transaction runs, and the stream was cut (a restarted
             # sshd that takes its sessions along); following it takes over from here
-            return Status(Phase.STARTING)
+            self.last = Status(self._logged_phase or Phase.STARTING)
+            return self.last
         # the answer was lost: ask what the host did
         why = done.last_lines(1) if done is not None else f"no answer within {120 + STREAM_S}s"
         asked = await self.status_when_reachable(30)
@@ -366,6 +386,11 @@ class Agent:
         def show(text: str) -> None:
             if text.startswith(STATUS_MARK):
                 return
+            if text.startswith(STATE_LINE):  # where it is, should the stream be cut
+                with contextlib.suppress(ValueError):
+                    logged = Phase(text.removeprefix(STATE_LINE).strip())
+                    if not logged.final and logged is not Phase.NONE:  # log text is no verdict
+                        self._logged_phase = logged
             # what was shown stays shown, even if this call is cut off or cancelled
             self._log_offset += len(text.encode()) + 1
             if text:
@@ -403,9 +428,11 @@ class Agent:
         until: Callable[[Phase], bool] = lambda p: p.final,
         stop: Phase | None = None,
         reconnect: Callable[[], object] | None = None,
+        on_contact: LineSink | None = None,
     ) -> Status:
         """Follows the transaction until `until(phase)` holds (by default: a final phase);
-        `stop`: a phase at which the agent's watch hands back even though it need not.
+        `stop`: a phase at which the agent's watch hands back even though it need not;
+        `on_contact`: told when the host stops answering, and when it answers again.
 
         One deadline rule: after each new phase the agent gets Settings.remaining_s(phase)
         to make progress; without an answer by then, AgentLost.
@@ -413,8 +440,29 @@ class Agent:
         phase = self.last.phase if self.last else Phase.PENDING
         deadline = time.monotonic() + self.settings.remaining_s(phase)
         last_problem = "no answer"
+        lost_since: float | None = None
         while True:
             status = await self.watch(STREAM_S, on_line, stop=stop)
+            if status is not None and lost_since is not None:
+                if on_contact is not None:
+                    on_contact(
+                        f"{self.remote.dest.host} answers again, after {time.monotonic() - lost_since:.0f}s "
+                        "without contact"
+                    )
+                lost_since = None
+            if status is None and lost_since is None:
+                lost_since = time.monotonic()
+                if on_contact is not None:
+                    on_contact(
+                        f"no answer from {self.remote.dest.host} while it is {phase}: its transaction goes "
+                        f"on by itself ({_ON_ITS_OWN.get(phase, _ON_ITS_OWN[Phase.ACTIVATING])}); trying "
+                        f"again for up to {self.settings.contact_window_s()}s"
+                    )
+            if status is None and lost_since is not None:
+                lost_for = time.monotonic() - lost_since
+                if lost_for > self.settings.contact_window_s():
+                    host = self.remote.dest.host
+                    raise AgentLost(f"no answer from {host} for {lost_for:.0f}s while it was {phase}")
             if status is not None:
                 if status.phase != phase:
                     phase = status.phase

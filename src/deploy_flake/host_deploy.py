@@ -538,7 +538,7 @@ class HostDeploy:
         stop: Phase | None = None,
     ) -> Status:
         status = await agent.follow(
-            self.line, self._on_phase, until=until, stop=stop, reconnect=self._reconnect
+            self.line, self._on_phase, until=until, stop=stop, reconnect=self._reconnect, on_contact=self.note
         )
         self._saw(status)
         return status
