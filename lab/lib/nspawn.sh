@@ -12,7 +12,10 @@ HOST_MEM_MB=${LAB_HOST_MEM_MB:-300}
 host_dir() { echo "$POOL_DIR/hosts/$1"; }
 valid_name() { [[ $1 =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "invalid host name '$1' (lower-case letters, digits, '-')"; }
 host_suite() { cat "$(host_dir "$1")/suite" 2>/dev/null || echo bookworm; }
-host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && kill -0 "$(cat "$d/super.pid")" 2>/dev/null; }
+host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && pid_is "$(cat "$d/super.pid")" "$d "; }
+# PID is alive and its command line has PATTERN: a pid file left behind by a host that died
+# may name another process by now, even another pool's host of the same name.
+pid_is() { kill -0 "$1" 2>/dev/null && tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"; }
 
 write_host_ssh_config() {  # NAME
   local n=$1 d; d=$(host_dir "$1")
@@ -104,7 +107,7 @@ kill_pidfile() {  # FILE SECONDS PATTERN
   local f=$1 t=$2 pattern=$3 pid i
   [ -e "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$pattern"; then
+  if pid_is "$pid" "$pattern"; then
     kill "$pid" 2>/dev/null || true
     for ((i = 0; i < t * 10; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
@@ -117,7 +120,8 @@ host_stop() {  # NAME
   [ -d "$d" ] || return 0
   touch "$d/stopping"
   for f in "$d"/forward-*.pid; do kill_pidfile "$f" 2 "$NS-$n "; done
-  kill_pidfile "$d/nspawn.pid" 10 "--machine=$n "   # nspawn turns SIGTERM into a clean poweroff
+  # nspawn turns SIGTERM into a clean poweroff; its namespace's path names the pool too
+  kill_pidfile "$d/nspawn.pid" 10 "--network-namespace-path=/run/netns/$NS-$n "
   kill_pidfile "$d/super.pid" 5 "$d "
   ip netns del "$NS-$n" 2>/dev/null || true
   for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
