@@ -1,7 +1,6 @@
 """deploy-flake's benchmark on lab hosts: figures, not assertions.
 
-    sudo .venv/bin/python bench/run.py [--rounds 5] [--fleet 1,4,8,16,32] [--waiting-fleet 1,8]
-                                       [--json FILE]
+    sudo .venv/bin/python bench/run.py [--rounds 5] [--fleet 1,4,8,16,32] [--json FILE]
 
 Side by side, in one run:
  1. overhead on one host: deploy-flake (--settle-time=0) against the bare sequence, the same
@@ -12,9 +11,9 @@ Side by side, in one run:
  2. fleet scaling: 1..32 hosts at once, wall time and ratio to one host, beside the bare
     sequence's own ratio; the CPU time each host's deploy costs (the lab's hosts run on this
     machine: with every core busy, the wall time follows the CPU time), and the deployer's share.
- 2b. the same when the hosts' activation waits (`slow-activation`: sleep 6) instead of
-    computing: the hosts do not compete for the cores, so deploy-flake's ratio to one host
-    against the bare one's ("ratio of ratios") shows serialisation alone.
+    With every core busy nothing can go faster than the CPU work divided by the cores: the
+    "CPU floor" (hosts x CPU per host / cores, at least the one-host time) and how close
+    each run comes to it show whether anything but the cores holds the hosts back.
  3. SSH connections per host per deploy: sshd's accepted logins on the host.
  4. `deploy-flake --help` wall time; the deployer's peak RSS, file descriptors and
     processes with 32 hosts.
@@ -315,37 +314,6 @@ def fleet(sizes: list[int], rounds: int) -> list[dict[str, float]]:
     return rows
 
 
-# A configuration whose activation waits (`sleep 6`) rather than computes, and the one to go
-# back to between rounds.
-WAITING, WAITING_BACK = "slow-activation", "good"
-
-
-def waiting_fleet(sizes: list[int], rounds: int) -> list[dict[str, float]]:
-    """Fleet scaling when the hosts' work waits instead of computing: the hosts' activations
-    overlap without taking the machine's cores from each other, so a ratio to one host above
-    the bare sequence's would be serialisation in deploy-flake, not CPU."""
-    rows: list[dict[str, float]] = []
-    for n in sizes:
-        hosts = hosts_named(n)
-        for c in (WAITING, WAITING_BACK):  # warm: both systems built on every host
-            assert deploy_flake(hosts, c, "--settle-time=0").rc == 0
-        walls: list[float] = []
-        bares: list[float] = []
-        for _ in range(rounds):
-            bares.append(bare(hosts, WAITING))
-            bare(hosts, WAITING_BACK)
-            s = deploy_flake(hosts, WAITING, "--settle-time=0")
-            assert s.rc == 0, f"{n} hosts, {WAITING}: exit {s.rc}"
-            walls.append(s.wall)
-            assert deploy_flake(hosts, WAITING_BACK, "--settle-time=0").rc == 0
-        rows.append({"hosts": n, "deploy_flake_s": median(walls), "bare_s": median(bares)})
-    one = rows[0]
-    for r in rows:
-        r["ratio"] = r["deploy_flake_s"] / one["deploy_flake_s"]
-        r["bare_ratio"] = r["bare_s"] / one["bare_s"]
-    return rows
-
-
 def help_time(rounds: int) -> float:
     entry = Path(sys.executable).parent / "deploy-flake"
     argv = [str(entry), "--help"] if entry.exists() else [sys.executable, "-m", "deploy_flake", "--help"]
@@ -383,31 +351,26 @@ def report(results: dict[str, object]) -> str:
         f"SSH logins per host per deploy: {o['ssh_logins_per_deploy']:.0f}",
         "",
         "| hosts | deploy-flake | ratio to 1 host | bare | bare ratio | CPU per host (deployer's) "
-        "| bare CPU per host | peak RSS | peak fds | peak processes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| bare CPU per host | CPU floor: deploy-flake, bare | peak RSS | peak fds | peak processes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fleet_rows = results["fleet"]
     assert isinstance(fleet_rows, list)
+    cores = results.get("cores", os.cpu_count() or 1)
+    assert isinstance(cores, int)
+    one = fleet_rows[0]
     for r in fleet_rows:
+        floor, bare_floor = (
+            max(one[wall], r["hosts"] * r[cpu] / cores)
+            for wall, cpu in (("deploy_flake_s", "cpu_per_host_s"), ("bare_s", "bare_cpu_per_host_s"))
+        )
         lines.append(
             f"| {r['hosts']} | {r['deploy_flake_s']:.2f} s | {r['ratio']:.2f}x | {r['bare_s']:.2f} s | "
             f"{r['bare_ratio']:.2f}x | {r['cpu_per_host_s']:.2f} s ({r['deployer_cpu_per_host_s']:.2f} s) | "
-            f"{r['bare_cpu_per_host_s']:.2f} s | {r['peak_rss_mb']:.0f} MiB | {r['peak_fds']} | "
-            f"{r['peak_processes']} |"
+            f"{r['bare_cpu_per_host_s']:.2f} s | {floor:.2f} s ({floor / r['deploy_flake_s']:.0%} of it), "
+            f"{bare_floor:.2f} s ({bare_floor / r['bare_s']:.0%}) | {r['peak_rss_mb']:.0f} MiB | "
+            f"{r['peak_fds']} | {r['peak_processes']} |"
         )
-    waiting = results.get("waiting_fleet")
-    if isinstance(waiting, list) and waiting:
-        lines += [
-            "",
-            f"| hosts, activation waiting 6 s (`{WAITING}`) | deploy-flake | ratio to 1 host | bare | "
-            "bare ratio | ratio of ratios |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in waiting:
-            lines.append(
-                f"| {r['hosts']} | {r['deploy_flake_s']:.2f} s | {r['ratio']:.2f}x | {r['bare_s']:.2f} s | "
-                f"{r['bare_ratio']:.2f}x | {r['ratio'] / r['bare_ratio']:.2f}x |"
-            )
     lines += ["", f"deploy-flake --help: {results['help_s']:.3f} s"]
     return "\n".join(lines)
 
@@ -416,29 +379,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--fleet", default="1,4,8,16,32", help="host counts, comma-separated")
-    ap.add_argument(
-        "--waiting-fleet",
-        default="1,8",
-        help=f"host counts for the fleet whose activation waits ({WAITING}); empty: skip it",
-    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     sizes = sorted({int(x) for x in args.fleet.split(",") if x})
-    waiting_sizes = sorted({int(x) for x in args.waiting_fleet.split(",") if x})
     lab("build", timeout=1800)
-    hosts = hosts_named(max(sizes + waiting_sizes))
+    hosts = hosts_named(max(sizes))
     lab("start", *hosts, timeout=900)
     nix_version = subprocess.run([*NIX, "--version"], capture_output=True, text=True, check=False)
     try:
         results: dict[str, object] = {
             "date": time.strftime("%Y-%m-%d"),
+            "cores": os.cpu_count() or 1,
             "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
             f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
             f"nspawn lab hosts, {nix_version.stdout.strip()}",
             "help_s": help_time(max(5, args.rounds)),
             "overhead": overhead(hosts[0], args.rounds),
             "fleet": fleet(sizes, max(1, min(3, args.rounds))),
-            "waiting_fleet": waiting_fleet(waiting_sizes, max(1, min(3, args.rounds))),
         }
     finally:
         lab("stop", *hosts, check=False, timeout=600)
