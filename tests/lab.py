@@ -28,7 +28,10 @@ CLIENT_KEY = LAB_DIR / "keys" / "id_ed25519"
 
 
 def lab(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(LAB_CMD), *args], capture_output=True, text=True, timeout=timeout, check=check)
+    done = subprocess.run([str(LAB_CMD), *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:  # what the lab said, not only that it failed
+        raise AssertionError(f"lab {' '.join(args)} exited {done.returncode}:\n{done.stderr.strip()}")
+    return done
 
 
 @dataclass

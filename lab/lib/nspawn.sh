@@ -12,7 +12,7 @@ HOST_MEM_MB=${LAB_HOST_MEM_MB:-300}
 host_dir() { echo "$POOL_DIR/hosts/$1"; }
 valid_name() { [[ $1 =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "invalid host name '$1' (lower-case letters, digits, '-')"; }
 host_suite() { cat "$(host_dir "$1")/suite" 2>/dev/null || echo bookworm; }
-host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && pid_is "$(cat "$d/super.pid")" "$d "; }
+host_running() { local d; d=$(host_dir "$1"); [ -e "$d/super.pid" ] && kill -0 "$(cat "$d/super.pid")" 2>/dev/null; }
 # PID is alive and its command line has PATTERN: a pid file left behind by a host that died
 # may name another process by now, even another pool's host of the same name.
 pid_is() { kill -0 "$1" 2>/dev/null && tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"; }
