@@ -443,26 +443,24 @@ class Agent:
         lost_since: float | None = None
         while True:
             status = await self.watch(STREAM_S, on_line, stop=stop)
-            if status is not None and lost_since is not None:
-                if on_contact is not None:
-                    on_contact(
-                        f"{self.remote.dest.host} answers again, after {time.monotonic() - lost_since:.0f}s "
-                        "without contact"
-                    )
-                lost_since = None
+            host, window = self.remote.dest.host, self.settings.contact_window_s()
             if status is None and lost_since is None:
                 lost_since = time.monotonic()
                 if on_contact is not None:
                     on_contact(
-                        f"no answer from {self.remote.dest.host} while it is {phase}: its transaction goes "
-                        f"on by itself ({_ON_ITS_OWN.get(phase, _ON_ITS_OWN[Phase.ACTIVATING])}); trying "
-                        f"again for up to {self.settings.contact_window_s()}s"
+                        f"no answer from {host} while it is {phase}: its transaction goes on by itself "
+                        f"({_ON_ITS_OWN.get(phase, _ON_ITS_OWN[Phase.ACTIVATING])}); trying again for "
+                        f"up to {window}s"
                     )
-            if status is None and lost_since is not None:
+            elif status is None and lost_since is not None:
                 lost_for = time.monotonic() - lost_since
-                if lost_for > self.settings.contact_window_s():
-                    host = self.remote.dest.host
+                if lost_for > window:
                     raise AgentLost(f"no answer from {host} for {lost_for:.0f}s while it was {phase}")
+            elif status is not None and lost_since is not None:
+                if on_contact is not None:
+                    away = time.monotonic() - lost_since
+                    on_contact(f"{host} answers again, after {away:.0f}s without contact")
+                lost_since = None
             if status is not None:
                 if status.phase != phase:
                     phase = status.phase

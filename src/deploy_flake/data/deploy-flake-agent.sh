@@ -556,11 +556,14 @@ watch_ends() {  # PHASE: where a watch hands back to the deployer
   case $1 in none | awaiting-confirmation | "$stop") return 0 ;; esac
   is_final "$1"
 }
-# Prints the log from byte $off to its end as seen after the state was read (so whatever led
-# to that state is printed before it), then the status.
-watch_end() {  # PHASE
+show_log() {  # prints the log from byte $off to its current end; $off follows
   size=$(log_size)
-  if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; fi
+  if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; off=$size; fi
+}
+# The log to its end as seen after the state was read (so whatever led to that state is
+# printed before it), then the status.
+watch_end() {  # PHASE
+  show_log
   echo
   print_status "$1"
 }
@@ -579,12 +582,7 @@ watch() {  # OFFSET MAX_S [STOP]
   while :; do
     read_state; watch_ends "$STATE" && break
     tick; [ "$UP" -lt "$watch_stop" ] || break
-    if [ -z "$fifo" ]; then
-      size=$(log_size)
-      if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c "$((size - off))"; off=$size; fi
-      sleep "$FAST"
-      continue
-    fi
+    if [ -z "$fifo" ]; then show_log; sleep "$FAST"; continue; fi
     timeout 1 tail -s "$FAST" -c +"$((off + 1))" -F "$DIR/log" 8>&- 2>/dev/null > "$fifo" &
     tailer=$!
     while IFS= read -r line; do  # a last line without its newline yet: read again next time
