@@ -136,6 +136,11 @@ class Host:
             == 0
         )
 
+    def console(self, command: str) -> str:
+        """A shell command inside the host without ssh (as on its console: works when a lockout
+        stopped sshd); its output."""
+        return lab("console", self.name, "--", "sh", "-c", command, timeout=60).stdout
+
     def inject_fault(self, verb: str, system: str, count: int) -> None:
         """The fixture's switch-to-configuration VERB of SYSTEM fails COUNT more times."""
         self.ssh(f"mkdir -p /run/fixture-faults && echo '{system} {count}' > /run/fixture-faults/{verb}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy_flake.agent import Mode, Phase, Settings, last_status, parse_status
+from deploy_flake.agent import GUARD_MARGIN_S, Keeper, Mode, Phase, Settings, last_status, parse_status
 from deploy_flake.models import Outcome, Stage
 
 
@@ -24,11 +24,14 @@ def _settings(**kw: object) -> Settings:
 
 
 def test_status_line() -> None:
-    s = parse_status("@@deploy-flake-state\trolled-back\t/nix/store/a-old\t/nix/store/b-new\tthe unit failed")
+    s = parse_status(
+        "@@deploy-flake-state\trolled-back\t/nix/store/a-old\t/nix/store/b-new\tnone\tthe unit failed"
+    )
     assert s is not None
     assert s.phase is Phase.ROLLED_BACK and s.phase.final and s.phase.outcome is Outcome.ROLLED_BACK
     assert s.previous_system == "/nix/store/a-old" and s.new_system == "/nix/store/b-new"
-    assert s.reason == "the unit failed"
+    assert s.reason == "the unit failed" and s.keeper is Keeper.NONE
+    assert not s.orphaned  # final: nothing needs to carry it on
     assert parse_status("fixture: hello") is None
     assert parse_status("@@deploy-flake-state\tno-such-phase\t\t\t") is None
     short = parse_status("@@deploy-flake-state\tnone")
@@ -92,3 +95,30 @@ def test_budgets_shrink_as_the_transaction_advances() -> None:
     assert after_window >= s.boot_s + 2 * (s.activation_s + s.health_s)
     # a killed transaction's recovery must fit in the unit's stop timeout, which covers it
     assert s.recovery_s() >= 30 + s.boot_s + 2 * (s.activation_s + s.health_s)
+
+
+@pytest.mark.parametrize(
+    ("phase", "keeper", "orphaned"),
+    [
+        ("checking", "unit", False),
+        ("checking", "guard", True),
+        ("awaiting-confirmation", "none", True),
+        ("rolling-back", "none", True),
+        ("activated", "none", False),
+        ("none", "none", False),  # no such transaction: nothing to carry on
+        ("checking", "", False),  # not said: nothing to act on
+        ("checking", "later-keeper", False),
+    ],
+)
+def test_who_carries_a_transaction_on(phase: str, keeper: str, orphaned: bool) -> None:
+    s = parse_status(f"@@deploy-flake-state\t{phase}\t\t\t{keeper}\tbecause")
+    assert s is not None and s.orphaned is orphaned and s.reason == "because"
+
+
+def test_the_guard_fires_after_the_confirmation_window_or_the_boot_entry() -> None:
+    s = _settings()
+    # activation (and its kill grace), the health check, settle, two looks, confirm: then the margin
+    assert s.guard_s() == 30 + 300 + 10 + 2 * 60 + 5 + 30 + GUARD_MARGIN_S
+    assert s.guard_s() < s.remaining_s(Phase.ACTIVATING)  # well before the deployer would give up
+    boot = _settings(mode=Mode.BOOT)
+    assert boot.guard_s() == 30 + 120 + 300 + 10 + GUARD_MARGIN_S

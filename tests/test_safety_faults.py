@@ -233,14 +233,21 @@ def test_a_new_deploy_first_finishes_a_killed_one(hosts: dict[str, Host]) -> Non
     bg.wait_output("state: activating")
     bg.signal(signal.SIGKILL)
     bg.finish()
-    # no ExecStopPost recovery: its script is gone when the unit dies
+    # no ExecStopPost recovery, no guard: their script is gone when the unit dies
     alpha.ssh("mv /run/deploy-flake/agent-*.sh /run/deploy-flake/hidden")
     alpha.kill_transactions()
-    assert wait_for(lambda: not alpha.deploy_units(), 30)
+    # nothing runs any more but the guard's timer, waiting (its service found no script either)
+    live = "systemctl list-units --plain --no-legend --state=active,activating,deactivating 'deploy-flake-*'"
+
+    def left() -> list[str]:
+        return [line.split()[0].rsplit("-", 1)[-1] for line in alpha.out(live).splitlines()]
+
+    assert wait_for(lambda: left() == ["guard.timer"], 30), left()
     assert set(alpha.transaction_states().values()) == {"activating"}
     r = deploy("nixos://alpha/good")
     assert r.returncode == 0, r.output
     assert "finishing the earlier deploy" in r.output
+    assert "an earlier deploy's units failed" in r.output  # its guard's service: not the system's health
     res = r.host("nixos://alpha/good")
     assert res["previous_system"] == before  # not the half-activated slow-activation
     good = _system(res)

@@ -31,6 +31,30 @@ host_ssh() {  # NAME [USER] -- CMD...
   ssh -F "$(host_dir "$n")/ssh_config" -o ControlMaster=no -o ControlPath=none -o ConnectTimeout=5 -l "$user" "$n" "$@"
 }
 
+child_of() {  # PID: the pid of its first child found (nspawn's: the container's init)
+  local stat line ppid
+  for stat in /proc/[0-9]*/stat; do
+    read -r line < "$stat" 2>/dev/null || continue
+    line=${line##*) }      # after "(comm)", which may hold spaces: "STATE PPID ..."
+    ppid=${line#* }; ppid=${ppid%% *}
+    if [ "$ppid" = "$1" ]; then stat=${stat#/proc/}; echo "${stat%/stat}"; return 0; fi
+  done
+  return 1
+}
+
+# A command inside the host, as on its console: no ssh, so it works when sshd is down
+# (a test that kills the deploy's units while a lockout has stopped sshd). It enters
+# every namespace of the container's init; its cgroup stays the lab's.
+host_console() {  # NAME -- CMD...
+  local n=$1 d init; d=$(host_dir "$1"); shift
+  [ "${1:-}" = -- ] && shift
+  [ $# -gt 0 ] || die "usage: lab console NAME -- CMD..."
+  if ! host_running "$n" || [ ! -e "$d/nspawn.pid" ]; then die "$n is not running"; fi
+  init=$(child_of "$(cat "$d/nspawn.pid")")
+  [ -n "$init" ] || die "$n: its init process was not found"
+  nsenter -t "$init" -m -u -i -n -p -- env -i PATH=/run/current-system/sw/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+}
+
 host_wait() {  # NAME
   local n=$1 d deadline t0=$SECONDS; d=$(host_dir "$1"); deadline=$((SECONDS + BOOT_TIMEOUT))
   until host_ssh "$n" -- test ! -e /run/lab-rebooting 2>/dev/null; do

@@ -40,6 +40,10 @@ CONTACT_WINDOW_S = 60  # the least time a host that does not answer at all is tr
 # this long for the transaction to take the confirmation.
 CONFIRM_HOLD_MARGIN_S = 10
 CONFIRM_TAKEN_S = 10
+# The guard's timer fires this long after the transaction's own deadline (the end of its
+# confirmation window, or of its boot entry's writing); see Settings.guard_s.
+GUARD_MARGIN_S = 30
+RESCUES = 2  # how often the deployer starts a killed transaction's guard itself
 
 
 class Phase(StrEnum):
@@ -90,6 +94,14 @@ _STAGE = {
     Phase.COMMITTING: Stage.COMMIT,
     Phase.ROLLING_BACK: Stage.ROLLBACK,
 }
+
+
+class Keeper(StrEnum):
+    """What carries a transaction on, as the agent sees it at each status."""
+
+    UNIT = "unit"  # its own unit (its ExecStopPost included), or it has not started yet
+    GUARD = "guard"  # its unit died; the guard's service recovers the host
+    NONE = "none"  # nothing: both were killed; a transaction in progress needs `rescue`
 
 
 class Mode(StrEnum):
@@ -156,6 +168,19 @@ class Settings:
     def _commit(self) -> int:
         return PROFILE_SET_S + LOCK_WAIT_S + self.boot_s + _KILL_GRACE_S
 
+    def guard_s(self) -> int:
+        """When the guard's timer fires, from the transaction's start (the agent's guard_s)."""
+        if self.mode is Mode.BOOT:
+            return LOCK_WAIT_S + PROFILE_SET_S + self.boot_s + _KILL_GRACE_S + GUARD_MARGIN_S
+        return (
+            LOCK_WAIT_S
+            + self._activation()
+            + 2 * self.health_s
+            + self.settle_s
+            + self.confirm_s
+            + GUARD_MARGIN_S
+        )
+
     def contact_window_s(self) -> int:
         """How long the deployer keeps trying a host that does not answer at all (a network
         cut, a host powered off) before it reports it unknown: its transaction decides by
@@ -193,19 +218,29 @@ class Status:
     previous_system: str = ""
     new_system: str = ""
     reason: str = ""
+    keeper: Keeper = Keeper.UNIT
+
+    @property
+    def orphaned(self) -> bool:
+        """In progress, but its own unit is gone (killed): the guard, or nothing, carries it on."""
+        return not self.phase.final and self.phase is not Phase.NONE and self.keeper is not Keeper.UNIT
 
 
 def parse_status(line: str) -> Status | None:
-    """Reads a status line: @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>REASON."""
+    """Reads a status line: @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>REASON."""
     if not line.startswith(STATUS_MARK):
         return None
-    parts = line[len(STATUS_MARK) :].rstrip("\r\n").split("\t", 3)
-    parts += [""] * (4 - len(parts))
+    parts = line[len(STATUS_MARK) :].rstrip("\r\n").split("\t", 4)
+    parts += [""] * (5 - len(parts))
     try:
         phase = Phase(parts[0].strip())
     except ValueError:
         return None
-    return Status(phase, parts[1].strip(), parts[2].strip(), parts[3].strip())
+    try:
+        keeper = Keeper(parts[3].strip())
+    except ValueError:
+        keeper = Keeper.UNIT  # not said: nothing to act on
+    return Status(phase, parts[1].strip(), parts[2].strip(), parts[4].strip(), keeper)
 
 
 def last_status(text: str) -> Status | None:
@@ -260,7 +295,7 @@ class Agent:
         # The agent and the transactions' records both live in /run: without the script
         # (the host rebooted), there is no such transaction either, and that is the answer.
         run_or_none = (
-            '[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "@@deploy-flake-state\\tnone\\t\\t\\t\\n"'
+            '[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "@@deploy-flake-state\\tnone\\t\\t\\t\\t\\n"'
         )
         return self.remote.command(
             ["/bin/sh", "-c", run_or_none, script_path(), verb, self.deploy_id, *args],
@@ -420,6 +455,17 @@ class Agent:
             return None
         return status
 
+    async def rescue(self, on_line: LineSink) -> Status | None:
+        """Starts the guard of a transaction that nothing carries on any more (its unit and
+        its guard were killed), then watches it like `watch`; None when the host did not answer."""
+        try:
+            status, _ = await self._streamed(
+                "rescue", str(self._log_offset), str(STREAM_S), on_line=on_line, timeout=STREAM_S + 30
+            )
+        except ProcessTimeout:
+            return None
+        return status
+
     async def follow(
         self,
         on_line: LineSink,
@@ -441,9 +487,18 @@ class Agent:
         deadline = time.monotonic() + self.settings.remaining_s(phase)
         last_problem = "no answer"
         lost_since: float | None = None
+        orphaned_in: Phase | None = None  # the phase in which the transaction's unit was seen dead
+        rescues = 0
+        rescue = self.last is not None and self.last.orphaned and self.last.keeper is Keeper.NONE
+        host = self.remote.dest.host
         while True:
-            status = await self.watch(STREAM_S, on_line, stop=stop)
-            host, window = self.remote.dest.host, self.settings.contact_window_s()
+            if rescue:
+                rescues += 1
+                status = await self.rescue(on_line)
+            else:
+                status = await self.watch(STREAM_S, on_line, stop=stop)
+            rescue = False
+            window = self.settings.contact_window_s()
             if status is None and lost_since is None:
                 lost_since = time.monotonic()
                 if on_contact is not None:
@@ -468,9 +523,38 @@ class Agent:
                     on_phase(phase)
                 if until(phase) or phase.final or phase is Phase.NONE:
                     return status
+                if status.orphaned:
+                    if orphaned_in is None:
+                        orphaned_in = phase
+                        # from here on, only the guard's recovery is waited for
+                        deadline = time.monotonic() + self.settings.recovery_s() + _MARGIN_S
+                        if on_contact is not None:
+                            on_contact(
+                                f"the transaction's unit was killed on {host} while it was {phase}: "
+                                + (
+                                    "its guard recovers the host"
+                                    if status.keeper is Keeper.GUARD
+                                    else "asking the host to start its guard"
+                                )
+                            )
+                    if status.keeper is Keeper.NONE:
+                        if rescues >= RESCUES:
+                            raise AgentLost(
+                                f"the transaction's unit was killed on {host} while it was {orphaned_in}, "
+                                f"and its guard could not recover the host ({rescues} tries); on the host: "
+                                f"`systemctl status deploy-flake-{self.deploy_id}-guard`"
+                            )
+                        rescue = True
+                        continue
+            if time.monotonic() > deadline and orphaned_in is not None:
+                raise AgentLost(
+                    f"the transaction's unit was killed on {host} while it was {orphaned_in}, and its "
+                    f"guard did not finish recovering the host within {self.settings.recovery_s()}s "
+                    f"(it is {phase}); on the host: `systemctl status deploy-flake-{self.deploy_id}-guard`"
+                )
             if time.monotonic() > deadline:
                 raise AgentLost(
-                    f"no word from the activation on {self.remote.dest.host} within "
+                    f"no word from the activation on {host} within "
                     f"{self.settings.remaining_s(phase)}s of it entering {phase} ({last_problem})"
                 )
             if status is None:
@@ -509,7 +593,7 @@ class Agent:
             except ProcessTimeout:
                 return None, "the confirmation got no answer"
             if status is not None:
-                if status.phase in (Phase.CHECKING, Phase.AWAITING_CONFIRMATION):
+                if status.phase in (Phase.CHECKING, Phase.AWAITING_CONFIRMATION) and not status.orphaned:
                     # not taken (a health check that outlasted the agent's wait): again
                     await asyncio.sleep(0.2)
                     continue

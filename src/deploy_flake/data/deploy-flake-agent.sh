@@ -18,8 +18,14 @@
 # Any failure, timeout, abort request or missing confirmation before step 5
 # re-activates the previous system (retried once): the boot entry is never
 # touched before the new system was confirmed. If the unit itself is killed,
-# its ExecStopPost (`recover`) does the same. Tools always come from the
-# system that ran before the deploy, never from the one being tried.
+# its ExecStopPost (`recover`) does the same; and because a kill of the whole
+# unit can take its ExecStopPost along (systemd 262 does), a guard outside the
+# unit does it too: the transient timer deploy-flake-ID-guard.timer, armed before
+# the unit starts and fired at the transaction's deadline, and its service,
+# started at once by the unit's OnFailure= when the unit dies. The guard runs in
+# a cgroup of its own and only acts on a transaction that nothing carries on.
+# Tools always come from the system that ran before the deploy, never from
+# the one being tried.
 #
 # Usage (as root; ID is the deploy's id):
 #   agent start ID [MAX_S [STOP]] < SETTINGS
@@ -32,6 +38,9 @@
 #                              MAX_S, then `watch ID 0 MAX_S STOP` (one round trip less)
 #   agent run ID               the transaction (the unit's main process)
 #   agent recover ID           the unit's ExecStopPost: finish a transaction that was killed
+#   agent guard ID             the guard's service: once the unit is gone, `recover`
+#   agent rescue ID OFFSET MAX_S  start the guard now (the deployer saw nothing carry the
+#                              transaction on), then `watch ID OFFSET MAX_S`
 #   agent finish ID            the same, by a newer transaction that holds the deploy lock
 #   agent watch ID OFFSET MAX_S [STOP]  the log from byte OFFSET on, then the status, once
 #                              the transaction needs the deployer, ended, reached phase STOP
@@ -42,11 +51,13 @@
 #                              it waits for the transaction to ask for it.
 #   agent abort ID             roll back now, or never start (the deployer was interrupted)
 #   agent status ID            print the status
-# Every verb but run and recover ends with one status line:
-#   @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>REASON
+# Every verb but run, recover and guard ends with one status line:
+#   @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>REASON
 # PHASE: none pending starting activating checking awaiting-confirmation committing
 # rolling-back (in progress) or activated rolled-back failed rollback-failed
-# restore-failed (final).
+# restore-failed (final). KEEPER: what carries the transaction on: unit (its own
+# unit, its ExecStopPost included), guard (the guard's service), none (nothing:
+# both were killed; a transaction in progress then needs `rescue`).
 set -u
 export LC_ALL=C
 PATH="${PATH:-/usr/bin:/bin}:/run/current-system/sw/bin:/usr/bin:/bin"
@@ -60,13 +71,14 @@ KEEP_RUNS=20
 LOCK_WAIT_S=30   # agent.py LOCK_WAIT_S
 PROFILE_SET_S=120  # agent.py PROFILE_SET_S
 KILL_GRACE_S=10
+GUARD_MARGIN_S=30  # agent.py GUARD_MARGIN_S
 CONFIRM_HOLD_MARGIN_S=10  # agent.py CONFIRM_HOLD_MARGIN_S: an early confirm's wait, beyond the checks
 CONFIRM_TAKEN_S=10  # agent.py CONFIRM_TAKEN_S: how long confirm waits for the transaction to take it
 
 die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
 
 cmd=${1:-}
-[ $# -ge 2 ] || die "usage: agent start|run|recover|watch|confirm|abort|status ID ..."
+[ $# -ge 2 ] || die "usage: agent start|run|recover|guard|rescue|watch|confirm|abort|status ID ..."
 ID=$2
 case $ID in '' | .* | *[!A-Za-z0-9_.-]*) die "bad deploy id '$ID'" ;; esac
 DIR=$BASE/$ID
@@ -95,6 +107,7 @@ read_state() {  # [DIR]: another transaction's
 }
 state_of() { read_state; echo "$STATE"; }
 state_is_not() { read_state; [ "$STATE" != "$1" ]; }  # PHASE (a poll's condition)
+moved_on_from() { state_is_not "$1" || { keeper; [ "$KEEPER" != unit ]; }; }  # ... or its unit died
 is_final() { case $1 in activated | rolled-back | failed | rollback-failed | restore-failed) return 0 ;; esac; return 1; }
 
 print_status() {  # [PHASE]
@@ -102,7 +115,8 @@ print_status() {  # [PHASE]
   prev=$(cat "$DIR/previous" 2>/dev/null)
   new=$(param NEW)
   reason=$(head -n 1 "$DIR/reason" 2>/dev/null | tr '\t' ' ')
-  printf '@@deploy-flake-state\t%s\t%s\t%s\t%s\n' "$st" "$prev" "$new" "$reason"
+  keeper
+  printf '@@deploy-flake-state\t%s\t%s\t%s\t%s\t%s\n' "$st" "$prev" "$new" "$KEEPER" "$reason"
 }
 
 log() { echo "[deploy-flake] $*" >> "$DIR/log"; }
@@ -110,7 +124,53 @@ set_reason() { printf '%s\n' "$*" > "$DIR/reason"; }
 set_state() {
   printf '%s\n' "$1" > "$DIR/state.tmp" && mv -f "$DIR/state.tmp" "$DIR/state"
   log "state: $1"
-  if is_final "$1"; then drop_gc_root; fi
+  if is_final "$1"; then drop_gc_root; disarm_guard; fi
+}
+
+# ---------------------------------------------------------------- who carries it on
+# The transaction's unit records its cgroup when it starts; the guard's service lives
+# beside it. A directory that exists is a unit with processes in it (an ExecStopPost
+# included); both looks are builtins, so a watch makes them every second.
+GUARD=deploy-flake-$ID-guard
+keeper() {  # sets KEEPER: unit, guard or none
+  KEEPER=unit
+  [ -r "$DIR/cgroup" ] || return 0  # its unit has not run yet (or never will: then it is final)
+  read -r cg < "$DIR/cgroup" || return 0
+  if [ -d "$cg" ]; then KEEPER=unit
+  elif [ -d "${cg%/*}/$GUARD.service" ]; then KEEPER=guard
+  else KEEPER=none
+  fi
+}
+keeper_rank() { case $1 in unit) echo 2 ;; guard) echo 1 ;; *) echo 0 ;; esac; }
+record_cgroup() {  # the cgroup directory of the calling process's unit, into $DIR/cgroup
+  while IFS= read -r line; do
+    path=/${line#*:*:/}
+    for root in /sys/fs/cgroup /sys/fs/cgroup/unified /sys/fs/cgroup/systemd; do
+      case $path in */deploy-flake-"$ID".service) ;; *) continue 2 ;; esac
+      if [ -d "$root$path" ]; then printf '%s\n' "$root$path" > "$DIR/cgroup"; return 0; fi
+    done
+  done < /proc/self/cgroup
+  log "warning: the unit's cgroup was not found; the deployer cannot see whether it is alive"
+}
+# The guard's deadline: the end of the confirmation window (or of the boot entry's
+# writing), and a margin. Fired earlier by the unit's death (OnFailure=).
+guard_s() {
+  if [ "$MODE" = boot ]; then
+    echo $((LOCK_WAIT_S + PROFILE_SET_S + BOOT_S + KILL_GRACE_S + GUARD_MARGIN_S))
+  else
+    echo $((LOCK_WAIT_S + ACT_S + KILL_GRACE_S + 2 * HEALTH_S + SETTLE_S + CONFIRM_S + GUARD_MARGIN_S))
+  fi
+}
+arm_guard() {  # prints why it could not; false when armed
+  systemd-run --unit="$GUARD" --description="deploy-flake guard $ID" \
+    --on-active="$(guard_s)" --timer-property=AccuracySec=1s --timer-property=RemainAfterElapse=no \
+    --property=CollectMode=inactive-or-failed --service-type=exec --property=SuccessExitStatus=1 \
+    -- /bin/sh "$AGENT" guard "$ID" 8>&- 2>&1 >/dev/null || return 0
+  return 1
+}
+disarm_guard() {  # and a killed unit's failed state goes: the transaction is over
+  systemctl stop "$GUARD.timer" 8>&- >/dev/null 2>&1
+  systemctl reset-failed "deploy-flake-$ID.service" "$GUARD.service" 8>&- >/dev/null 2>&1 || :
 }
 
 # The deployer's build result link kept the new system from garbage collection
@@ -181,8 +241,10 @@ poll() {  # MAX_S INTERVAL CMD...
 # One systemctl call for both: a unit that failed (ACTIVE), one waiting to be restarted after
 # a crash (SUB auto-restart).
 unit_states() { systemctl list-units --all --plain --no-legend --no-pager 8>&- 2>/dev/null; }
-failed_in() { printf '%s\n' "$1" | awk '$3 == "failed" { print $1 }' | sort -u; }
-crashing_in() { printf '%s\n' "$1" | awk '$4 == "auto-restart" { print $1 }' | sort -u; }
+# deploy-flake's own units (a killed transaction's, its guard's) are not the system's health:
+# the transaction that left them is finished by its guard or by the next deploy.
+failed_in() { printf '%s\n' "$1" | awk '$3 == "failed" && $1 !~ /^deploy-flake-/ { print $1 }' | sort -u; }
+crashing_in() { printf '%s\n' "$1" | awk '$4 == "auto-restart" && $1 !~ /^deploy-flake-/ { print $1 }' | sort -u; }
 restart_counts() {  # "UNIT NRESTARTS" for every loaded service
   systemctl show -p Id -p NRestarts '*.service' 8>&- 2>/dev/null | awk -F= '
     $1 == "Id" { id = $2 } $1 == "NRestarts" { n = $2 }
@@ -433,6 +495,7 @@ run() {
   [ -d "$DIR" ] || die "no deploy $ID on this host"
   exec >>"$DIR/log" 2>&1
   is_final "$(state_of)" && exit 0  # settled before it ran (the deploy was interrupted)
+  record_cgroup
   load_settings
   if problem=$(settings_problem); then conclude_unchanged "$problem"; fi
   set_state starting
@@ -515,6 +578,68 @@ recover_locked() {  # with the deploy lock held, for the transaction in $DIR
   rollback "the activation unit was stopped before the deploy was confirmed (state $st)"
 }
 
+# The longest a transaction may stay in PHASE (its own waits and limits, with a margin):
+# a unit still in it after that is wedged (frozen, stopped by a signal, hung in a kernel call).
+phase_budget_s() {  # PHASE
+  case $1 in
+    activating) b=$((ACT_S + KILL_GRACE_S)) ;;
+    checking) b=$((2 * HEALTH_S + SETTLE_S)) ;;
+    awaiting-confirmation) b=$((CONFIRM_S + HEALTH_S)) ;;
+    committing) b=$((2 * (PROFILE_SET_S + LOCK_WAIT_S + BOOT_S + KILL_GRACE_S) + 2 * (LOCK_WAIT_S + ACT_S + KILL_GRACE_S + HEALTH_S))) ;;
+    rolling-back) b=$((2 * (LOCK_WAIT_S + ACT_S + KILL_GRACE_S + HEALTH_S))) ;;
+    *) b=$((LOCK_WAIT_S + $(recovery_s))) ;;  # pending, starting: an earlier transaction may be finished first
+  esac
+  echo $((b + GUARD_MARGIN_S))
+}
+overdue() {  # true when the transaction has been in its phase for longer than it may
+  since=$(stat -c %Y "$DIR/state" 2>/dev/null) || return 1
+  [ $(($(date +%s) - since)) -gt "$(phase_budget_s "$STATE")" ]
+}
+
+# The guard's service: started by its timer at the transaction's deadline, at once by the
+# unit's OnFailure= when the unit dies, or by the deployer's `rescue`. While the unit lives,
+# it only watches: a unit that stays in a phase longer than the phase may take is stopped
+# (which runs its ExecStopPost). Once the unit is gone, it recovers as the ExecStopPost would.
+guard() {
+  trap disarm_guard EXIT
+  [ -d "$DIR" ] || exit 0
+  is_final "$(state_of)" && exit 0
+  load_settings
+  stopped=""
+  while keeper; [ "$KEEPER" = unit ] && read_state && ! is_final "$STATE"; do
+    if [ -z "$stopped" ] && overdue; then
+      log "guard: the activation unit is still $STATE, longer than it may be ($(phase_budget_s "$STATE")s): stopping it"
+      # systemd refuses to stop a frozen unit ("Cannot perform operation on frozen unit")
+      systemctl thaw "deploy-flake-$ID.service" 8>&- >/dev/null 2>&1
+      systemctl stop --no-block "deploy-flake-$ID.service" 8>&- 2>/dev/null
+      stopped=1
+    fi
+    sleep 1
+  done
+  is_final "$(state_of)" && exit 0
+  exec >>"$DIR/log" 2>&1
+  log "guard: the activation unit is gone and the transaction is $(state_of): recovering"
+  recover
+}
+
+rescue() {  # OFFSET MAX_S
+  read_state
+  if ! is_final "$STATE" && [ -d "$DIR" ]; then
+    keeper
+    if [ "$KEEPER" = none ]; then
+      log "the deployer found nothing carrying the transaction on (state $STATE): starting its guard"
+      systemctl start --no-block "$GUARD.service" 8>&- 2>/dev/null ||
+        systemd-run --unit="$GUARD" --description="deploy-flake guard $ID" \
+          --property=CollectMode=inactive-or-failed --service-type=exec --property=SuccessExitStatus=1 \
+          -- /bin/sh "$AGENT" guard "$ID" 8>&- >/dev/null 2>&1 ||
+        log "starting the guard failed"
+      poll 5 "$FAST" keeper_is_not none || :
+    fi
+  fi
+  watch "$1" "$2"
+}
+keeper_is_not() { keeper; [ "$KEEPER" != "$1" ]; }
+
 # ---------------------------------------------------------------- deployer-facing verbs
 start() {
   umask 077
@@ -533,12 +658,18 @@ start() {
     set_reason "interrupted before the activation unit started; nothing was changed"; set_state failed
     print_status; exit 0
   fi
+  # The guard first: no transaction runs without it.
+  if why=$(arm_guard); then
+    set_reason "could not arm the transaction's guard timer, so nothing was started: $(echo "$why" | tail -n 1)"
+    set_state failed
   # Nothing from the deployer is in this command line but the (checked) id: systemd
-  # would expand '$' in it. The settings travel in $DIR/settings.
-  if ! out=$(systemd-run --unit="deploy-flake-$ID" --description="deploy-flake activation $ID" \
+  # would expand '$' in it. The settings travel in $DIR/settings. Exit 1 is a transaction
+  # that ended as it should (rolled back, failed): only a death starts the guard.
+  elif ! out=$(systemd-run --unit="deploy-flake-$ID" --description="deploy-flake activation $ID" \
       --collect --service-type=exec --property=KillMode=control-group \
       --property="ExecStopPost=/bin/sh $AGENT recover $ID" \
       --property="TimeoutStopSec=$(recovery_s)" \
+      --property=SuccessExitStatus=1 --property="OnFailure=$GUARD.service" \
       -- /bin/sh "$AGENT" run "$ID" 2>&1); then
     if [ ! -e "$DIR/state" ]; then
       set_reason "systemd-run failed: $(echo "$out" | tail -n 1)"; set_state failed
@@ -554,7 +685,10 @@ start() {
 
 watch_ends() {  # PHASE: where a watch hands back to the deployer
   case $1 in none | awaiting-confirmation | "$stop") return 0 ;; esac
-  is_final "$1"
+  is_final "$1" && return 0
+  # ... and where what carries the transaction on changed for the worse (the unit died)
+  keeper
+  [ "$KEEPER" = none ] || [ "$(keeper_rank "$KEEPER")" -lt "$watch_rank" ]
 }
 show_log() {  # prints the log from byte $off to its current end; $off follows
   size=$(log_size)
@@ -576,6 +710,7 @@ watch() {  # OFFSET MAX_S [STOP]
   off=$1 stop=${3:-}
   if ! is_uint "$off" || ! is_uint "$2"; then die "watch: OFFSET and MAX_S are numbers"; fi
   tick; watch_stop=$((UP + $2 * 100))
+  keeper; watch_rank=$(keeper_rank "$KEEPER")
   fifo=$DIR/watch.$$
   trap 'rm -f "$fifo"' EXIT
   { rm -f "$fifo" && mkfifo -m 600 "$fifo"; } 2>/dev/null || fifo=""
@@ -603,12 +738,12 @@ confirm() {  # [OFFSET MAX_S]
     load_settings
     is_uint "$HEALTH_S" || HEALTH_S=30
     is_uint "$SETTLE_S" || SETTLE_S=0
-    poll "$((2 * HEALTH_S + SETTLE_S + CONFIRM_HOLD_MARGIN_S))" "$FAST" state_is_not checking || :
+    poll "$((2 * HEALTH_S + SETTLE_S + CONFIRM_HOLD_MARGIN_S))" "$FAST" moved_on_from checking || :
   fi
   # the transaction takes it within a poll ($BRISK s), unless its window just closed
   if [ "$(state_of)" = awaiting-confirmation ]; then
     : > "$DIR/confirm"
-    poll "$CONFIRM_TAKEN_S" "$FAST" state_is_not awaiting-confirmation || :
+    poll "$CONFIRM_TAKEN_S" "$FAST" moved_on_from awaiting-confirmation || :
   fi
   if [ -n "${1:-}" ]; then watch "$1" "${2:-0}"; else print_status; fi
 }
@@ -633,6 +768,8 @@ case $cmd in
     flock -n 8 2>/dev/null || die "finish: only for a transaction that holds the deploy lock"
     recover_locked ;;  # internal: a newer transaction, holding the lock, finishes this one
   start) start "${3:-}" "${4:-}" ;;
+  guard) guard ;;
+  rescue) rescue "${3:-0}" "${4:-30}" ;;
   watch) watch "${3:-0}" "${4:-30}" "${5:-}" ;;
   confirm) confirm "${3:-}" "${4:-}" ;;
   abort) abort ;;
