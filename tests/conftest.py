@@ -48,6 +48,7 @@ _BESIDE_FILES = frozenset(
         # hosts of their own (trixie1, sid1, vm-sid); the sid deployer root they share with
         # test_modern_nix.py is installed once, under a lock (`lab deployer install`)
         "test_matrix.py",
+        "test_guard.py",  # sid1, and the alpha of this worker's own pool
     }
 )
 
