@@ -12,7 +12,7 @@ import pytest
 
 from deploy_flake import nix, process
 from deploy_flake.errors import UsageError
-from deploy_flake.inventory import InventoryHost, load_inventory, parse_inventory, select
+from deploy_flake.fleet.inventory import InventoryHost, load_inventory, parse_inventory, select
 from deploy_flake.models import DeployOptions, Timeouts
 
 FIXTURE_FLAKE = Path(__file__).parent.parent / "lab" / "fixture-flake"

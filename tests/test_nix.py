@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy_flake import nix, target
+from deploy_flake import nix
 from deploy_flake.agent import script
+from deploy_flake.host import target
 
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 SOURCE = "/nix/store/" + "s" * 32 + "-source"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy_flake.destination import Destination
 from deploy_flake.durations import parse_duration
 from deploy_flake.errors import UsageError
 from deploy_flake.models import Outcome, exit_code
-from deploy_flake.ssh import Remote, SshSettings
+from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.ssh import Remote, SshSettings
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_nix_sshopts_refuse_white_space() -> None:
 def test_default_jobs_follows_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     import resource
 
-    from deploy_flake import fleet
+    from deploy_flake.fleet import run as fleet
 
     limits = {"soft": 1024, "hard": 1024}
     monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))

@@ -23,7 +23,7 @@ from deploy_flake import process
 from deploy_flake.errors import DeployError
 from deploy_flake.models import Outcome, Stage
 from deploy_flake.process import ProcessTimeout
-from deploy_flake.ssh import Remote
+from deploy_flake.remote.ssh import Remote
 
 AGENT_DIR = "/run/deploy-flake"
 STATUS_MARK = "@@deploy-flake-state\t"

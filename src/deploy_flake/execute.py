@@ -13,20 +13,9 @@ import click
 
 from deploy_flake import process
 from deploy_flake.cli import _fail
-from deploy_flake.destination import Destination, SshTarget, check_distinct_hosts
-from deploy_flake.display import (
-    JsonEvents,
-    PlainEvents,
-    QuietEvents,
-    plain_plan,
-    plain_status,
-    plain_summary,
-    status_document,
-)
 from deploy_flake.errors import DeployError, UsageError
-from deploy_flake.events import Events
-from deploy_flake.fleet import InterruptedTwice, Target, deploy_all
-from deploy_flake.inventory import load_inventory, select
+from deploy_flake.fleet.inventory import load_inventory, select
+from deploy_flake.fleet.run import InterruptedTwice, Target, deploy_all
 from deploy_flake.models import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -40,10 +29,21 @@ from deploy_flake.models import (
     exit_code,
 )
 from deploy_flake.nix import build_args
-from deploy_flake.report import ReportError, check_report_path, write_report
-from deploy_flake.run_log import RunLog, default_log_dir, new_run_dir
-from deploy_flake.ssh import check_ssh_option, config_command
-from deploy_flake.sudo_password import sudo_password
+from deploy_flake.output.display import (
+    JsonEvents,
+    PlainEvents,
+    QuietEvents,
+    plain_plan,
+    plain_status,
+    plain_summary,
+    status_document,
+)
+from deploy_flake.output.events import Events
+from deploy_flake.output.report import ReportError, check_report_path, write_report
+from deploy_flake.output.run_log import RunLog, default_log_dir, new_run_dir
+from deploy_flake.remote.destination import Destination, SshTarget, check_distinct_hosts
+from deploy_flake.remote.ssh import check_ssh_option, config_command
+from deploy_flake.remote.sudo_password import sudo_password
 
 # ssh -G only reads configuration files; a `Match exec` in them may run a command.
 SSH_CONFIG_TIMEOUT_S = 30
@@ -78,7 +78,7 @@ def execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
 
     tty = sys.stdout.isatty()
     if tty:  # rich only for a terminal: its import is a good part of a short run's start-up
-        from deploy_flake import display_live
+        from deploy_flake.output import display_live
 
     def logged(events: Events) -> Events:
         return events if run_dir is None else RunLog(run_dir, events)

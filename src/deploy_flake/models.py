@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from deploy_flake.destination import Destination
 from deploy_flake.errors import UsageError
+from deploy_flake.remote.destination import Destination
 
 
 class Stage(StrEnum):

@@ -11,7 +11,7 @@ from pathlib import Path
 from deploy_flake import process
 from deploy_flake.errors import DeployError, PermanentError, UsageError
 from deploy_flake.process import LineSink
-from deploy_flake.ssh import Remote
+from deploy_flake.remote.ssh import Remote
 
 # Hosts need not enable flakes in their nix.conf.
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")

@@ -9,12 +9,13 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from deploy_flake import nix, process, target
+from deploy_flake import nix, process
 from deploy_flake.errors import DeployError, PermanentError
+from deploy_flake.host import target
 from deploy_flake.models import BuildOn, BuildPlace, Timeouts
 from deploy_flake.nix import Flake
 from deploy_flake.process import LineSink, ProcessTimeout
-from deploy_flake.ssh import Remote, SshSettings
+from deploy_flake.remote.ssh import Remote, SshSettings
 
 
 async def retry_copy(

@@ -42,7 +42,7 @@ class Gate:
                 self._ask()
 
     def _ask(self) -> None:
-        from deploy_flake.display import plain_plan  # display imports models only
+        from deploy_flake.output.display import plain_plan  # display imports models only
 
         names = ", ".join(r.destination for r in self.arrived)
         self.out.write(plain_plan(self.arrived) + "\n")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from deploy_flake import process
 from deploy_flake.errors import DeployError
 from deploy_flake.process import Completed, LineSink
-from deploy_flake.ssh import Remote
+from deploy_flake.remote.ssh import Remote
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

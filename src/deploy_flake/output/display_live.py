@@ -10,9 +10,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from deploy_flake.display import STATUS_COLUMNS, status_fields
 from deploy_flake.durations import format_duration
 from deploy_flake.models import HostResult, Outcome, Stage
+from deploy_flake.output.display import STATUS_COLUMNS, status_fields
 
 OUTCOME_STYLE = {
     Outcome.ACTIVATED: "green",

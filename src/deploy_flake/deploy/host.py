@@ -8,18 +8,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from deploy_flake import nix, process, target
+from deploy_flake import nix, process
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
-from deploy_flake.ask import Gate
-from deploy_flake.builder import Builder, retry_copy
-from deploy_flake.destination import Destination, check_config_name
 from deploy_flake.errors import DeployError
-from deploy_flake.events import Events
+from deploy_flake.fleet.builder import Builder, retry_copy
+from deploy_flake.host import target
+from deploy_flake.host.target import HostFacts
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
 from deploy_flake.nix import Flake
+from deploy_flake.output.ask import Gate
+from deploy_flake.output.events import Events
 from deploy_flake.process import ProcessTimeout
-from deploy_flake.ssh import Remote, SshSettings
-from deploy_flake.target import HostFacts
+from deploy_flake.remote.destination import Destination, check_config_name
+from deploy_flake.remote.ssh import Remote, SshSettings
 
 DEFAULT_PRE_ACTIVATE = "pre-activate-safety-checks"
 

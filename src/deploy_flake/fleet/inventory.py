@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from deploy_flake import nix
-from deploy_flake.destination import CONFIG_NAME, USER_NAME, Destination
 from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import UsageError
 from deploy_flake.models import SANITY_CHECKS, DeployOptions
-from deploy_flake.ssh import SSH_OPTION
+from deploy_flake.remote.destination import CONFIG_NAME, USER_NAME, Destination
+from deploy_flake.remote.ssh import SSH_OPTION
 
 TAG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Per-stage limits an inventory host may set, with their smallest value in seconds.

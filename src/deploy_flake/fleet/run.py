@@ -15,13 +15,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploy_flake import nix, process
-from deploy_flake.ask import Gate
-from deploy_flake.builder import Builder
-from deploy_flake.destination import Destination
-from deploy_flake.events import Events
-from deploy_flake.host_deploy import HostDeploy, Run
+from deploy_flake.deploy.host import HostDeploy, Run
+from deploy_flake.fleet.builder import Builder
 from deploy_flake.models import BuildPlace, DeployOptions, HostResult, Job, Outcome
-from deploy_flake.ssh import SshSettings
+from deploy_flake.output.ask import Gate
+from deploy_flake.output.events import Events
+from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.ssh import SshSettings
 
 
 @dataclass(frozen=True)

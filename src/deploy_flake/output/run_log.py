@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import IO
 
 from deploy_flake.errors import UsageError
-from deploy_flake.events import Events
 from deploy_flake.models import HostResult, Stage
+from deploy_flake.output.events import Events
 
 
 def default_log_dir() -> Path:

@@ -1,0 +1,1 @@
+"""Many hosts: the run in parallel, rollouts, building once, the inventory."""
