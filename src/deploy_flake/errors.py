@@ -1,4 +1,14 @@
-"""The one domain exception: a message a user can act on."""
+"""The one error tree: every failure deploy-flake reports is a DeployError, a message a user
+can act on. Its branches say what kind of failure it was, for the few places that decide
+differently by kind (a retry, a lost connection that is expected, an interruption)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deploy_flake.process import Completed
 
 
 class DeployError(Exception):
@@ -18,3 +28,23 @@ class UsageError(DeployError):
 
 class PermanentError(DeployError):
     """A failure that trying again cannot heal (a copy the host refuses): never retried."""
+
+
+class ProcessTimeout(DeployError):
+    """A command ran past its deadline and was killed (with everything it started)."""
+
+    def __init__(self, argv: Sequence[str], timeout: float, partial: Completed) -> None:
+        super().__init__(f"{argv[0]} did not finish within {timeout:.0f}s")
+        self.timeout = timeout
+        self.partial = partial  # what it printed until then
+
+
+class ConnectionLost(DeployError):
+    """ssh could not reach the host, or lost it (ssh's own exit status 255)."""
+
+    def __init__(self, host: str, done: Completed, what: str = "") -> None:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        self.ssh_error = lines[-1] if lines else f"ssh exited with {done.returncode}"
+        self.completed = done
+        during = f" during {what}" if what else ""
+        super().__init__(f"lost the SSH connection to {host}{during}: {self.ssh_error}")

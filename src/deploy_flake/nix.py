@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy_flake import process
-from deploy_flake.errors import DeployError, PermanentError, UsageError
+from deploy_flake.errors import DeployError, PermanentError, ProcessTimeout, UsageError
 from deploy_flake.process import LineSink
 from deploy_flake.remote.ssh import Remote
 
@@ -99,11 +99,8 @@ def parse_metadata(stdout: str) -> Flake:
 
 async def flake_archive(remote: Remote, directory: Path, *, timeout: float, on_line: LineSink) -> None:
     """Copies the flake and all its inputs to the host's store (path: and private inputs too)."""
-    done = await process.run(
-        archive_argv(remote.nix_store_uri(), directory),
-        env={"NIX_SSHOPTS": remote.nix_sshopts()},
-        timeout=timeout,
-        on_stderr=on_line,
+    done = await remote.run_nix(
+        archive_argv(remote.nix_store_uri(), directory), timeout=timeout, on_stderr=on_line
     )
     if not done.ok:
         raise DeployError(f"copying the flake to {remote.dest.host} failed: {done.last_lines(3)}")
@@ -127,8 +124,11 @@ async def build_toplevel(
     """
     argv = build_argv(flake, config, gc_root=gc_root, extra_args=extra_args)
     try:
-        done = await process.run(remote.command(argv) if remote else argv, timeout=timeout, on_stderr=on_line)
-    except process.ProcessTimeout:
+        if remote is None:
+            done = await process.run(argv, timeout=timeout, on_stderr=on_line)
+        else:
+            done = await remote.run(argv, timeout=timeout, on_stderr=on_line, what="the build")
+    except ProcessTimeout:
         raise DeployError(f"the build did not finish within {timeout:.0f}s (--build-timeout)") from None
     if not done.ok:
         raise DeployError(_build_failure(done.stderr, config))
@@ -156,9 +156,7 @@ async def copy_closure(
     remote = to or source
     assert remote is not None and (to is None) != (source is None)
     argv = copy_argv(path, remote.nix_store_uri(), to=to is not None)
-    done = await process.run(
-        argv, env={"NIX_SSHOPTS": remote.nix_sshopts()}, timeout=timeout, on_stderr=on_line
-    )
+    done = await remote.run_nix(argv, timeout=timeout, on_stderr=on_line)
     if done.ok:
         return
     where = f"to {remote.dest.host}" if to else f"from {remote.dest.host}"
@@ -176,7 +174,7 @@ async def add_gc_root(remote: Remote, path: str, link: str) -> None:
     """A GC root on the host for a store path copied there (as `nix build --out-link` makes one
     for a path built there), until the system profile holds it."""
     argv = ["nix-store", "--realise", path, "--add-root", link]
-    done = await process.run(remote.command(argv), timeout=120)
+    done = await remote.run(argv, timeout=120, what=f"registering {path}")
     if not done.ok:
         raise DeployError(f"cannot register {path} on {remote.dest.host}: {done.last_lines(2)}")
 
@@ -218,7 +216,7 @@ async def eval_inventory(flake_dir: Path) -> object:
         raise UsageError(
             "the nix command is not installed here; deploy-flake needs Nix on this machine"
         ) from None
-    except process.ProcessTimeout:
+    except ProcessTimeout:
         raise UsageError(
             f"evaluating {INVENTORY_ATTR} of the flake at {flake_dir} did not finish within "
             f"{INVENTORY_EVAL_TIMEOUT_S}s"

@@ -10,6 +10,10 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from deploy_flake.errors import ProcessTimeout
+
+__all__ = ["Completed", "LineSink", "ProcessTimeout", "kill_all", "run", "run_detached"]
+
 LineSink = Callable[[str], None]
 
 # How much of a stream is kept for error messages and parsing.
@@ -43,15 +47,6 @@ class Completed:
     def last_lines(self, n: int = 12) -> str:
         lines = [ln for ln in self.stderr.splitlines() if ln.strip()]
         return "\n".join(lines[-n:])
-
-
-class ProcessTimeout(Exception):
-    """The process ran past its deadline and was killed."""
-
-    def __init__(self, argv: Sequence[str], timeout: float, partial: Completed) -> None:
-        super().__init__(f"{argv[0]} did not finish within {timeout:.0f}s")
-        self.timeout = timeout
-        self.partial = partial
 
 
 async def run(

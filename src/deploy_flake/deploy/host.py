@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from deploy_flake import nix, process
+from deploy_flake import nix
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
-from deploy_flake.errors import DeployError
+from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
 from deploy_flake.fleet.builder import Builder, retry_copy
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
@@ -18,7 +18,6 @@ from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootP
 from deploy_flake.nix import Flake
 from deploy_flake.output.ask import Gate
 from deploy_flake.output.events import Events
-from deploy_flake.process import ProcessTimeout
 from deploy_flake.remote.destination import Destination, check_config_name
 from deploy_flake.remote.ssh import Remote, SshSettings
 
@@ -103,7 +102,7 @@ class HostDeploy:
         connected = False
         try:
             self.stage(Stage.CONNECT)
-            await target.open_connection(self.remote, self.t.connect)
+            await self.remote.connect(self.t.connect)
             connected = True
             await self._deploy_connected()
         except DeployError as e:
@@ -170,8 +169,8 @@ class HostDeploy:
     async def _disconnect(self) -> None:
         """Drops the build's GC root unless the agent holds it now, and the connection."""
         if not self.started and self.job in (Job.DEPLOY, Job.PLAN):
-            await process.run(self.remote.command(["rm", "-f", self.gc_root]), timeout=15)
-        await target.close_connection(self.remote)
+            await self.remote.run(["rm", "-f", self.gc_root], timeout=15)
+        await self.remote.disconnect()
 
     async def _deploy_connected(self) -> None:
         # Copying the flake needs nothing the host's facts tell: it runs while they are read.
@@ -437,14 +436,14 @@ class HostDeploy:
         deadline = t0 + limit
         try:
             await target.request_reboot(self.remote)
-        except (DeployError, ProcessTimeout) as e:
+        except DeployError as e:
             self.result.outcome = Outcome.UNKNOWN
             self.result.error = (
                 f"the new system is active and its boot entry written, but the reboot was not done: {e}"
             )
             return
         with contextlib.suppress(Exception):  # its host is going down: the master goes with it
-            await target.close_connection(self.remote)
+            await self.remote.disconnect()
         try:
             await self._after_reboot(toplevel, t0, deadline)
         except DeployError as e:
@@ -474,7 +473,7 @@ class HostDeploy:
                 "and the boot loader's default"
             )
             return
-        await target.open_connection(self.remote, max(1.0, min(self.t.connect, deadline - time.monotonic())))
+        await self.remote.connect(max(1.0, min(self.t.connect, deadline - time.monotonic())))
         state, failed = await target.system_health(self.remote, max(1.0, deadline - time.monotonic()))
         if state != "running":
             units = ", ".join(failed) if failed else "none listed"
@@ -625,7 +624,7 @@ class HostDeploy:
     async def _reconnect(self) -> None:
         """After a lost connection: open the shared connection again."""
         with contextlib.suppress(DeployError):
-            await target.open_connection(self.remote, self.t.connect)
+            await self.remote.connect(self.t.connect)
 
     async def _verify_after_rollback(self) -> None:
         """A new login must work and the previous system must be running again."""
@@ -634,11 +633,13 @@ class HostDeploy:
         last_error = "no answer"
         while True:
             try:
-                done = await process.run(
-                    self.remote.command(["readlink", "-f", "/run/current-system"], fresh=True), timeout=30
+                done = await self.remote.run(
+                    ["readlink", "-f", "/run/current-system"], fresh=True, timeout=30
                 )
             except ProcessTimeout:
                 done = None
+            except ConnectionLost as e:
+                done, last_error = None, e.ssh_error
             if done is not None and not done.ok:
                 last_error = done.last_lines(1) or f"ssh exited with {done.returncode}"
             if done is not None and done.ok:
@@ -680,7 +681,7 @@ class HostDeploy:
                 self.note("the host had already committed the new system when interrupted")
             elif self.result.outcome is Outcome.FAILED and "interrupted" not in status.reason:
                 self.result.error = f"interrupted: {status.reason or 'nothing was changed'}"
-        except (DeployError, ProcessTimeout, OSError) as e:
+        except (DeployError, OSError) as e:
             self.result.outcome = Outcome.UNKNOWN
             self.result.error = (
                 f"interrupted, and then {e}; without confirmation {self.dest.host} returns to its "

@@ -9,12 +9,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from deploy_flake import nix, process
-from deploy_flake.errors import DeployError, PermanentError
-from deploy_flake.host import target
+from deploy_flake import nix
+from deploy_flake.errors import DeployError, PermanentError, ProcessTimeout
 from deploy_flake.models import BuildOn, BuildPlace, Timeouts
 from deploy_flake.nix import Flake
-from deploy_flake.process import LineSink, ProcessTimeout
+from deploy_flake.process import LineSink
 from deploy_flake.remote.ssh import Remote, SshSettings
 
 
@@ -28,7 +27,7 @@ async def retry_copy(
         try:
             await copy()
             return
-        except (DeployError, ProcessTimeout) as e:
+        except DeployError as e:  # a timeout (ProcessTimeout) too
             reason = (
                 f"no progress within {t.copy:.0f}s (--copy-timeout)"
                 if isinstance(e, ProcessTimeout)
@@ -94,7 +93,7 @@ class Builder:
         remote = self.remote
         assert remote is not None
         try:
-            await target.open_connection(remote, self.t.connect)
+            await remote.connect(self.t.connect)
         except DeployError as e:
             raise DeployError(f"the builder (--build-on): {e}") from None
         await retry_copy(
@@ -144,5 +143,5 @@ class Builder:
         if self.remote is not None and self._prepared is not None:
             with contextlib.suppress(Exception):
                 if self._roots:
-                    await process.run(self.remote.command(["rm", "-f", *self._roots]), timeout=15)
-                await target.close_connection(self.remote)
+                    await self.remote.run(["rm", "-f", *self._roots], timeout=15)
+                await self.remote.disconnect()

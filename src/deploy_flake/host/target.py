@@ -8,8 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from deploy_flake import process
-from deploy_flake.errors import DeployError
+from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
 from deploy_flake.process import Completed, LineSink
 from deploy_flake.remote.ssh import Remote
 
@@ -65,34 +64,6 @@ class HostFacts:
         return int(m.group(1)) if m else None
 
 
-async def open_connection(remote: Remote, timeout: float) -> None:
-    """Opens the shared connection, unless it is open; fails here, early, when the host is
-    unreachable. A dead master's socket is removed first: with it in place, a new
-    `ssh -f -N` would disable multiplexing and linger as a connection of its own."""
-    if remote.control_path.exists():
-        check = await process.run(remote.check_master_command(), timeout=10)
-        if check.ok:
-            return
-        remote.control_path.unlink(missing_ok=True)
-    try:
-        done = await process.run_detached(remote.master_command(), timeout=timeout)
-    except process.ProcessTimeout:
-        raise DeployError(
-            f"cannot reach {remote.dest.host}: no SSH connection within {timeout:.0f}s"
-        ) from None
-    if not done.ok:
-        raise DeployError(f"cannot reach {remote.dest.host} over SSH: {_ssh_error(done)}")
-
-
-async def close_connection(remote: Remote) -> None:
-    await process.run(remote.exit_master_command(), timeout=10)
-
-
-def _ssh_error(done: Completed) -> str:
-    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-    return lines[-1] if lines else f"ssh exited with {done.returncode}"
-
-
 async def run_checked(
     remote: Remote,
     argv: list[str],
@@ -104,17 +75,9 @@ async def run_checked(
     on_line: LineSink | None = None,
 ) -> Completed:
     try:
-        done = await process.run(
-            remote.command(argv, root=root, fresh=fresh),
-            stdin=remote.stdin(root=root),
-            timeout=timeout,
-            on_stderr=on_line,
-        )
-    except process.ProcessTimeout:
+        return await remote.run(argv, root=root, fresh=fresh, timeout=timeout, on_stderr=on_line, what=what)
+    except ProcessTimeout:
         raise DeployError(f"{what} did not finish within {timeout:.0f}s") from None
-    if done.returncode == 255:
-        raise DeployError(f"lost the SSH connection to {remote.dest.host} during {what}: {_ssh_error(done)}")
-    return done
 
 
 async def host_facts(remote: Remote, *, fresh: bool = False, timeout: float = 60) -> HostFacts:
@@ -197,10 +160,11 @@ async def system_health(remote: Remote, timeout: float) -> tuple[str, list[str]]
 async def request_reboot(remote: Remote) -> None:
     """Asks systemd to reboot the host. The connection may die before the answer comes back:
     that is no error; whether the host rebooted is told by its boot id (wait_for_new_boot)."""
-    done = await process.run(
-        remote.command(["systemctl", "reboot"], root=True), stdin=remote.stdin(), timeout=60
-    )
-    if not done.ok and done.returncode != 255:
+    try:
+        done = await remote.run(["systemctl", "reboot"], root=True, timeout=60)
+    except ConnectionLost:
+        return  # it went down before it answered
+    if not done.ok:
         raise DeployError(f"systemctl reboot failed on {remote.dest.host}: {done.last_lines(2)}")
 
 

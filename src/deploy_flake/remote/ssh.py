@@ -1,4 +1,5 @@
-"""How every ssh command, and Nix's copying, reaches a host: one set of options.
+"""How every ssh command, and Nix's copying, reaches a host: one set of options, and the
+one runner (Remote.run) through which every command on a host goes.
 
 Regular commands share one ControlMaster per host. The confirmation of a
 deploy deliberately does not: it opens a brand-new connection, the proof
@@ -13,7 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy_flake.errors import UsageError
+from deploy_flake import process
+from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, UsageError
+from deploy_flake.process import Completed, LineSink
 from deploy_flake.remote.destination import Destination
 
 SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
@@ -134,6 +137,70 @@ class Remote:
 
     def exit_master_command(self) -> list[str]:
         return ["ssh", "-o", f"ControlPath={self.control_path}", "-O", "exit", "--", self.dest.host]
+
+    # ------------------------------------------------------------ running
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        root: bool = False,
+        fresh: bool = False,
+        stdin: bytes | None = None,
+        on_stdout: LineSink | None = None,
+        on_stderr: LineSink | None = None,
+        what: str = "",
+    ) -> Completed:
+        """Runs argv on the host and returns what it printed, whatever its exit status.
+
+        The one place that pairs a command with its stdin (the sudo password first when
+        sudo reads one) and reads ssh's own failure: exit status 255 (no connection, or a
+        lost one) raises ConnectionLost, saying `what` was being done. A command that runs
+        past `timeout` is killed: ProcessTimeout.
+        """
+        done = await process.run(
+            self.command(argv, root=root, fresh=fresh),
+            stdin=self.stdin(stdin, root=root),
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+        )
+        if done.returncode == 255:
+            raise ConnectionLost(self.dest.host, done, what)
+        return done
+
+    async def run_nix(
+        self, argv: Sequence[str], *, timeout: float, on_stderr: LineSink | None = None
+    ) -> Completed:
+        """A local Nix command that reaches this host itself (a copy to or from its store),
+        with the same ssh options (NIX_SSHOPTS)."""
+        return await process.run(
+            argv, env={"NIX_SSHOPTS": self.nix_sshopts()}, timeout=timeout, on_stderr=on_stderr
+        )
+
+    async def connect(self, timeout: float) -> None:
+        """Opens the shared connection, unless it is open; fails here, early, when the host is
+        unreachable. A dead master's socket is removed first: with it in place, a new
+        `ssh -f -N` would disable multiplexing and linger as a connection of its own."""
+        if self.control_path.exists():
+            check = await process.run(self.check_master_command(), timeout=10)
+            if check.ok:
+                return
+            self.control_path.unlink(missing_ok=True)
+        try:
+            done = await process.run_detached(self.master_command(), timeout=timeout)
+        except ProcessTimeout:
+            raise DeployError(
+                f"cannot reach {self.dest.host}: no SSH connection within {timeout:.0f}s"
+            ) from None
+        if not done.ok:
+            lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+            why = lines[-1] if lines else f"ssh exited with {done.returncode}"
+            raise DeployError(f"cannot reach {self.dest.host} over SSH: {why}")
+
+    async def disconnect(self) -> None:
+        """Closes the shared connection."""
+        await process.run(self.exit_master_command(), timeout=10)
 
     # ------------------------------------------------------------ nix
     def nix_sshopts(self) -> str:
