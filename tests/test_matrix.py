@@ -160,6 +160,7 @@ def test_vm_sid_reboots_into_the_new_kernel(pair: Pair, sid_vm: Host) -> None:
 
 
 # ------------------------------------------------------------------ the lab's suites themselves
+@pytest.mark.lab  # starts its host itself, without a lab fixture
 def test_lab_a_host_keeps_its_suite_and_another_suite_discards_its_layer() -> None:
     host = suite_host("sid")
     name = host.name
