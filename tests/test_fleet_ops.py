@@ -6,13 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host, deploy, lab, run_cli
-
-
-def _system(res: dict[str, object]) -> str:
-    system = res["system"]
-    assert isinstance(system, str)
-    return system
+from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host, deploy, lab, run_cli, system_of
 
 
 def _status(*args: str) -> tuple[int, dict[str, dict[str, object]]]:
@@ -107,7 +101,7 @@ def test_ask_shows_every_plan_and_asks_once(hosts: dict[str, Host]) -> None:
 def test_rollback_to_the_previous_and_to_a_named_generation(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     base = alpha.current_system()
-    good = _system(deploy("nixos://alpha/good").host("nixos://alpha/good"))
+    good = system_of(deploy("nixos://alpha/good").host("nixos://alpha/good"))
     done = run_cli("rollback", "alpha")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rolling back to generation 1" in done.stdout
@@ -125,7 +119,7 @@ def test_a_rollback_to_a_broken_generation_is_rolled_back(hosts: dict[str, Host]
     alpha = hosts["alpha"]
     # generation 2: a broken system, written for the next boot only; generation 3: good
     assert deploy("--test=skip", "nixos://alpha/fail-activation").returncode == 0
-    good = _system(deploy("nixos://alpha/good").host("nixos://alpha/good"))
+    good = system_of(deploy("nixos://alpha/good").host("nixos://alpha/good"))
     done = run_cli("rollback", "alpha")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "fixture-failing.service" in done.stdout

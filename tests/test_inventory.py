@@ -14,8 +14,7 @@ from deploy_flake import nix, process
 from deploy_flake.errors import UsageError
 from deploy_flake.fleet.inventory import InventoryHost, load_inventory, parse_inventory, select
 from deploy_flake.models import DeployOptions, Timeouts
-
-FIXTURE_FLAKE = Path(__file__).parent.parent / "lab" / "fixture-flake"
+from tests.lab import FIXTURE_FLAKE
 
 
 def parse(hosts: object) -> dict[str, InventoryHost]:

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import DEPLOYER_NIX, SID_VM_NAME, suite_host
-from tests.lab import LOCAL_DEPLOYER, VM_SSH_CONFIG, Deploy, Host, deploy, lab, run_cli
+from tests.lab import BOOT_ID, CONFIRM, LOCAL_DEPLOYER, VM_SSH_CONFIG, Deploy, Host, deploy, lab, run_cli
 
 LOCAL_NIX = "2.8"  # this machine's (Debian 12) nix-bin: deploy-flake's local Nix calls
-BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
-CONFIRM = "--confirm-timeout=6s"
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,7 @@ import time
 
 import pytest
 
-from tests.lab import VM_SSH_CONFIG, Host, deploy, notes, run_cli, wait_for
-
-BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+from tests.lab import BOOT_ID, VM_SSH_CONFIG, Host, deploy, notes, run_cli, wait_for
 
 
 def test_reboot_if_needed_reboots_only_the_host_whose_kernel_changed(hosts: dict[str, Host]) -> None:
