@@ -90,6 +90,12 @@ def test_named_pre_activation_script(hosts: dict[str, Host]) -> None:
     assert missing.returncode == 1 and "no executable bin/no-such-check" in missing.output
 
 
+def test_other_sanity_checks(hosts: dict[str, Host]) -> None:
+    r = deploy("nixos://alpha/wrong-system")
+    assert r.returncode == 1
+    assert "--skip-check=system-type" in str(r.host("nixos://alpha/wrong-system")["error"])
+
+
 def test_build_and_evaluation_failures(hosts: dict[str, Host]) -> None:
     before = hosts["alpha"].current_system()
     r = deploy("nixos://alpha/build-fail", "nixos://beta/eval-fail", "nixos://gamma/no-such-config")
