@@ -40,7 +40,8 @@ def _wants_vm(session: pytest.Session) -> bool:
 _BESIDE_FILES = frozenset(
     {
         "test_vm.py",
-        "test_units.py",
+        "test_ssh_command.py",
+        "test_fleet_run.py",
         "test_nix.py",
         "test_nix_output.py",
         "test_destination.py",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploy_flake import execute, process
-from deploy_flake.durations import parse_whole_seconds
+from deploy_flake.durations import parse_duration, parse_whole_seconds
 from deploy_flake.errors import UsageError
 from deploy_flake.models import HostResult, Outcome
 from deploy_flake.output.report import ReportError, check_report_path, write_report
@@ -57,6 +57,20 @@ def assert_refused(done: subprocess.CompletedProcess[str], *fragments: str) -> s
 
 
 # ---------------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2.5s", 2.5), ("45", 45), ("500ms", 0.5), ("10 min", 600)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "5x", "-5s", "5s5", "m5"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(text)
 
 
 @pytest.mark.parametrize(
