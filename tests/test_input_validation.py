@@ -56,7 +56,7 @@ def assert_refused(done: subprocess.CompletedProcess[str], *fragments: str) -> s
     return lines[0]
 
 
-# ---------------------------------------------------------------------------- durations
+# ---- durations: what parses, and timeouts that must be whole seconds
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_cli_accepts_whole_durations_and_zero_settle_time(tmp_path: Path) -> Non
     assert_refused(done, f"no flake.nix in {tmp_path}")
 
 
-# ---------------------------------------------------------------------------- --report
+# ---- --report: its path checked before anything runs, the report written atomically
 
 
 def _result() -> HostResult:
@@ -251,7 +251,8 @@ def test_cli_refuses_an_unwritable_report(report: str, problem: str) -> None:
     assert_refused(run_cli("--report", report, "alpha"), problem)
 
 
-# ---------------------------------------------------------------------------- same host twice
+# ---- the same machine named twice is refused: ssh -G tells which destinations reach one
+# machine (the same address, port and proxy), whatever the names and users
 
 
 def _lab_block(name: str) -> str:

@@ -31,7 +31,7 @@ def error(hosts: object) -> str:
     return str(e.value)
 
 
-# ---------------------------------------------------------------- parsing
+# ---- parsing deployFlake.hosts: every field, its defaults, and each error's message
 def test_full_host() -> None:
     h = parse_one(
         {
@@ -228,7 +228,7 @@ def test_deploy_options_with_a_host_settings() -> None:
     assert parse_one({}).deploy_options(base) == base
 
 
-# ---------------------------------------------------------------- selection
+# ---- --on selection: names, globs and @tags, and what a selection that matches nothing says
 HOSTS = parse(
     {
         "web1": {"tags": ["web", "eu"]},
@@ -301,7 +301,7 @@ def test_select_error_messages_stay_short() -> None:
         select({}, ["*"])
 
 
-# ---------------------------------------------------------------- the real nix eval (local)
+# ---- loading the inventory from a flake with this machine's nix eval
 needs_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed")
 
 

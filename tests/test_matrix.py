@@ -139,7 +139,7 @@ def test_matrix_a_lockout_is_rolled_back_by_the_host(suite_target: Target) -> No
     assert host.profile() == before and host.generations() == 1
 
 
-# ------------------------------------------------------------------ the sid VM: a real reboot
+# ---- a reboot into a new kernel on the sid VM (systemd 262, a real kernel)
 @pytest.mark.vm
 @pytest.mark.parametrize("pair", [Pair(LOCAL_NIX, "sid", "2.34", "262")], ids=lambda p: p.id)
 def test_vm_sid_reboots_into_the_new_kernel(pair: Pair, sid_vm: Host) -> None:
@@ -157,7 +157,7 @@ def test_vm_sid_reboots_into_the_new_kernel(pair: Pair, sid_vm: Host) -> None:
     assert vm.system_state() == "running", vm.failed_units()
 
 
-# ------------------------------------------------------------------ the lab's suites themselves
+# ---- the lab itself: a host keeps its suite; starting it on another discards its layer
 @pytest.mark.lab  # starts its host itself, without a lab fixture
 def test_lab_a_host_keeps_its_suite_and_another_suite_discards_its_layer() -> None:
     host = suite_host("sid")

@@ -85,7 +85,7 @@ def test_reboot_options_are_checked() -> None:
         assert message in done.stderr, (argv, done.stderr)
 
 
-# ------------------------------------------------------------------ the VM: a real kernel reboot
+# ---- on the QEMU VM: a real kernel reboot, and a host too slow to come back
 @pytest.mark.vm
 def test_vm_reboots_into_the_new_kernel_and_a_slow_return_is_reported(vm: Host) -> None:
     boot = vm.out(BOOT_ID)
