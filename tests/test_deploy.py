@@ -1,4 +1,9 @@
-"""The core pipeline on lab hosts, as a user runs it."""
+"""The core pipeline on lab hosts, as a user runs it.
+
+Several hosts at once, one of them failing; destination forms, users and addresses; the
+checks before activation (health, pre-activation scripts, system type); build and evaluation
+failures; what an activation restarts, and its own ssh killed under it; the output (per-host
+lines, JSON events, the terminal view, --help); copy retries; --test=skip; bad input."""
 
 from __future__ import annotations
 

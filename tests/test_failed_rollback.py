@@ -1,5 +1,8 @@
-"""When the way back fails too: a rollback is retried once, then reported unknown with the
-command that repairs the host; the rollback runs the previous system's own tools."""
+"""When the way back fails too: retried once, then reported unknown with the repair command.
+
+A failing rollback or boot-entry restore is tried again once; after that the host is
+reported unknown with the command that repairs it. The rollback runs the previous
+system's own tools, never the failed one's."""
 
 from __future__ import annotations
 

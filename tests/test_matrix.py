@@ -1,7 +1,9 @@
-"""Deploys and the safety net across Nix and systemd versions: the deployer's Nix (this
-machine's 2.8, or the sid deployer root's 2.34) against hosts of the newer Debian suites
-(trixie: Nix 2.26, systemd 257; sid: Nix 2.34, systemd 262). Bookworm hosts (Nix 2.8,
+"""Deploys and the safety net across Nix and systemd versions, on the newer Debian suites' hosts.
+
+The deployer's Nix (this machine's 2.8, or the sid deployer root's 2.34) against hosts of
+trixie (Nix 2.26, systemd 257) and sid (Nix 2.34, systemd 262). Bookworm hosts (Nix 2.8,
 systemd 252) are every other test file's; deployer 2.34 against them is test_modern_nix.py's.
+The last test checks the lab's own handling of those suites' hosts, here beside them.
 
 Each test id names the pair, e.g. `deployer-nix-2.8-target-nix-2.34-systemd-262`, and the
 fixture checks the host really runs those versions: when sid moves on, the ids must follow.
