@@ -139,6 +139,14 @@ def _may_have_used_the_lab(session: pytest.Session) -> bool:
     return any(item.get_closest_marker("lab") for item in session.items)
 
 
+def _may_have_booted_the_vm(session: pytest.Session) -> bool:
+    """Whether this session booted vm1 (pytest_collection_finish): a run of a few nspawn tests on
+    a pool of its own did not, and must not stop the VM another run beside it is using."""
+    if session.config.pluginmanager.has_plugin("dsession"):
+        return True  # xdist's controller: gw0 boots it when its tests are collected
+    return any("vm" in getattr(item, "fixturenames", ()) for item in session.items)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _prebuild is not None:  # no build outlives the session
         _prebuild.wait(timeout=1800)
@@ -147,7 +155,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Each process stops the hosts of its own pool, never another session's (`lab stop --all`
     # would stop every pool's); the controller (or a run without workers) the VM gw0 booted.
     lab("stop", "--pool", check=False, timeout=600)
-    if _WORKER is None:
+    if _WORKER is None and _may_have_booted_the_vm(session):
         lab("vm", "stop", VM_NAME, check=False, timeout=600)
 
 
