@@ -40,7 +40,8 @@ def _wants_vm(session: pytest.Session) -> bool:
 _BESIDE_FILES = frozenset(
     {
         "test_vm.py",
-        "test_units.py",
+        "test_ssh_command.py",
+        "test_fleet_run.py",
         "test_nix.py",
         "test_nix_output.py",
         "test_destination.py",
@@ -71,9 +72,36 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     return ByHostPool(config, log)
 
 
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
+# The fixtures that start lab hosts (directly or through another of these): a test that uses
+# one gets the `lab` mark, so that `pytest -m "not lab"` runs only the tests that need none.
+LAB_FIXTURES = frozenset({"lab_pool", "hosts", "vm", "suite_target", "modern_deployer", "sid_vm", "sid"})
+
+
+def _direct_params(item: pytest.Item) -> set[str]:
+    """The names ITEM's own @pytest.mark.parametrize gives values to (not fixtures of that name)."""
+    names: set[str] = set()
+    for mark in item.iter_markers("parametrize"):
+        argnames = mark.args[0] if mark.args else mark.kwargs["argnames"]
+        if isinstance(argnames, str):
+            argnames = [n.strip() for n in argnames.split(",") if n.strip()]
+        indirect = mark.kwargs.get("indirect", False)
+        names.update(n for n in argnames if not (indirect is True or n in (indirect or ())))
+    return names
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects: the mark must be there when it does
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ())) - _direct_params(item)
+        if used & LAB_FIXTURES:
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k: only what will run
+def pytest_collection_finish(session: pytest.Session) -> None:
+    items = session.items
+    if session.config.option.collectonly:  # nothing runs: nothing to start
+        return
     # The VM boots in the background (30-45 s under TCG) while the other tests run:
     # started once, by the first worker (the VM is the machine's, not a worker's).
     if _WORKER not in (None, "gw0"):
@@ -101,15 +129,33 @@ def pytest_collection_modifyitems(
             )
 
 
+def _may_have_used_the_lab(session: pytest.Session) -> bool:
+    """Whether this process's tests may have started lab hosts. A run of `-m "not lab"` did not,
+    and must not stop the hosts and the VM of a lab run going on beside it (the same pool)."""
+    if session.config.option.collectonly:
+        return False
+    if session.config.pluginmanager.has_plugin("dsession"):
+        return True  # xdist's controller: it ran no test, its workers did
+    return any(item.get_closest_marker("lab") for item in session.items)
+
+
+def _may_have_booted_the_vm(session: pytest.Session) -> bool:
+    """Whether this session booted vm1 (pytest_collection_finish): a run of a few nspawn tests on
+    a pool of its own did not, and must not stop the VM another run beside it is using."""
+    if session.config.pluginmanager.has_plugin("dsession"):
+        return True  # xdist's controller: gw0 boots it when its tests are collected
+    return any("vm" in getattr(item, "fixturenames", ()) for item in session.items)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _prebuild is not None:  # no build outlives the session
         _prebuild.wait(timeout=1800)
-    if os.geteuid() != 0 or not LAB_DIR.exists():
+    if os.geteuid() != 0 or not LAB_DIR.exists() or not _may_have_used_the_lab(session):
         return
     # Each process stops the hosts of its own pool, never another session's (`lab stop --all`
     # would stop every pool's); the controller (or a run without workers) the VM gw0 booted.
     lab("stop", "--pool", check=False, timeout=600)
-    if _WORKER is None:
+    if _WORKER is None and _may_have_booted_the_vm(session):
         lab("vm", "stop", VM_NAME, check=False, timeout=600)
 
 

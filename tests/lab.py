@@ -180,6 +180,10 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.5) -> bool:
 
 
 COMMANDS = ("deploy", "status", "plan", "rollback")
+# A confirmation window short enough for a test to wait out (the tests say "within 6s").
+CONFIRM = "--confirm-timeout=6s"
+# What a host answers anew after each boot.
+BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
 
 # deploy-flake run by this machine's Python and Nix; a deployer root's is another argv
@@ -246,6 +250,21 @@ def run_cli(
         check=False,
         input=input,
     )
+
+
+def system_of(result: dict[str, object]) -> str:
+    """The system a host's result in the report names."""
+    system = result["system"]
+    assert isinstance(system, str)
+    return system
+
+
+def clean_deploy_works(host: Host, dest: str) -> None:
+    """A deploy to DEST succeeds, and leaves HOST clean on the new system."""
+    r = deploy(dest)
+    assert r.returncode == 0, r.output
+    system = system_of(r.host(dest))
+    host.assert_clean_after(running=system, boot=system)
 
 
 class Background:

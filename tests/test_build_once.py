@@ -1,5 +1,7 @@
-"""--build-on=local and --build-on=HOST: each configuration built once for the whole run,
-its closure copied to every host that runs it (paths new to the hosts: the copy is real)."""
+"""--build-on=local and --build-on=HOST: each configuration is built once for the whole run.
+
+Its closure is copied to every host that runs it (paths new to the hosts: the copy is real);
+a login Nix does not trust, and a builder out of reach, are refused."""
 
 from __future__ import annotations
 

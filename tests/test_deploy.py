@@ -1,4 +1,9 @@
-"""The core pipeline on lab hosts, as a user runs it."""
+"""The core pipeline on lab hosts, as a user runs it.
+
+Several hosts at once, one of them failing; destination forms, users and addresses; the
+checks before activation (health, pre-activation scripts, system type); build and evaluation
+failures; what an activation restarts, and its own ssh killed under it; the output (per-host
+lines, JSON events, the terminal view, --help); copy retries; --test=skip; bad input."""
 
 from __future__ import annotations
 
@@ -88,6 +93,12 @@ def test_named_pre_activation_script(hosts: dict[str, Host]) -> None:
     assert "fixture-1 (good)" in r.output
     missing = deploy("--pre-activate-script=bin/no-such-check", "nixos://alpha/good-v2")
     assert missing.returncode == 1 and "no executable bin/no-such-check" in missing.output
+
+
+def test_other_sanity_checks(hosts: dict[str, Host]) -> None:
+    r = deploy("nixos://alpha/wrong-system")
+    assert r.returncode == 1
+    assert "--skip-check=system-type" in str(r.host("nixos://alpha/wrong-system")["error"])
 
 
 def test_build_and_evaluation_failures(hosts: dict[str, Host]) -> None:

@@ -61,7 +61,7 @@ def _echo(host: Host) -> str:
     return host.out("exec 3<>/dev/tcp/127.0.0.1/7070 && timeout 10 head -n 1 <&3")
 
 
-# ------------------------------------------------------------------ lock
+# ---- the switch lock: one switch at a time, and the agent never holds it between calls
 def test_a_second_switch_fails_while_the_lock_is_held(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     before = alpha.current_system()
@@ -109,7 +109,26 @@ def test_the_agent_never_holds_the_switch_lock_between_calls(hosts: dict[str, Ho
     assert alpha.ssh(f"flock -n {LOCK} true", check=False).returncode == 0
 
 
-# ------------------------------------------------------------------ unit keys
+def test_a_rollback_waits_for_another_switch_to_finish(hosts: dict[str, Host]) -> None:
+    """Another switch holds the lock when the transaction must roll back: the rollback waits
+    for it (up to 30 s) instead of failing twice with `Could not acquire lock`."""
+    alpha = hosts["alpha"]
+    before = alpha.current_system()
+    bg = Background("--settle-time=10s", "nixos://alpha/good")
+    assert wait_for(lambda: "checking" in alpha.transaction_states().values(), 60), bg.output()
+    # another switch for 4 s, then a unit fails within the settle window: roll back
+    alpha.ssh(f"mkdir -p /run/nixos && systemd-run --unit=other-switch flock {LOCK} sleep 4")
+    alpha.ssh("systemd-run --unit=fixture-boom sh -c 'exit 1'")
+    r = bg.finish()
+    assert r.returncode == 3, r.output
+    res = r.host("nixos://alpha/good")
+    assert res["outcome"] == "rolled-back", res
+    assert "units failed: fixture-boom.service" in str(res["error"]), res
+    assert f"another switch-to-configuration holds {LOCK}: waiting up to 30s" in r.output, r.output
+    alpha.assert_clean_after(running=before, boot=before)
+
+
+# ---- unit keys and socket activation: what a switch stops, restarts, reloads and keeps
 def test_unit_keys_and_socket_activation(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     _on_unit_keys(alpha)
@@ -192,7 +211,7 @@ def test_an_interrupted_switch_is_finished_by_the_next(hosts: dict[str, Host]) -
     assert alpha.out("ls /run/nixos") == "switch-to-configuration.lock"
 
 
-# ------------------------------------------------------------------ refusals, checks, verbs
+# ---- refusals: not NixOS, a failing pre-switch check, a bad verb, not root
 def test_refuses_a_system_that_is_not_nixos(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     before = alpha.current_system()
@@ -234,22 +253,3 @@ def test_pre_switch_check_verbs_and_usage(hosts: dict[str, Host]) -> None:
     rc, err = _stc(alpha, before, "test", user="deploy")
     assert (rc, err.strip()) == (1, "Error: switch-to-configuration must be run as the root user")
     assert alpha.current_system() == before and alpha.boot_default() == before
-
-
-def test_a_rollback_waits_for_another_switch_to_finish(hosts: dict[str, Host]) -> None:
-    """Another switch holds the lock when the transaction must roll back: the rollback waits
-    for it (up to 30 s) instead of failing twice with `Could not acquire lock`."""
-    alpha = hosts["alpha"]
-    before = alpha.current_system()
-    bg = Background("--settle-time=10s", "nixos://alpha/good")
-    assert wait_for(lambda: "checking" in alpha.transaction_states().values(), 60), bg.output()
-    # another switch for 4 s, then a unit fails within the settle window: roll back
-    alpha.ssh(f"mkdir -p /run/nixos && systemd-run --unit=other-switch flock {LOCK} sleep 4")
-    alpha.ssh("systemd-run --unit=fixture-boom sh -c 'exit 1'")
-    r = bg.finish()
-    assert r.returncode == 3, r.output
-    res = r.host("nixos://alpha/good")
-    assert res["outcome"] == "rolled-back", res
-    assert "units failed: fixture-boom.service" in str(res["error"]), res
-    assert f"another switch-to-configuration holds {LOCK}: waiting up to 30s" in r.output, r.output
-    alpha.assert_clean_after(running=before, boot=before)

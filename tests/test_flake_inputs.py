@@ -1,6 +1,7 @@
-"""A flake with inputs, new to the host: the flake and every input reach it (the copy really
-transfers paths), including when no flake.lock exists yet (deploy-flake's own evaluation
-writes it; Nix 2.34 then names another source path, see nix.flake_metadata)."""
+"""A flake with inputs, new to the host: the flake and every input reach it and build.
+
+The copy really transfers paths, also when no flake.lock exists yet (deploy-flake's own
+evaluation writes it; Nix 2.34 then names another source path, see nix.flake_metadata)."""
 
 from __future__ import annotations
 

@@ -6,13 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host, deploy, lab, run_cli
-
-
-def _system(res: dict[str, object]) -> str:
-    system = res["system"]
-    assert isinstance(system, str)
-    return system
+from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host, deploy, lab, run_cli, system_of
 
 
 def _status(*args: str) -> tuple[int, dict[str, dict[str, object]]]:
@@ -25,7 +19,7 @@ def _snapshot(host: Host) -> tuple[str, str, str, int]:
     return host.current_system(), host.profile(), host.boot_default(), host.generations()
 
 
-# ------------------------------------------------------------------ status
+# ---- status: what each host runs, whether it needs a reboot, its last deploy
 def test_status_reboot_needed_unreachable_and_after_a_rollback(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     base = alpha.current_system()
@@ -62,7 +56,7 @@ def test_status_reboot_needed_unreachable_and_after_a_rollback(hosts: dict[str, 
     assert len(results) == 1 and results[0]["reachable"] is True and results[0]["generation"] == 2
 
 
-# ------------------------------------------------------------------ plan
+# ---- plan, --dry-activate and --ask: the changes shown, nothing changed until confirmed
 def test_plan_shows_the_changes_and_changes_nothing(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     assert deploy("nixos://alpha/good").returncode == 0
@@ -103,11 +97,11 @@ def test_ask_shows_every_plan_and_asks_once(hosts: dict[str, Host]) -> None:
     assert beta.current_system().endswith("nixos-system-webserver-1")
 
 
-# ------------------------------------------------------------------ rollback
+# ---- the rollback command: to the previous generation or a named one, and back if it fails
 def test_rollback_to_the_previous_and_to_a_named_generation(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     base = alpha.current_system()
-    good = _system(deploy("nixos://alpha/good").host("nixos://alpha/good"))
+    good = system_of(deploy("nixos://alpha/good").host("nixos://alpha/good"))
     done = run_cli("rollback", "alpha")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rolling back to generation 1" in done.stdout
@@ -125,7 +119,7 @@ def test_a_rollback_to_a_broken_generation_is_rolled_back(hosts: dict[str, Host]
     alpha = hosts["alpha"]
     # generation 2: a broken system, written for the next boot only; generation 3: good
     assert deploy("--test=skip", "nixos://alpha/fail-activation").returncode == 0
-    good = _system(deploy("nixos://alpha/good").host("nixos://alpha/good"))
+    good = system_of(deploy("nixos://alpha/good").host("nixos://alpha/good"))
     done = run_cli("rollback", "alpha")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "fixture-failing.service" in done.stdout
@@ -133,6 +127,7 @@ def test_a_rollback_to_a_broken_generation_is_rolled_back(hosts: dict[str, Host]
     assert alpha.profile() == good and alpha.generations() == 3
 
 
+# ---- a command word after the options is refused, never taken for a host
 def test_a_command_after_options_is_not_taken_for_a_host(hosts: dict[str, Host]) -> None:
     """`deploy-flake --flake . status web1` would deploy web1 and a host called status."""
     alpha = hosts["alpha"]
@@ -144,7 +139,7 @@ def test_a_command_after_options_is_not_taken_for_a_host(hosts: dict[str, Host])
     assert _snapshot(alpha) == before and not alpha.transaction_states()
 
 
-# ------------------------------------------------------------------ inventory
+# ---- --on: the inventory's tags choose the hosts; every host needs '*' spelled out
 def test_inventory_tags_select_the_hosts(hosts: dict[str, Host]) -> None:
     alpha, beta, gamma, delta = (hosts[n] for n in ("alpha", "beta", "gamma", "delta"))
     untouched = {n: _snapshot(hosts[n]) for n in ("gamma", "delta")}

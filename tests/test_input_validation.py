@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploy_flake import execute, process
-from deploy_flake.durations import parse_whole_seconds
+from deploy_flake.durations import parse_duration, parse_whole_seconds
 from deploy_flake.errors import UsageError
 from deploy_flake.models import HostResult, Outcome
 from deploy_flake.output.report import ReportError, check_report_path, write_report
@@ -56,7 +56,21 @@ def assert_refused(done: subprocess.CompletedProcess[str], *fragments: str) -> s
     return lines[0]
 
 
-# ---------------------------------------------------------------------------- durations
+# ---- durations: what parses, and timeouts that must be whole seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2.5s", 2.5), ("45", 45), ("500ms", 0.5), ("10 min", 600)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "5x", "-5s", "5s5", "m5"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(text)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +155,7 @@ def test_cli_accepts_whole_durations_and_zero_settle_time(tmp_path: Path) -> Non
     assert_refused(done, f"no flake.nix in {tmp_path}")
 
 
-# ---------------------------------------------------------------------------- --report
+# ---- --report: its path checked before anything runs, the report written atomically
 
 
 def _result() -> HostResult:
@@ -237,7 +251,8 @@ def test_cli_refuses_an_unwritable_report(report: str, problem: str) -> None:
     assert_refused(run_cli("--report", report, "alpha"), problem)
 
 
-# ---------------------------------------------------------------------------- same host twice
+# ---- the same machine named twice is refused: ssh -G tells which destinations reach one
+# machine (the same address, port and proxy), whatever the names and users
 
 
 def _lab_block(name: str) -> str:

@@ -14,8 +14,7 @@ from deploy_flake import nix, process
 from deploy_flake.errors import UsageError
 from deploy_flake.fleet.inventory import InventoryHost, load_inventory, parse_inventory, select
 from deploy_flake.models import DeployOptions, Timeouts
-
-FIXTURE_FLAKE = Path(__file__).parent.parent / "lab" / "fixture-flake"
+from tests.lab import FIXTURE_FLAKE
 
 
 def parse(hosts: object) -> dict[str, InventoryHost]:
@@ -32,7 +31,7 @@ def error(hosts: object) -> str:
     return str(e.value)
 
 
-# ---------------------------------------------------------------- parsing
+# ---- parsing deployFlake.hosts: every field, its defaults, and each error's message
 def test_full_host() -> None:
     h = parse_one(
         {
@@ -229,7 +228,7 @@ def test_deploy_options_with_a_host_settings() -> None:
     assert parse_one({}).deploy_options(base) == base
 
 
-# ---------------------------------------------------------------- selection
+# ---- --on selection: names, globs and @tags, and what a selection that matches nothing says
 HOSTS = parse(
     {
         "web1": {"tags": ["web", "eu"]},
@@ -302,7 +301,7 @@ def test_select_error_messages_stay_short() -> None:
         select({}, ["*"])
 
 
-# ---------------------------------------------------------------- the real nix eval (local)
+# ---- loading the inventory from a flake with this machine's nix eval
 needs_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed")
 
 

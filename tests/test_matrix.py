@@ -1,7 +1,9 @@
-"""Deploys and the safety net across Nix and systemd versions: the deployer's Nix (this
-machine's 2.8, or the sid deployer root's 2.34) against hosts of the newer Debian suites
-(trixie: Nix 2.26, systemd 257; sid: Nix 2.34, systemd 262). Bookworm hosts (Nix 2.8,
+"""Deploys and the safety net across Nix and systemd versions, on the newer Debian suites' hosts.
+
+The deployer's Nix (this machine's 2.8, or the sid deployer root's 2.34) against hosts of
+trixie (Nix 2.26, systemd 257) and sid (Nix 2.34, systemd 262). Bookworm hosts (Nix 2.8,
 systemd 252) are every other test file's; deployer 2.34 against them is test_modern_nix.py's.
+The last test checks the lab's own handling of those suites' hosts, here beside them.
 
 Each test id names the pair, e.g. `deployer-nix-2.8-target-nix-2.34-systemd-262`, and the
 fixture checks the host really runs those versions: when sid moves on, the ids must follow.
@@ -17,11 +19,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import DEPLOYER_NIX, SID_VM_NAME, suite_host
-from tests.lab import LOCAL_DEPLOYER, VM_SSH_CONFIG, Deploy, Host, deploy, lab, run_cli
+from tests.lab import BOOT_ID, CONFIRM, LOCAL_DEPLOYER, VM_SSH_CONFIG, Deploy, Host, deploy, lab, run_cli
 
 LOCAL_NIX = "2.8"  # this machine's (Debian 12) nix-bin: deploy-flake's local Nix calls
-BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
-CONFIRM = "--confirm-timeout=6s"
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def test_matrix_a_lockout_is_rolled_back_by_the_host(suite_target: Target) -> No
     assert host.profile() == before and host.generations() == 1
 
 
-# ------------------------------------------------------------------ the sid VM: a real reboot
+# ---- a reboot into a new kernel on the sid VM (systemd 262, a real kernel)
 @pytest.mark.vm
 @pytest.mark.parametrize("pair", [Pair(LOCAL_NIX, "sid", "2.34", "262")], ids=lambda p: p.id)
 def test_vm_sid_reboots_into_the_new_kernel(pair: Pair, sid_vm: Host) -> None:
@@ -159,7 +159,8 @@ def test_vm_sid_reboots_into_the_new_kernel(pair: Pair, sid_vm: Host) -> None:
     assert vm.system_state() == "running", vm.failed_units()
 
 
-# ------------------------------------------------------------------ the lab's suites themselves
+# ---- the lab itself: a host keeps its suite; starting it on another discards its layer
+@pytest.mark.lab  # starts its host itself, without a lab fixture
 def test_lab_a_host_keeps_its_suite_and_another_suite_discards_its_layer() -> None:
     host = suite_host("sid")
     name = host.name

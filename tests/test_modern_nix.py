@@ -1,6 +1,8 @@
-"""deploy-flake run by a modern Nix: the deployer in a Debian sid root (Nix 2.34, entered
-with `lab deployer run`; conftest's modern_deployer), the hosts the lab's Debian 12 ones
-(Nix 2.8, systemd 252). Each test id names the deployer's and the host's Nix and systemd."""
+"""deploy-flake run by a modern Nix (2.34) against the lab's Debian 12 hosts (Nix 2.8).
+
+The deployer runs in a Debian sid root (entered with `lab deployer run`; conftest's
+modern_deployer), the hosts are bookworm's (systemd 252). Each test id names the deployer's
+and the host's Nix and systemd."""
 
 from __future__ import annotations
 

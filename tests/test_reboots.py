@@ -10,9 +10,7 @@ import time
 
 import pytest
 
-from tests.lab import VM_SSH_CONFIG, Host, deploy, notes, run_cli, wait_for
-
-BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+from tests.lab import BOOT_ID, VM_SSH_CONFIG, Host, deploy, notes, run_cli, wait_for
 
 
 def test_reboot_if_needed_reboots_only_the_host_whose_kernel_changed(hosts: dict[str, Host]) -> None:
@@ -87,7 +85,7 @@ def test_reboot_options_are_checked() -> None:
         assert message in done.stderr, (argv, done.stderr)
 
 
-# ------------------------------------------------------------------ the VM: a real kernel reboot
+# ---- on the QEMU VM: a real kernel reboot, and a host too slow to come back
 @pytest.mark.vm
 def test_vm_reboots_into_the_new_kernel_and_a_slow_return_is_reported(vm: Host) -> None:
     boot = vm.out(BOOT_ID)

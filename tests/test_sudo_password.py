@@ -1,5 +1,7 @@
-"""--ask-sudo-password / --sudo-password-fd: hosts where sudo needs a password. The password
-reaches a host only on sudo's stdin: never in the output, events, report, logs or a process list."""
+"""--ask-sudo-password / --sudo-password-fd: deploying to hosts where sudo needs a password.
+
+The password reaches a host only on sudo's stdin: never in the output, events, report, logs
+or a process list."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Pure logic: durations, exit codes, ssh command lines, agent protocol."""
+"""The ssh command lines deploy-flake runs, and the same options handed to Nix's ssh-ng.
+
+Every argument quoted, the user's options before the defaults, a fresh connection never
+multiplexed, IPv6 in brackets in a store URI, and options Nix cannot carry refused."""
 
 from __future__ import annotations
 
@@ -7,32 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy_flake.durations import parse_duration
 from deploy_flake.errors import UsageError
-from deploy_flake.models import Outcome, exit_code
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import Remote, SshSettings
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2.5s", 2.5), ("45", 45), ("500ms", 0.5), ("10 min", 600)],
-)
-def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "s", "5x", "-5s", "5s5", "m5"])
-def test_bad_durations(text: str) -> None:
-    with pytest.raises(UsageError):
-        parse_duration(text)
-
-
-def test_exit_code_is_the_worst_outcome() -> None:
-    assert exit_code([Outcome.ACTIVATED, Outcome.ACTIVATED]) == 0
-    assert exit_code([Outcome.ACTIVATED, Outcome.FAILED]) == 1
-    assert exit_code([Outcome.FAILED, Outcome.ROLLED_BACK]) == 3
-    assert exit_code([Outcome.ROLLED_BACK, Outcome.UNKNOWN, Outcome.ACTIVATED]) == 4
 
 
 def _remote(arg: str, **kw: object) -> Remote:
@@ -77,18 +57,3 @@ def test_nix_sshopts_refuse_white_space() -> None:
     settings = SshSettings(control_dir=Path("/tmp/cm"), options=("ProxyCommand=nc %h 22",))
     with pytest.raises(UsageError):
         Remote(Destination.parse("web1"), settings).nix_sshopts()
-
-
-def test_default_jobs_follows_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    import resource
-
-    from deploy_flake.fleet import run as fleet
-
-    limits = {"soft": 1024, "hard": 1024}
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
-    monkeypatch.setattr(resource, "setrlimit", lambda _, v: limits.update(soft=v[0]))
-    assert fleet.default_jobs(4) == 4
-    assert fleet.default_jobs(500) == (1024 - 64) // 8  # 120 at a time
-    limits["hard"] = 65536  # the soft limit is raised first
-    assert fleet.default_jobs(500) == 500
-    assert limits["soft"] == 65536
