@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from deploy_flake import process
 from deploy_flake.cli import _fail
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.fleet.inventory import load_inventory, select
@@ -41,13 +40,10 @@ from deploy_flake.output.display import (
 from deploy_flake.output.events import Events
 from deploy_flake.output.report import ReportError, check_report_path, write_report
 from deploy_flake.output.run_log import RunLog, default_log_dir, new_run_dir
-from deploy_flake.remote.destination import Destination, SshTarget, check_distinct_hosts
-from deploy_flake.remote.ssh import check_ssh_option, config_command
+from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.ssh import check_ssh_option
+from deploy_flake.remote.ssh_config import check_distinct_destinations
 from deploy_flake.remote.sudo_password import sudo_password
-
-# ssh -G only reads configuration files; a `Match exec` in them may run a command.
-SSH_CONFIG_TIMEOUT_S = 30
-SSH_CONFIG_PARALLEL = 32
 
 
 def execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
@@ -70,7 +66,7 @@ def execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
         targets = _targets(kw["destinations"], kw["selectors"], options)
         dests = [t.dest for t in targets]
         _check_no_repeats(dests)
-        _check_distinct_hosts(dests, ssh_config, ssh_options)
+        check_distinct_destinations(dests, ssh_config, ssh_options)
         run_dir = None if job is Job.STATUS else new_run_dir(kw["log_dir"] or default_log_dir())
         password = sudo_password(kw.get("ask_sudo_password", False), kw.get("sudo_password_fd"))
     except (UsageError, ValueError) as e:
@@ -208,45 +204,6 @@ def _check_no_repeats(dests: list[Destination]) -> None:
         if d.raw in seen:
             raise UsageError(f"the destination {d.raw!r} is given twice")
         seen.add(d.raw)
-
-
-def _check_distinct_hosts(
-    dests: list[Destination], ssh_config: Path | None, ssh_options: tuple[str, ...]
-) -> None:
-    """Refuses two destinations that ssh takes to the same machine (aliases, users, ports)."""
-    if len(dests) > 1:
-        check_distinct_hosts(asyncio.run(_ssh_targets(dests, ssh_config, ssh_options)))
-
-
-async def _ssh_targets(
-    dests: list[Destination], ssh_config: Path | None, ssh_options: tuple[str, ...]
-) -> list[SshTarget]:
-    limit = asyncio.Semaphore(SSH_CONFIG_PARALLEL)
-
-    async def one(dest: Destination) -> SshTarget:
-        async with limit:
-            return await _ssh_target(dest, ssh_config, ssh_options)
-
-    answers = await asyncio.gather(*(one(d) for d in dests), return_exceptions=True)
-    for answer in answers:  # the first problem in command-line order, whichever finished first
-        if isinstance(answer, BaseException):
-            raise answer
-    return [a for a in answers if isinstance(a, SshTarget)]
-
-
-async def _ssh_target(dest: Destination, ssh_config: Path | None, ssh_options: tuple[str, ...]) -> SshTarget:
-    argv = config_command(dest, config_file=ssh_config, options=ssh_options)
-    try:
-        done = await process.run(argv, timeout=SSH_CONFIG_TIMEOUT_S)
-    except process.ProcessTimeout:
-        raise UsageError(
-            f"reading the ssh configuration for {dest.raw!r} (ssh -G) took over {SSH_CONFIG_TIMEOUT_S}s"
-        ) from None
-    except OSError as e:
-        raise UsageError(f"cannot run ssh: {e.strerror or e}") from None
-    if not done.ok:
-        raise UsageError(f"ssh cannot read its configuration for {dest.raw!r}: {done.last_lines(1)}")
-    return SshTarget.from_ssh_config(dest, done.stdout)
 
 
 def _run(
