@@ -18,6 +18,7 @@ from deploy_flake.models import (
     Job,
     RebootPolicy,
 )
+from deploy_flake.output import messages
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -430,7 +431,7 @@ def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"deploy-flake: error: {message}", err=True)
+    messages.error(message)
     sys.exit(EXIT_USAGE)
 
 

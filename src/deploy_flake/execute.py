@@ -7,17 +7,17 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from deploy_flake.cli import _fail
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.fleet.inventory import load_inventory, select
 from deploy_flake.fleet.run import InterruptedTwice, Target, deploy_all
 from deploy_flake.models import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_USAGE,
     BuildOn,
     DeployOptions,
     HostResult,
@@ -28,6 +28,7 @@ from deploy_flake.models import (
     exit_code,
 )
 from deploy_flake.nix import build_args
+from deploy_flake.output import messages
 from deploy_flake.output.display import (
     JsonEvents,
     PlainEvents,
@@ -134,6 +135,11 @@ def execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
             err=True,
         )
     sys.exit(exit_code([r.outcome for r in results]))
+
+
+def _fail(message: str) -> NoReturn:
+    messages.error(message)
+    sys.exit(EXIT_USAGE)
 
 
 def _options(job: Job, kw: dict[str, Any]) -> DeployOptions:
