@@ -1,0 +1,142 @@
+"""The commands: deploy (also of a bare `deploy-flake HOST...`), plan, rollback, status."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from deploy_flake.cli import options
+from deploy_flake.cli.options import CONTEXT, EPILOG
+from deploy_flake.models import EXIT_USAGE, Job, RebootPolicy
+from deploy_flake.output import messages
+
+_IMPLICIT_DEPLOY = "deploy_flake.implicit_deploy"
+
+
+class _DeployByDefault(click.Group):
+    """`deploy-flake [OPTIONS] DESTINATION...` deploys, as it always did; subcommands beside it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = args[0] if args else "--help"
+        if first in ("-h", "--help") or (first not in self.commands and first != "--version"):
+            args = ["deploy", *args]
+            ctx.meta[_IMPLICIT_DEPLOY] = True
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DeployByDefault, context_settings=CONTEXT)
+@options.VERSION
+def main_group() -> None:
+    """Deploy a flake's NixOS configurations to hosts over SSH."""
+
+
+@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
+@options.DESTINATIONS
+@options.ON
+@options.COMMON
+@options.BUILD
+@options.ACTIVATION
+@options.REBOOT
+@options.VERSION  # as before the subcommands
+@options.DRY_ACTIVATE
+@options.ROLLOUT
+def deploy(
+    dry_activate: bool,
+    ask: bool,
+    canary: int | None,
+    max_failures: int | None,
+    all_or_nothing: bool,
+    **kw: Any,
+) -> None:
+    """Deploy a flake's NixOS configurations to hosts over SSH.
+
+    Each DESTINATION is HOST, USER@HOST, or nixos://[USER@]HOST[:PORT]/[CONFIGURATION]
+    (an IPv6 address in brackets: nixos://[::1]:2222/web). The configuration
+    defaults to the host name the host reports. Every host builds its own system,
+    is checked, activates it with switch-to-configuration test, and must be
+    confirmed over a new SSH connection before the boot entry is written;
+    otherwise it returns to its previous system by itself.
+
+    Other commands: status, plan, rollback (deploy-flake COMMAND --help). A host
+    named like a command is deployed with `deploy-flake deploy HOST`.
+    """
+    commands = [d for d in kw["destinations"] if d in main_group.commands]
+    if commands and click.get_current_context().meta.get(_IMPLICIT_DEPLOY):
+        _fail(
+            f"{commands[0]!r} is a command: put it first (deploy-flake {commands[0]} [OPTIONS] ...); "
+            f"to deploy a host called {commands[0]}, say `deploy-flake deploy {commands[0]}`"
+        )
+    if dry_activate and kw["reboot"] != RebootPolicy.NEVER:
+        _fail("--dry-activate changes nothing, so it cannot --reboot")
+    rollout = {"ask": ask, "canary": canary, "max_failures": max_failures, "all_or_nothing": all_or_nothing}
+    _execute(Job.PLAN if dry_activate else Job.DEPLOY, {**kw, **rollout})
+
+
+@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
+@options.DESTINATIONS
+@options.ON
+@options.COMMON
+@options.BUILD
+@options.ACTIVATION
+def plan(**kw: Any) -> None:
+    """Copy and build as a deploy would, and show per host what activating would change.
+
+    Shows the closure difference against the running system, the units that would be
+    stopped, restarted, reloaded and started (switch-to-configuration dry-activate),
+    whether a reboot would be needed, and the sanity checks' verdict. Nothing is
+    activated, no profile generation or boot entry is written. Takes every option a
+    deploy takes.
+    """
+    _execute(Job.PLAN, kw)
+
+
+@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
+@options.DESTINATIONS
+@options.ON
+@options.TO
+@options.COMMON
+@options.ACTIVATION
+@options.REBOOT
+def rollback(**kw: Any) -> None:
+    """Return hosts to an earlier generation of their system profile.
+
+    Through the same transaction as a deploy: switch-to-configuration test, health
+    check, settle time, confirmation over a new SSH login, and only then the system
+    profile and the boot entry. A rollback that fails is itself rolled back.
+    """
+    _execute(Job.ROLLBACK, kw)
+
+
+@main_group.command(context_settings=CONTEXT)
+@options.DESTINATIONS
+@options.ON
+@options.COMMON
+@options.JSON
+def status(as_json: bool, **kw: Any) -> None:
+    """Show what every host runs: health, failed units, current, booted and profile
+    systems with the generation, the last deploy, and whether a reboot is needed.
+
+    An unreachable host is a row that says so. Exit 0 when every host answered.
+    """
+    _execute(Job.STATUS, kw, status_json=as_json)
+
+
+def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
+    # imported here: `--help` and bad usage stay quick (no asyncio, rich or Nix code)
+    from deploy_flake.execute import execute
+
+    execute(job, kw, status_json=status_json)
+
+
+def _fail(message: str) -> NoReturn:
+    messages.error(message)
+    sys.exit(EXIT_USAGE)
+
+
+def main() -> None:
+    main_group(prog_name="deploy-flake")
+
+
+deploy_flake = main_group  # the entry point, under its old name
