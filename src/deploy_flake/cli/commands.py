@@ -1,16 +1,23 @@
-"""The commands: deploy (also of a bare `deploy-flake HOST...`), plan, rollback, status."""
+"""The commands: deploy (also of a bare `deploy-flake HOST...`), plan, rollback, status.
+
+Each takes its options as typed parameters, builds the app's frozen options of the command
+(app.DeployCommand, ...) and hands them to app.run, whose exit code ends the process.
+"""
 
 from __future__ import annotations
 
-import sys
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 import click
 
 from deploy_flake.cli import options
 from deploy_flake.cli.options import CONTEXT, EPILOG
-from deploy_flake.models import EXIT_USAGE, Job, RebootPolicy
+from deploy_flake.models import EXIT_USAGE, RebootPolicy
 from deploy_flake.output import messages
+
+if TYPE_CHECKING:
+    from deploy_flake import app
 
 _IMPLICIT_DEPLOY = "deploy_flake.implicit_deploy"
 
@@ -43,12 +50,40 @@ def main_group() -> None:
 @options.DRY_ACTIVATE
 @options.ROLLOUT
 def deploy(
+    *,
+    destinations: tuple[str, ...],
+    selectors: tuple[str, ...],
+    flake_dir: Path,
+    instrumentation: Literal["tui", "json"],
+    jobs: int | None,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    sudo: bool | None,
+    report_path: Path | None,
+    log_dir: Path | None,
+    test_mode: Literal["run", "skip"],
+    build_on: str,
+    build_cmdline: str | None,
+    copy_timeout: int,
+    build_timeout: int,
+    ask_sudo_password: bool,
+    sudo_password_fd: int | None,
+    preflight_check: Literal["run", "skip"],
+    pre_activate_script: str | None,
+    preflight_timeout: int,
+    activation_timeout: int,
+    health_timeout: int,
+    settle_time: int,
+    confirm_timeout: int,
+    boot_timeout: int,
+    skip_checks: tuple[str, ...],
+    reboot: str,
+    reboot_timeout: int,
     dry_activate: bool,
     ask: bool,
     canary: int | None,
     max_failures: int | None,
     all_or_nothing: bool,
-    **kw: Any,
 ) -> None:
     """Deploy a flake's NixOS configurations to hosts over SSH.
 
@@ -62,16 +97,56 @@ def deploy(
     Other commands: status, plan, rollback (deploy-flake COMMAND --help). A host
     named like a command is deployed with `deploy-flake deploy HOST`.
     """
-    commands = [d for d in kw["destinations"] if d in main_group.commands]
-    if commands and click.get_current_context().meta.get(_IMPLICIT_DEPLOY):
-        _fail(
+    ctx = click.get_current_context()
+    commands = [d for d in destinations if d in main_group.commands]
+    if commands and ctx.meta.get(_IMPLICIT_DEPLOY):
+        messages.error(
             f"{commands[0]!r} is a command: put it first (deploy-flake {commands[0]} [OPTIONS] ...); "
             f"to deploy a host called {commands[0]}, say `deploy-flake deploy {commands[0]}`"
         )
-    if dry_activate and kw["reboot"] != RebootPolicy.NEVER:
-        _fail("--dry-activate changes nothing, so it cannot --reboot")
-    rollout = {"ask": ask, "canary": canary, "max_failures": max_failures, "all_or_nothing": all_or_nothing}
-    _execute(Job.PLAN if dry_activate else Job.DEPLOY, {**kw, **rollout})
+        ctx.exit(EXIT_USAGE)
+    from deploy_flake import app  # here: see _run
+
+    command = app.DeployCommand(
+        common=app.CommonOptions(
+            destinations=destinations,
+            selectors=selectors,
+            flake_dir=flake_dir,
+            instrumentation=instrumentation,
+            jobs=jobs,
+            ssh_config=ssh_config,
+            ssh_options=ssh_options,
+            sudo=sudo,
+            report_path=report_path,
+            log_dir=log_dir,
+        ),
+        build=app.BuildOptions(
+            test=test_mode == "run",
+            build_on=build_on,
+            build_cmdline=build_cmdline,
+            copy_timeout=copy_timeout,
+            build_timeout=build_timeout,
+        ),
+        activation=app.ActivationOptions(
+            ask_sudo_password=ask_sudo_password,
+            sudo_password_fd=sudo_password_fd,
+            preflight=preflight_check == "run",
+            pre_activate_script=pre_activate_script,
+            preflight_timeout=preflight_timeout,
+            activation_timeout=activation_timeout,
+            health_timeout=health_timeout,
+            settle_time=settle_time,
+            confirm_timeout=confirm_timeout,
+            boot_timeout=boot_timeout,
+            skip_checks=skip_checks,
+        ),
+        reboot=app.RebootOptions(reboot=RebootPolicy(reboot), reboot_timeout=reboot_timeout),
+        rollout=app.RolloutOptions(
+            ask=ask, canary=canary, max_failures=max_failures, all_or_nothing=all_or_nothing
+        ),
+        dry_activate=dry_activate,
+    )
+    _run(command)
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
@@ -80,7 +155,35 @@ def deploy(
 @options.COMMON
 @options.BUILD
 @options.ACTIVATION
-def plan(**kw: Any) -> None:
+def plan(
+    *,
+    destinations: tuple[str, ...],
+    selectors: tuple[str, ...],
+    flake_dir: Path,
+    instrumentation: Literal["tui", "json"],
+    jobs: int | None,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    sudo: bool | None,
+    report_path: Path | None,
+    log_dir: Path | None,
+    test_mode: Literal["run", "skip"],
+    build_on: str,
+    build_cmdline: str | None,
+    copy_timeout: int,
+    build_timeout: int,
+    ask_sudo_password: bool,
+    sudo_password_fd: int | None,
+    preflight_check: Literal["run", "skip"],
+    pre_activate_script: str | None,
+    preflight_timeout: int,
+    activation_timeout: int,
+    health_timeout: int,
+    settle_time: int,
+    confirm_timeout: int,
+    boot_timeout: int,
+    skip_checks: tuple[str, ...],
+) -> None:
     """Copy and build as a deploy would, and show per host what activating would change.
 
     Shows the closure difference against the running system, the units that would be
@@ -89,7 +192,43 @@ def plan(**kw: Any) -> None:
     activated, no profile generation or boot entry is written. Takes every option a
     deploy takes.
     """
-    _execute(Job.PLAN, kw)
+    from deploy_flake import app  # here: see _run
+
+    command = app.PlanCommand(
+        common=app.CommonOptions(
+            destinations=destinations,
+            selectors=selectors,
+            flake_dir=flake_dir,
+            instrumentation=instrumentation,
+            jobs=jobs,
+            ssh_config=ssh_config,
+            ssh_options=ssh_options,
+            sudo=sudo,
+            report_path=report_path,
+            log_dir=log_dir,
+        ),
+        build=app.BuildOptions(
+            test=test_mode == "run",
+            build_on=build_on,
+            build_cmdline=build_cmdline,
+            copy_timeout=copy_timeout,
+            build_timeout=build_timeout,
+        ),
+        activation=app.ActivationOptions(
+            ask_sudo_password=ask_sudo_password,
+            sudo_password_fd=sudo_password_fd,
+            preflight=preflight_check == "run",
+            pre_activate_script=pre_activate_script,
+            preflight_timeout=preflight_timeout,
+            activation_timeout=activation_timeout,
+            health_timeout=health_timeout,
+            settle_time=settle_time,
+            confirm_timeout=confirm_timeout,
+            boot_timeout=boot_timeout,
+            skip_checks=skip_checks,
+        ),
+    )
+    _run(command)
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
@@ -99,14 +238,71 @@ def plan(**kw: Any) -> None:
 @options.COMMON
 @options.ACTIVATION
 @options.REBOOT
-def rollback(**kw: Any) -> None:
+def rollback(
+    *,
+    destinations: tuple[str, ...],
+    selectors: tuple[str, ...],
+    rollback_to: int | None,
+    flake_dir: Path,
+    instrumentation: Literal["tui", "json"],
+    jobs: int | None,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    sudo: bool | None,
+    report_path: Path | None,
+    log_dir: Path | None,
+    ask_sudo_password: bool,
+    sudo_password_fd: int | None,
+    preflight_check: Literal["run", "skip"],
+    pre_activate_script: str | None,
+    preflight_timeout: int,
+    activation_timeout: int,
+    health_timeout: int,
+    settle_time: int,
+    confirm_timeout: int,
+    boot_timeout: int,
+    skip_checks: tuple[str, ...],
+    reboot: str,
+    reboot_timeout: int,
+) -> None:
     """Return hosts to an earlier generation of their system profile.
 
     Through the same transaction as a deploy: switch-to-configuration test, health
     check, settle time, confirmation over a new SSH login, and only then the system
     profile and the boot entry. A rollback that fails is itself rolled back.
     """
-    _execute(Job.ROLLBACK, kw)
+    from deploy_flake import app  # here: see _run
+
+    command = app.RollbackCommand(
+        common=app.CommonOptions(
+            destinations=destinations,
+            selectors=selectors,
+            flake_dir=flake_dir,
+            instrumentation=instrumentation,
+            jobs=jobs,
+            ssh_config=ssh_config,
+            ssh_options=ssh_options,
+            sudo=sudo,
+            report_path=report_path,
+            log_dir=log_dir,
+        ),
+        activation=app.ActivationOptions(
+            ask_sudo_password=ask_sudo_password,
+            sudo_password_fd=sudo_password_fd,
+            preflight=preflight_check == "run",
+            pre_activate_script=pre_activate_script,
+            preflight_timeout=preflight_timeout,
+            activation_timeout=activation_timeout,
+            health_timeout=health_timeout,
+            settle_time=settle_time,
+            confirm_timeout=confirm_timeout,
+            boot_timeout=boot_timeout,
+            skip_checks=skip_checks,
+        ),
+        reboot=app.RebootOptions(reboot=RebootPolicy(reboot), reboot_timeout=reboot_timeout),
+        to=rollback_to,
+    )
+    _run(command)
 
 
 @main_group.command(context_settings=CONTEXT)
@@ -114,25 +310,52 @@ def rollback(**kw: Any) -> None:
 @options.ON
 @options.COMMON
 @options.JSON
-def status(as_json: bool, **kw: Any) -> None:
+def status(
+    *,
+    destinations: tuple[str, ...],
+    selectors: tuple[str, ...],
+    flake_dir: Path,
+    instrumentation: Literal["tui", "json"],
+    jobs: int | None,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    sudo: bool | None,
+    report_path: Path | None,
+    log_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Show what every host runs: health, failed units, current, booted and profile
     systems with the generation, the last deploy, and whether a reboot is needed.
 
     An unreachable host is a row that says so. Exit 0 when every host answered.
     """
-    _execute(Job.STATUS, kw, status_json=as_json)
+    from deploy_flake import app  # here: see _run
+
+    command = app.StatusCommand(
+        common=app.CommonOptions(
+            destinations=destinations,
+            selectors=selectors,
+            flake_dir=flake_dir,
+            instrumentation=instrumentation,
+            jobs=jobs,
+            ssh_config=ssh_config,
+            ssh_options=ssh_options,
+            sudo=sudo,
+            report_path=report_path,
+            log_dir=log_dir,
+        ),
+        as_json=as_json,
+    )
+    _run(command)
 
 
-def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
-    # imported here: `--help` and bad usage stay quick (no asyncio, rich or Nix code)
-    from deploy_flake.execute import execute
+def _run(command: app.Command) -> NoReturn:
+    """The app validates, runs and reports; its exit code is the process's. The app is
+    imported only when a command runs: `--help` and bad usage stay quick (no asyncio, rich or
+    Nix code)."""
+    from deploy_flake import app
 
-    execute(job, kw, status_json=status_json)
-
-
-def _fail(message: str) -> NoReturn:
-    messages.error(message)
-    sys.exit(EXIT_USAGE)
+    click.get_current_context().exit(app.run(command))
 
 
 def main() -> None:
