@@ -41,6 +41,7 @@ _BESIDE_FILES = frozenset(
     {
         "test_vm.py",
         "test_units.py",
+        "test_cli.py",
         "test_nix.py",
         "test_nix_output.py",
         "test_destination.py",
