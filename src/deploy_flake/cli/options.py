@@ -70,6 +70,7 @@ def _relative_path(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
+# every command's
 COMMON = _group(
     click.option(
         "--flake",
@@ -125,6 +126,7 @@ COMMON = _group(
     ),
 )
 
+# deploy's, plan's and rollback's
 ACTIVATION = _group(
     click.option(
         "--ask-sudo-password",
@@ -213,6 +215,7 @@ ACTIVATION = _group(
     ),
 )
 
+# deploy's and plan's
 BUILD = _group(
     click.option(
         "--test",
@@ -252,6 +255,7 @@ BUILD = _group(
 )
 
 
+# deploy's and rollback's
 REBOOT = _group(
     click.option(
         "--reboot",
@@ -273,6 +277,7 @@ REBOOT = _group(
 )
 
 
+# every command's
 DESTINATIONS = click.argument("destinations", nargs=-1, metavar="DESTINATION...")
 ON = click.option(
     "--on",
