@@ -42,6 +42,7 @@ _BESIDE_FILES = frozenset(
         "test_vm.py",
         "test_ssh_command.py",
         "test_fleet_run.py",
+        "test_cli.py",
         "test_nix.py",
         "test_nix_output.py",
         "test_destination.py",

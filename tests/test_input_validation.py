@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from deploy_flake import execute, process
+from deploy_flake import process
 from deploy_flake.durations import parse_duration, parse_whole_seconds
 from deploy_flake.errors import UsageError
 from deploy_flake.models import HostResult, Outcome
 from deploy_flake.output.report import ReportError, check_report_path, write_report
 from deploy_flake.remote.destination import Destination, SshTarget, check_distinct_hosts
 from deploy_flake.remote.ssh import config_command
+from deploy_flake.remote.ssh_config import check_distinct_destinations
 from tests.lab import CLIENT_KEY, FIXTURE_FLAKE, HOSTS_DIR, KNOWN_HOSTS, LAB_POOL, SSH_CONFIG, deploy_argv
 
 TIMEOUT_OPTIONS = (
@@ -323,14 +324,14 @@ def test_cli_refuses_an_ssh_option_ssh_does_not_know(lab_ssh_config: Path) -> No
 def test_lab_hosts_behind_their_own_proxy_are_distinct(lab_ssh_config: Path) -> None:
     """Same HostName and port, different ProxyCommand: different machines (real ssh -G)."""
     dests = [Destination.parse(d) for d in ("alpha", "beta", "nixos://deploy@gamma/x", "delta")]
-    execute._check_distinct_hosts(dests, lab_ssh_config, ())
+    check_distinct_destinations(dests, lab_ssh_config, ())
     with pytest.raises(UsageError, match="'alpha' and 'nixos://alpha:22/y' are the same host"):
-        execute._check_distinct_hosts([*dests, Destination.parse("nixos://alpha:22/y")], lab_ssh_config, ())
+        check_distinct_destinations([*dests, Destination.parse("nixos://alpha:22/y")], lab_ssh_config, ())
 
 
 def test_the_port_makes_another_host(lab_ssh_config: Path) -> None:
     dests = [Destination.parse(d) for d in ("nixos://alpha:22/x", "nixos://alpha:2222/x")]
-    execute._check_distinct_hosts(dests, lab_ssh_config, ())
+    check_distinct_destinations(dests, lab_ssh_config, ())
 
 
 def test_a_single_destination_runs_no_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -338,7 +339,7 @@ def test_a_single_destination_runs_no_ssh(monkeypatch: pytest.MonkeyPatch) -> No
         raise AssertionError("ssh -G ran for a single destination")
 
     monkeypatch.setattr(process, "run", no_ssh)
-    execute._check_distinct_hosts([Destination.parse("alpha")], None, ())
+    check_distinct_destinations([Destination.parse("alpha")], None, ())
 
 
 def test_ssh_g_command_has_the_options_of_every_ssh_command() -> None:

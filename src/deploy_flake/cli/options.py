@@ -1,23 +1,22 @@
-"""The deploy-flake command line: parse, validate, hand over to the fleet, report."""
+"""The command line's options: click decorators, grouped as the commands share them.
+
+Each group is one decorator; a command stacks the groups it takes, and the order of the
+stack is the order of `--help`.
+"""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from deploy_flake import __version__
 from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import UsageError
-from deploy_flake.models import (
-    EXIT_USAGE,
-    SANITY_CHECKS,
-    Job,
-    RebootPolicy,
-)
+from deploy_flake.models import EXIT_USAGE, SANITY_CHECKS, RebootPolicy
+from deploy_flake.output import messages
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,11 +33,23 @@ The worst outcome among the hosts decides.
 """
 
 
+def _group(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """The decorators as one, in the order given (the first one's option comes first)."""
+
+    def apply(f: F) -> F:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
 def _seconds(ctx: click.Context, param: click.Parameter, value: str, minimum: int) -> int:
     try:
         return parse_whole_seconds(value, minimum=minimum)
     except UsageError as e:
-        _fail(f"{param.opts[0]} {e}")
+        messages.error(f"{param.opts[0]} {e}")
+        ctx.exit(EXIT_USAGE)
 
 
 def _timeout(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -59,7 +70,8 @@ def _relative_path(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
-_COMMON = [
+# every command's
+COMMON = _group(
     click.option(
         "--flake",
         "flake_dir",
@@ -106,18 +118,16 @@ _COMMON = [
         type=click.Path(path_type=Path),
         help="Write a JSON report of every host to this file.",
     ),
-]
-
-_COMMON.append(
     click.option(
         "--log-dir",
         type=click.Path(path_type=Path, file_okay=False),
         help="Where each run keeps every host's whole output, a directory per run.  "
         "[default: $XDG_STATE_HOME/deploy-flake/runs]",
-    )
+    ),
 )
 
-_ACTIVATION = [
+# deploy's, plan's and rollback's
+ACTIVATION = _group(
     click.option(
         "--ask-sudo-password",
         is_flag=True,
@@ -203,9 +213,10 @@ _ACTIVATION = [
         type=click.Choice(SANITY_CHECKS),
         help="Skip a sanity check of the new system (repeatable).",
     ),
-]
+)
 
-_BUILD = [
+# deploy's and plan's
+BUILD = _group(
     click.option(
         "--test",
         "test_mode",
@@ -241,10 +252,11 @@ _BUILD = [
         metavar="DURATION",
         help="Longest build on the host; whole seconds, at least 1s.",
     ),
-]
+)
 
 
-_REBOOT = [
+# deploy's and rollback's
+REBOOT = _group(
     click.option(
         "--reboot",
         type=click.Choice([str(p) for p in RebootPolicy]),
@@ -262,21 +274,12 @@ _REBOOT = [
         metavar="DURATION",
         help="Time for a rebooted host to come back, booted and healthy; whole seconds, at least 1s.",
     ),
-]
+)
 
 
-def _with(*groups: list[Callable[[F], F]]) -> Callable[[F], F]:
-    def apply(f: F) -> F:
-        for group in reversed(groups):
-            for decorator in reversed(group):
-                f = decorator(f)
-        return f
-
-    return apply
-
-
-_DESTINATIONS = click.argument("destinations", nargs=-1, metavar="DESTINATION...")
-_ON = click.option(
+# every command's
+DESTINATIONS = click.argument("destinations", nargs=-1, metavar="DESTINATION...")
+ON = click.option(
     "--on",
     "selectors",
     multiple=True,
@@ -286,156 +289,49 @@ _ON = click.option(
 )
 
 
-_IMPLICIT_DEPLOY = "deploy_flake.implicit_deploy"
+VERSION = click.version_option(__version__, prog_name="deploy-flake")
 
-
-class _DeployByDefault(click.Group):
-    """`deploy-flake [OPTIONS] DESTINATION...` deploys, as it always did; subcommands beside it."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        first = args[0] if args else "--help"
-        if first in ("-h", "--help") or (first not in self.commands and first != "--version"):
-            args = ["deploy", *args]
-            ctx.meta[_IMPLICIT_DEPLOY] = True
-        return super().parse_args(ctx, args)
-
-
-@click.group(cls=_DeployByDefault, context_settings=CONTEXT)
-@click.version_option(__version__, prog_name="deploy-flake")
-def main_group() -> None:
-    """Deploy a flake's NixOS configurations to hosts over SSH."""
-
-
-@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
-@_DESTINATIONS
-@_ON
-@_with(_COMMON, _BUILD, _ACTIVATION, _REBOOT)
-@click.version_option(__version__, prog_name="deploy-flake")  # as before the subcommands
-@click.option(
+# deploy's own
+DRY_ACTIVATE = click.option(
     "--dry-activate",
     is_flag=True,
     help="Build and show what would change, like `deploy-flake plan`; change nothing.",
 )
-@click.option(
-    "--ask",
-    is_flag=True,
-    help="Show every host's plan, then ask once (on stdin) before activating any.",
+ROLLOUT = _group(
+    click.option(
+        "--ask",
+        is_flag=True,
+        help="Show every host's plan, then ask once (on stdin) before activating any.",
+    ),
+    click.option(
+        "--canary",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Deploy the first N hosts (in the order given) first; the rest only if all of them were "
+        "activated.",
+    ),
+    click.option(
+        "--max-failures",
+        type=click.IntRange(min=1),
+        metavar="K",
+        help="Start no new host once K hosts did not end activated (the rest are skipped).",
+    ),
+    click.option(
+        "--all-or-nothing",
+        is_flag=True,
+        help="If any host is not activated, roll back the hosts this run activated "
+        "(through the rollback transaction), so the fleet stays on one version.",
+    ),
 )
-@click.option(
-    "--canary",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Deploy the first N hosts (in the order given) first; the rest only if all of them were activated.",
-)
-@click.option(
-    "--max-failures",
-    type=click.IntRange(min=1),
-    metavar="K",
-    help="Start no new host once K hosts did not end activated (the rest are skipped).",
-)
-@click.option(
-    "--all-or-nothing",
-    is_flag=True,
-    help="If any host is not activated, roll back the hosts this run activated "
-    "(through the rollback transaction), so the fleet stays on one version.",
-)
-def deploy(
-    dry_activate: bool,
-    ask: bool,
-    canary: int | None,
-    max_failures: int | None,
-    all_or_nothing: bool,
-    **kw: Any,
-) -> None:
-    """Deploy a flake's NixOS configurations to hosts over SSH.
 
-    Each DESTINATION is HOST, USER@HOST, or nixos://[USER@]HOST[:PORT]/[CONFIGURATION]
-    (an IPv6 address in brackets: nixos://[::1]:2222/web). The configuration
-    defaults to the host name the host reports. Every host builds its own system,
-    is checked, activates it with switch-to-configuration test, and must be
-    confirmed over a new SSH connection before the boot entry is written;
-    otherwise it returns to its previous system by itself.
-
-    Other commands: status, plan, rollback (deploy-flake COMMAND --help). A host
-    named like a command is deployed with `deploy-flake deploy HOST`.
-    """
-    commands = [d for d in kw["destinations"] if d in main_group.commands]
-    if commands and click.get_current_context().meta.get(_IMPLICIT_DEPLOY):
-        _fail(
-            f"{commands[0]!r} is a command: put it first (deploy-flake {commands[0]} [OPTIONS] ...); "
-            f"to deploy a host called {commands[0]}, say `deploy-flake deploy {commands[0]}`"
-        )
-    if dry_activate and kw["reboot"] != RebootPolicy.NEVER:
-        _fail("--dry-activate changes nothing, so it cannot --reboot")
-    rollout = {"ask": ask, "canary": canary, "max_failures": max_failures, "all_or_nothing": all_or_nothing}
-    _execute(Job.PLAN if dry_activate else Job.DEPLOY, {**kw, **rollout})
-
-
-@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
-@_DESTINATIONS
-@_ON
-@_with(_COMMON, _BUILD, _ACTIVATION)
-def plan(**kw: Any) -> None:
-    """Copy and build as a deploy would, and show per host what activating would change.
-
-    Shows the closure difference against the running system, the units that would be
-    stopped, restarted, reloaded and started (switch-to-configuration dry-activate),
-    whether a reboot would be needed, and the sanity checks' verdict. Nothing is
-    activated, no profile generation or boot entry is written. Takes every option a
-    deploy takes.
-    """
-    _execute(Job.PLAN, kw)
-
-
-@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
-@_DESTINATIONS
-@_ON
-@click.option(
+# rollback's own
+TO = click.option(
     "--to",
     "rollback_to",
     type=click.IntRange(min=1),
     metavar="GENERATION",
     help="The system profile's generation to return to.  [default: the one before the current]",
 )
-@_with(_COMMON, _ACTIVATION, _REBOOT)
-def rollback(**kw: Any) -> None:
-    """Return hosts to an earlier generation of their system profile.
 
-    Through the same transaction as a deploy: switch-to-configuration test, health
-    check, settle time, confirmation over a new SSH login, and only then the system
-    profile and the boot entry. A rollback that fails is itself rolled back.
-    """
-    _execute(Job.ROLLBACK, kw)
-
-
-@main_group.command(context_settings=CONTEXT)
-@_DESTINATIONS
-@_ON
-@_with(_COMMON)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def status(as_json: bool, **kw: Any) -> None:
-    """Show what every host runs: health, failed units, current, booted and profile
-    systems with the generation, the last deploy, and whether a reboot is needed.
-
-    An unreachable host is a row that says so. Exit 0 when every host answered.
-    """
-    _execute(Job.STATUS, kw, status_json=as_json)
-
-
-def _execute(job: Job, kw: dict[str, Any], *, status_json: bool = False) -> None:
-    # imported here: `--help` and bad usage stay quick (no asyncio, rich or Nix code)
-    from deploy_flake.execute import execute
-
-    execute(job, kw, status_json=status_json)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"deploy-flake: error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
-
-
-def main() -> None:
-    main_group(prog_name="deploy-flake")
-
-
-deploy_flake = main_group  # the entry point, under its old name
+# status's own
+JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

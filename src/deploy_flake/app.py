@@ -1,0 +1,393 @@
+"""A command's run, once its command line is parsed: validate every input before any host is
+touched, run the job on every host, report; the exit code. Imported only when a command runs.
+
+The command line (deploy_flake.cli) hands over one of the commands below: what the user
+said, typed. The deploy layer reads DeployOptions, made from it here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol
+
+import click
+
+from deploy_flake.errors import DeployError, UsageError
+from deploy_flake.fleet.inventory import load_inventory, select
+from deploy_flake.fleet.run import InterruptedTwice, Target, deploy_all
+from deploy_flake.models import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    BuildOn,
+    DeployOptions,
+    HostResult,
+    Job,
+    Outcome,
+    RebootPolicy,
+    exit_code,
+)
+from deploy_flake.nix import build_args
+from deploy_flake.output import messages
+from deploy_flake.output.display import (
+    JsonEvents,
+    PlainEvents,
+    QuietEvents,
+    plain_plan,
+    plain_status,
+    plain_summary,
+    status_document,
+)
+from deploy_flake.output.events import Events
+from deploy_flake.output.report import ReportError, check_report_path, write_report
+from deploy_flake.output.run_log import RunLog, default_log_dir, new_run_dir
+from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.ssh import check_ssh_option
+from deploy_flake.remote.ssh_config import check_distinct_destinations
+from deploy_flake.remote.sudo_password import sudo_password
+
+# ------------------------------------------------------------- the commands' options
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """Every command's: the hosts, how to reach them, where the output goes."""
+
+    destinations: tuple[str, ...]
+    selectors: tuple[str, ...]  # --on
+    flake_dir: Path
+    instrumentation: Literal["tui", "json"]
+    jobs: int | None
+    ssh_config: Path | None
+    ssh_options: tuple[str, ...]
+    sudo: bool | None
+    report_path: Path | None
+    log_dir: Path | None
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """deploy's and plan's: how the new system is built, and whether it is tested."""
+
+    test: bool
+    build_on: str  # target, local or a builder host: checked with the other input
+    build_cmdline: str | None
+    copy_timeout: int
+    build_timeout: int
+
+    def applied_to(self, options: DeployOptions) -> DeployOptions:
+        return replace(
+            options,
+            test=self.test,
+            build_args=build_args(self.build_cmdline),
+            build_on=BuildOn.parse(self.build_on),
+            timeouts=replace(options.timeouts, copy=self.copy_timeout, build=self.build_timeout),
+        )
+
+
+@dataclass(frozen=True)
+class ActivationOptions:
+    """deploy's, plan's and rollback's: the checks and time limits around activating."""
+
+    ask_sudo_password: bool
+    sudo_password_fd: int | None
+    preflight: bool
+    pre_activate_script: str | None
+    preflight_timeout: int
+    activation_timeout: int
+    health_timeout: int
+    settle_time: int
+    confirm_timeout: int
+    boot_timeout: int
+    skip_checks: tuple[str, ...]
+
+    def applied_to(self, options: DeployOptions) -> DeployOptions:
+        return replace(
+            options,
+            preflight=self.preflight,
+            pre_activate_script=self.pre_activate_script,
+            skip_checks=frozenset(self.skip_checks),
+            timeouts=replace(
+                options.timeouts,
+                preflight=self.preflight_timeout,
+                activation=self.activation_timeout,
+                health=self.health_timeout,
+                settle=self.settle_time,
+                confirm=self.confirm_timeout,
+                boot=self.boot_timeout,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class RebootOptions:
+    """deploy's and rollback's."""
+
+    reboot: RebootPolicy
+    reboot_timeout: int
+
+    def applied_to(self, options: DeployOptions) -> DeployOptions:
+        return replace(
+            options, reboot=self.reboot, timeouts=replace(options.timeouts, reboot=self.reboot_timeout)
+        )
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    """deploy's: the order of the hosts, and when to stop."""
+
+    ask: bool
+    canary: int | None
+    max_failures: int | None
+    all_or_nothing: bool
+
+    def applied_to(self, options: DeployOptions) -> DeployOptions:
+        return replace(
+            options,
+            ask=self.ask,
+            canary=self.canary or 0,
+            max_failures=self.max_failures or 0,
+            all_or_nothing=self.all_or_nothing,
+        )
+
+
+@dataclass(frozen=True)
+class DeployCommand:
+    common: CommonOptions
+    build: BuildOptions
+    activation: ActivationOptions
+    reboot: RebootOptions
+    rollout: RolloutOptions
+    dry_activate: bool  # a plan, with every option a deploy takes
+
+    @property
+    def job(self) -> Job:
+        return Job.PLAN if self.dry_activate else Job.DEPLOY
+
+
+@dataclass(frozen=True)
+class PlanCommand:
+    common: CommonOptions
+    build: BuildOptions
+    activation: ActivationOptions
+    job: ClassVar[Job] = Job.PLAN
+
+
+@dataclass(frozen=True)
+class RollbackCommand:
+    common: CommonOptions
+    activation: ActivationOptions
+    reboot: RebootOptions
+    to: int | None  # the generation (default: the one before the current)
+    job: ClassVar[Job] = Job.ROLLBACK
+
+
+@dataclass(frozen=True)
+class StatusCommand:
+    common: CommonOptions
+    as_json: bool  # --json: one JSON document on stdout
+    job: ClassVar[Job] = Job.STATUS
+
+
+Command = DeployCommand | PlanCommand | RollbackCommand | StatusCommand
+
+
+class _Group(Protocol):
+    def applied_to(self, options: DeployOptions) -> DeployOptions: ...
+
+
+# ------------------------------------------------------------- validate, run, report
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A command whose input was all found good: what its run needs."""
+
+    job: Job
+    common: CommonOptions
+    options: DeployOptions
+    targets: list[Target]
+    run_dir: Path | None  # None: status keeps no log
+    password: bytes | None
+    status_json: bool
+
+
+def run(command: Command) -> int:
+    """Validates everything before any host is touched, runs the job, reports; the exit code."""
+    try:
+        checked = _validate(command)
+    except (UsageError, ValueError) as e:
+        messages.error(str(e))
+        return EXIT_USAGE
+
+    tty = sys.stdout.isatty()
+    if tty:  # rich only for a terminal: its import is a good part of a short run's start-up
+        from deploy_flake.output import display_live
+
+    def logged(events: Events) -> Events:
+        return events if checked.run_dir is None else RunLog(checked.run_dir, events)
+
+    instrumentation = checked.common.instrumentation
+    try:
+        if checked.job is Job.STATUS and instrumentation != "json":  # its table comes at the end
+            results = _run(checked, QuietEvents())
+        elif instrumentation == "json":
+            results = _run(checked, logged(JsonEvents()))
+        elif tty and not checked.options.ask:  # --ask: plain lines, so the question stays readable
+            with display_live.LiveEvents([t.dest.label for t in checked.targets]) as live:
+                results = _run(checked, logged(live))
+        else:
+            results = _run(checked, logged(PlainEvents()))
+    except DeployError as e:
+        messages.error(str(e))
+        return EXIT_USAGE
+    except InterruptedTwice as e:
+        _write_report(checked.common.report_path, e.results)
+        if checked.run_dir is not None:
+            messages.note(f"every host's output so far is in {checked.run_dir}")
+        messages.note(
+            "interrupted twice: hosts that were activating return to their "
+            "previous system by themselves once the confirmation timeout passes"
+        )
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug before any host was started: one line, never a traceback
+        messages.note(f"internal error: {type(e).__name__}: {e}")
+        return EXIT_FAILED
+    return _report(checked, results, tty)
+
+
+def _validate(command: Command) -> _Checked:
+    """Every input checked before any host is touched; UsageError (or ValueError, from a
+    --build-cmdline that shlex cannot split) says what to fix."""
+    common, job = command.common, command.job
+    if (
+        isinstance(command, DeployCommand)
+        and command.dry_activate
+        and command.reboot.reboot != RebootPolicy.NEVER
+    ):
+        raise UsageError("--dry-activate changes nothing, so it cannot --reboot")
+    for opt in common.ssh_options:
+        check_ssh_option(opt)
+    if common.ssh_config is not None and not common.ssh_config.is_file():
+        raise UsageError(f"--ssh-config {common.ssh_config}: no such file")
+    if (job in (Job.DEPLOY, Job.PLAN) or common.selectors) and not (common.flake_dir / "flake.nix").is_file():
+        raise UsageError(f"no flake.nix in {common.flake_dir}: pass the flake's directory with --flake DIR")
+    if common.report_path is not None:
+        check_report_path(common.report_path)
+    options = _deploy_options(command)
+    targets = _targets(common.destinations, common.selectors, options)
+    dests = [t.dest for t in targets]
+    _check_no_repeats(dests)
+    check_distinct_destinations(dests, common.ssh_config, common.ssh_options)
+    run_dir = None if job is Job.STATUS else new_run_dir(common.log_dir or default_log_dir())
+    if isinstance(command, StatusCommand):
+        password = None
+    else:
+        password = sudo_password(command.activation.ask_sudo_password, command.activation.sudo_password_fd)
+    status_json = isinstance(command, StatusCommand) and command.as_json
+    return _Checked(job, common, options, targets, run_dir, password, status_json)
+
+
+def _deploy_options(command: Command) -> DeployOptions:
+    """What the deploy layer reads. An option a command does not take keeps DeployOptions'
+    default, which is the command line's."""
+    common = command.common
+    options = DeployOptions(flake_dir=common.flake_dir, sudo=common.sudo, jobs=common.jobs, job=command.job)
+    groups: tuple[_Group, ...]
+    match command:
+        case DeployCommand():
+            groups = (command.build, command.activation, command.reboot, command.rollout)
+        case PlanCommand():
+            groups = (command.build, command.activation)
+        case RollbackCommand():
+            groups = (command.activation, command.reboot)
+            options = replace(options, rollback_to=command.to)
+        case StatusCommand():
+            groups = ()
+    for group in groups:
+        options = group.applied_to(options)
+    return options
+
+
+def _report(checked: _Checked, results: list[HostResult], tty: bool) -> int:
+    """The report file, the table or summary, the notes; the exit code."""
+    if tty:
+        from deploy_flake.output import display_live  # already imported by run()
+    report_error = _write_report(checked.common.report_path, results)
+    instrumentation = checked.common.instrumentation
+    if checked.job is Job.STATUS and (checked.status_json or instrumentation != "json"):
+        if checked.status_json:
+            click.echo(json.dumps(status_document(results), indent=2))
+        elif tty:
+            display_live.print_table(display_live.status_table(results))
+        else:
+            click.echo(plain_status(results))
+    elif instrumentation != "json":
+        if checked.job is Job.PLAN:
+            click.echo(plain_plan(results))
+        if tty:
+            display_live.print_table(display_live.summary_table(results))
+        else:
+            click.echo(plain_summary(results))
+    if checked.run_dir is not None:
+        messages.note(f"every host's whole output is in {checked.run_dir}")
+    skipped = [r.destination for r in results if r.outcome is Outcome.SKIPPED]
+    if skipped:
+        messages.note(f"{len(skipped)} host(s) skipped, never started: {', '.join(skipped)}")
+    if report_error is not None:
+        messages.error(f"{report_error} (the deploy itself finished: its exit code tells how)")
+    return exit_code([r.outcome for r in results])
+
+
+def _targets(
+    destinations: tuple[str, ...], selectors: tuple[str, ...], options: DeployOptions
+) -> list[Target]:
+    """The hosts of the run: the inventory's selected ones, then those on the command line."""
+    targets: list[Target] = []
+    if selectors:
+        hosts = asyncio.run(load_inventory(options.flake_dir))
+        for h in select(hosts, selectors):
+            targets.append(Target(h.destination, h.deploy_options(options), h.ssh_options))
+    targets += [Target(Destination.parse(d)) for d in destinations]
+    if not targets:
+        raise UsageError(
+            "no hosts: give them as DESTINATION... or select them from the flake's inventory "
+            "with --on (--on '*' for all)"
+        )
+    return targets
+
+
+def _write_report(path: Path | None, results: list[HostResult]) -> str | None:
+    """Writes --report; what went wrong, if it could not be written."""
+    if path is None:
+        return None
+    try:
+        write_report(path, results)
+    except ReportError as e:
+        return str(e)
+    return None
+
+
+def _check_no_repeats(dests: list[Destination]) -> None:
+    seen: set[str] = set()
+    for d in dests:
+        if d.raw in seen:
+            raise UsageError(f"the destination {d.raw!r} is given twice")
+        seen.add(d.raw)
+
+
+def _run(checked: _Checked, events: Events) -> list[HostResult]:
+    return asyncio.run(
+        deploy_all(
+            checked.targets,
+            checked.options,
+            ssh_config=checked.common.ssh_config,
+            ssh_options=checked.common.ssh_options,
+            events=events,
+            sudo_password=checked.password,
+        )
+    )

@@ -1,0 +1,365 @@
+"""The commands: deploy (also of a bare `deploy-flake HOST...`), plan, rollback, status.
+
+Each takes its options as typed parameters, builds the app's frozen options of the command
+(app.DeployCommand, ...) and hands them to app.run, whose exit code ends the process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NoReturn
+
+import click
+
+from deploy_flake.cli import options
+from deploy_flake.cli.options import CONTEXT, EPILOG
+from deploy_flake.models import EXIT_USAGE, RebootPolicy
+from deploy_flake.output import messages
+
+if TYPE_CHECKING:
+    from deploy_flake import app
+
+_IMPLICIT_DEPLOY = "deploy_flake.implicit_deploy"
+
+
+class _DeployByDefault(click.Group):
+    """`deploy-flake [OPTIONS] DESTINATION...` deploys, as it always did; subcommands beside it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = args[0] if args else "--help"
+        if first in ("-h", "--help") or (first not in self.commands and first != "--version"):
+            args = ["deploy", *args]
+            ctx.meta[_IMPLICIT_DEPLOY] = True
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DeployByDefault, context_settings=CONTEXT)
+@options.VERSION
+def main_group() -> None:
+    """Deploy a flake's NixOS configurations to hosts over SSH."""
+
+
+@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
+@options.DESTINATIONS
+@options.ON
+@options.COMMON
+@options.BUILD
+@options.ACTIVATION
+@options.REBOOT
+@options.VERSION  # as before the subcommands
+@options.DRY_ACTIVATE
+@options.ROLLOUT
+def deploy(
+    *,
+    destinations: tuple[str, ...],
+    selectors: tuple[str, ...],
+    flake_dir: Path,
+    instrumentation: Literal["tui", "json"],
+    jobs: int | None,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    sudo: bool | None,
+    report_path: Path | None,
+    log_dir: Path | None,
+    test_mode: Literal["run", "skip"],
+    build_on: str,
+    build_cmdline: str | None,
+    copy_timeout: int,
+    build_timeout: int,
+    ask_sudo_password: bool,
+    sudo_password_fd: int | None,
+    preflight_check: Literal["run", "skip"],
+    pre_activate_script: str | None,
+    preflight_timeout: int,
+    activation_timeout: int,
+    health_timeout: int,
+    settle_time: int,
+    confirm_timeout: int,
+    boot_timeout: int,
+    skip_checks: tuple[str, ...],
+    reboot: str,
+    reboot_timeout: int,
+    dry_activate: bool,
+    ask: bool,
+    canary: int | None,
+    max_failures: int | None,
+    all_or_nothing: bool,
+) -> None:
+    """Deploy a flake's NixOS configurations to hosts over SSH.
+
+    Each DESTINATION is HOST, USER@HOST, or nixos://[USER@]HOST[:PORT]/[CONFIGURATION]
+    (an IPv6 address in brackets: nixos://[::1]:2222/web). The configuration
+    defaults to the host name the host reports. Every host builds its own system,
+    is checked, activates it with switch-to-configuration test, and must be
+    confirmed over a new SSH connection before the boot entry is written;
+    otherwise it returns to its previous system by itself.
+
+    Other commands: status, plan, rollback (deploy-flake COMMAND --help). A host
+    named like a command is deployed with `deploy-flake deploy HOST`.
+    """
+    ctx = click.get_current_context()
+    commands = [d for d in destinations if d in main_group.commands]
+    if commands and ctx.meta.get(_IMPLICIT_DEPLOY):
+        messages.error(
+            f"{commands[0]!r} is a command: put it first (deploy-flake {commands[0]} [OPTIONS] ...); "
+            f"to deploy a host called {commands[0]}, say `deploy-flake deploy {commands[0]}`"
+        )
+        ctx.exit(EXIT_USAGE)
+    from deploy_flake import app  # here: see _run
+
+    command = app.DeployCommand(
+        common=app.CommonOptions(
+            destinations=destinations,
+            selectors=selectors,
+            flake_dir=flake_dir,
+            instrumentation=instrumentation,
+            jobs=jobs,
+            ssh_config=ssh_config,
+            ssh_options=ssh_options,
+            sudo=sudo,
+            report_path=report_path,
+            log_dir=log_dir,
+        ),
+        build=app.BuildOptions(
+            test=test_mode == "run",
+            build_on=build_on,
+            build_cmdline=build_cmdline,
+            copy_timeout=copy_timeout,
+            build_timeout=build_timeout,
+        ),
+        activation=app.ActivationOptions(
+            ask_sudo_password=ask_sudo_password,
+            sudo_password_fd=sudo_password_fd,
+            preflight=preflight_check == "run",
+            pre_activate_script=pre_activate_script,
+            preflight_timeout=preflight_timeout,
+            activation_timeout=activation_timeout,
+            health_timeout=health_timeout,
+            settle_time=settle_time,
+            confirm_timeout=confirm_timeout,
+            boot_timeout=boot_timeout,
+            skip_checks=skip_checks,
+        ),
+        reboot=app.RebootOptions(reboot=RebootPolicy(reboot), reboot_timeout=reboot_timeout),
+        rollout=app.RolloutOptions(
+            ask=ask, canary=canary, max_failures=max_failures, all_or_nothing=all_or_nothing
+        ),
+        dry_activate=dry_activate,
+    )
+    _run(command)
+
+
+@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
+@options.DESTINATIONS
+@options.ON
+@options.COMMON
+@options.BUILD
+@options.ACTIVATION
+def plan(
+    *,
+    destinations: tuple[str, ...],
+    selectors: tuple[str, ...],
+    flake_dir: Path,
+    instrumentation: Literal["tui", "json"],
+    jobs: int | None,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    sudo: bool | None,
+    report_path: Path | None,
+    log_dir: Path | None,
+    test_mode: Literal["run", "skip"],
+    build_on: str,
+    build_cmdline: str | None,
+    copy_timeout: int,
+    build_timeout: int,
+    ask_sudo_password: bool,
+    sudo_password_fd: int | None,
+    preflight_check: Literal["run", "skip"],
+    pre_activate_script: str | None,
+    preflight_timeout: int,
+    activation_timeout: int,
+    health_timeout: int,
+    settle_time: int,
+    confirm_timeout: int,
+    boot_timeout: int,
+    skip_checks: tuple[str, ...],
+) -> None:
+    """Copy and build as a deploy would, and show per host what activating would change.
+
+    Shows the closure difference against the running system, the units that would be
+    stopped, restarted, reloaded and started (switch-to-configuration dry-activate),
+    whether a reboot would be needed, and the sanity checks' verdict. Nothing is
+    activated, no profile generation or boot entry is written. Takes every option a
+    deploy takes.
+    """
+    from deploy_flake import app  # here: see _run
+
+    command = app.PlanCommand(
+        common=app.CommonOptions(
+            destinations=destinations,
+            selectors=selectors,
+            flake_dir=flake_dir,
+            instrumentation=instrumentation,
+            jobs=jobs,
+            ssh_config=ssh_config,
+            ssh_options=ssh_options,
+            sudo=sudo,
+            report_path=report_path,
+            log_dir=log_dir,
+        ),
+        build=app.BuildOptions(
+            test=test_mode == "run",
+            build_on=build_on,
+            build_cmdline=build_cmdline,
+            copy_timeout=copy_timeout,
+            build_timeout=build_timeout,
+        ),
+        activation=app.ActivationOptions(
+            ask_sudo_password=ask_sudo_password,
+            sudo_password_fd=sudo_password_fd,
+            preflight=preflight_check == "run",
+            pre_activate_script=pre_activate_script,
+            preflight_timeout=preflight_timeout,
+            activation_timeout=activation_timeout,
+            health_timeout=health_timeout,
+            settle_time=settle_time,
+            confirm_timeout=confirm_timeout,
+            boot_timeout=boot_timeout,
+            skip_checks=skip_checks,
+        ),
+    )
+    _run(command)
+
+
+@main_group.command(context_settings=CONTEXT, epilog=EPILOG)
+@options.DESTINATIONS
+@options.ON
+@options.TO
+@options.COMMON
+@options.ACTIVATION
+@options.REBOOT
+def rollback(
+    *,
+    destinations: tuple[str, ...],
+    selectors: tuple[str, ...],
+    rollback_to: int | None,
+    flake_dir: Path,
+    instrumentation: Literal["tui", "json"],
+    jobs: int | None,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    sudo: bool | None,
+    report_path: Path | None,
+    log_dir: Path | None,
+    ask_sudo_password: bool,
+    sudo_password_fd: int | None,
+    preflight_check: Literal["run", "skip"],
+    pre_activate_script: str | None,
+    preflight_timeout: int,
+    activation_timeout: int,
+    health_timeout: int,
+    settle_time: int,
+    confirm_timeout: int,
+    boot_timeout: int,
+    skip_checks: tuple[str, ...],
+    reboot: str,
+    reboot_timeout: int,
+) -> None:
+    """Return hosts to an earlier generation of their system profile.
+
+    Through the same transaction as a deploy: switch-to-configuration test, health
+    check, settle time, confirmation over a new SSH login, and only then the system
+    profile and the boot entry. A rollback that fails is itself rolled back.
+    """
+    from deploy_flake import app  # here: see _run
+
+    command = app.RollbackCommand(
+        common=app.CommonOptions(
+            destinations=destinations,
+            selectors=selectors,
+            flake_dir=flake_dir,
+            instrumentation=instrumentation,
+            jobs=jobs,
+            ssh_config=ssh_config,
+            ssh_options=ssh_options,
+            sudo=sudo,
+            report_path=report_path,
+            log_dir=log_dir,
+        ),
+        activation=app.ActivationOptions(
+            ask_sudo_password=ask_sudo_password,
+            sudo_password_fd=sudo_password_fd,
+            preflight=preflight_check == "run",
+            pre_activate_script=pre_activate_script,
+            preflight_timeout=preflight_timeout,
+            activation_timeout=activation_timeout,
+            health_timeout=health_timeout,
+            settle_time=settle_time,
+            confirm_timeout=confirm_timeout,
+            boot_timeout=boot_timeout,
+            skip_checks=skip_checks,
+        ),
+        reboot=app.RebootOptions(reboot=RebootPolicy(reboot), reboot_timeout=reboot_timeout),
+        to=rollback_to,
+    )
+    _run(command)
+
+
+@main_group.command(context_settings=CONTEXT)
+@options.DESTINATIONS
+@options.ON
+@options.COMMON
+@options.JSON
+def status(
+    *,
+    destinations: tuple[str, ...],
+    selectors: tuple[str, ...],
+    flake_dir: Path,
+    instrumentation: Literal["tui", "json"],
+    jobs: int | None,
+    ssh_config: Path | None,
+    ssh_options: tuple[str, ...],
+    sudo: bool | None,
+    report_path: Path | None,
+    log_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Show what every host runs: health, failed units, current, booted and profile
+    systems with the generation, the last deploy, and whether a reboot is needed.
+
+    An unreachable host is a row that says so. Exit 0 when every host answered.
+    """
+    from deploy_flake import app  # here: see _run
+
+    command = app.StatusCommand(
+        common=app.CommonOptions(
+            destinations=destinations,
+            selectors=selectors,
+            flake_dir=flake_dir,
+            instrumentation=instrumentation,
+            jobs=jobs,
+            ssh_config=ssh_config,
+            ssh_options=ssh_options,
+            sudo=sudo,
+            report_path=report_path,
+            log_dir=log_dir,
+        ),
+        as_json=as_json,
+    )
+    _run(command)
+
+
+def _run(command: app.Command) -> NoReturn:
+    """The app validates, runs and reports; its exit code is the process's. The app is
+    imported only when a command runs: `--help` and bad usage stay quick (no asyncio, rich or
+    Nix code)."""
+    from deploy_flake import app
+
+    click.get_current_context().exit(app.run(command))
+
+
+def main() -> None:
+    main_group(prog_name="deploy-flake")
+
+
+deploy_flake = main_group  # the entry point, under its old name
