@@ -16,9 +16,9 @@ from typing import ClassVar, Literal, Protocol
 
 import click
 
-from deploy_flake.errors import DeployError, UsageError
+from deploy_flake.errors import DeployError, InterruptedTwice, UsageError
 from deploy_flake.fleet.inventory import load_inventory, select
-from deploy_flake.fleet.run import InterruptedTwice, Target, deploy_all
+from deploy_flake.fleet.run import Target, deploy_all
 from deploy_flake.models import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -242,10 +242,7 @@ def run(command: Command) -> int:
                 results = _run(checked, logged(live))
         else:
             results = _run(checked, logged(PlainEvents()))
-    except DeployError as e:
-        messages.error(str(e))
-        return EXIT_USAGE
-    except InterruptedTwice as e:
+    except InterruptedTwice as e:  # a DeployError, but no usage error: first
         _write_report(checked.common.report_path, e.results)
         if checked.run_dir is not None:
             messages.note(f"every host's output so far is in {checked.run_dir}")
@@ -254,6 +251,9 @@ def run(command: Command) -> int:
             "previous system by themselves once the confirmation timeout passes"
         )
         return EXIT_INTERRUPTED
+    except DeployError as e:
+        messages.error(str(e))
+        return EXIT_USAGE
     except Exception as e:  # a bug before any host was started: one line, never a traceback
         messages.note(f"internal error: {type(e).__name__}: {e}")
         return EXIT_FAILED

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from deploy_flake.models import HostResult
     from deploy_flake.process import Completed
 
 
@@ -48,3 +49,12 @@ class ConnectionLost(DeployError):
         self.completed = done
         during = f" during {what}" if what else ""
         super().__init__(f"lost the SSH connection to {host}{during}: {self.ssh_error}")
+
+
+class InterruptedTwice(DeployError):
+    """A second Ctrl-C or SIGTERM: the deployer stops at once, with every host's result as far
+    as it is known."""
+
+    def __init__(self, results: list[HostResult]) -> None:
+        super().__init__("interrupted twice")
+        self.results = results

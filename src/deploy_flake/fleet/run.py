@@ -16,6 +16,7 @@ from pathlib import Path
 
 from deploy_flake import nix, process
 from deploy_flake.deploy.host import HostDeploy, Run
+from deploy_flake.errors import InterruptedTwice
 from deploy_flake.fleet.builder import Builder
 from deploy_flake.models import BuildPlace, DeployOptions, HostResult, Job, Outcome
 from deploy_flake.output.ask import Gate
@@ -31,14 +32,6 @@ class Target:
     dest: Destination
     options: DeployOptions | None = None
     ssh_options: tuple[str, ...] = ()  # before the run's: ssh keeps the first value it reads
-
-
-class InterruptedTwice(Exception):
-    """A second Ctrl-C or SIGTERM: stop at once; every host's result as far as it is known."""
-
-    def __init__(self, results: list[HostResult]) -> None:
-        super().__init__("interrupted twice")
-        self.results = results
 
 
 async def deploy_all(
