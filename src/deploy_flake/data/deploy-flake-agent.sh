@@ -1,7 +1,7 @@
 #!/bin/sh
 # deploy-flake-agent: the target side of a deploy. Runs on the host as root and
 # needs only POSIX sh, coreutils, util-linux (flock), systemd and nix.
-# Its deployer-side counterpart, with the same protocol, is deploy_flake/agent.py.
+# Its deployer-side counterpart, with the same protocol, is deploy_flake/agent/.
 #
 # The activation transaction runs inside a transient systemd unit, so nothing
 # that happens to the deployer or its SSH connection can interrupt it, and
@@ -68,12 +68,12 @@ LAST_DEPLOY=/var/lib/deploy-flake/last-deploy  # target.py LAST_DEPLOY_FILE
 SWITCH_LOCK=/run/nixos/switch-to-configuration.lock
 OTHER_SWITCHES="nixos-upgrade.service nixos-rebuild-switch-to-configuration.service"
 KEEP_RUNS=20
-LOCK_WAIT_S=30   # agent.py LOCK_WAIT_S
-PROFILE_SET_S=120  # agent.py PROFILE_SET_S
+LOCK_WAIT_S=30   # agent/settings.py LOCK_WAIT_S
+PROFILE_SET_S=120  # agent/settings.py PROFILE_SET_S
 KILL_GRACE_S=10
-GUARD_MARGIN_S=30  # agent.py GUARD_MARGIN_S
-CONFIRM_HOLD_MARGIN_S=10  # agent.py CONFIRM_HOLD_MARGIN_S: an early confirm's wait, beyond the checks
-CONFIRM_TAKEN_S=10  # agent.py CONFIRM_TAKEN_S: how long confirm waits for the transaction to take it
+GUARD_MARGIN_S=30  # agent/settings.py GUARD_MARGIN_S
+CONFIRM_HOLD_MARGIN_S=10  # agent/settings.py CONFIRM_HOLD_MARGIN_S: an early confirm's wait, beyond the checks
+CONFIRM_TAKEN_S=10  # agent/settings.py CONFIRM_TAKEN_S: how long confirm waits for the transaction to take it
 
 die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
 
