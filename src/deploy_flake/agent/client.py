@@ -2,7 +2,7 @@
 
 It starts the transaction (installing the agent first when the host lacks it),
 follows it, confirms it over a new connection and aborts it; the host decides
-everything else (see the agent script's header).
+everything else (see sh/header.sh).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""The words the deployer and the agent exchange: phases, keepers, modes, the status line."""
+"""The words the deployer and the agent exchange: phases, keepers, modes, the status line.
+
+The strings here are the wire format; the agent script gets the ones it writes
+(the status tag, the state line, its directory, the last deploy's record) in its
+header from this module (see script.py), so the two sides cannot drift apart.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from enum import StrEnum
 from deploy_flake.models import Outcome, Stage
 
 AGENT_DIR = "/run/deploy-flake"  # the agent scripts and the transactions' records (gone at reboot)
+LAST_DEPLOY_FILE = "/var/lib/deploy-flake/last-deploy"  # what the agent records at each commit
 STATUS_TAG = "@@deploy-flake-state"  # begins every status line, followed by a tab
 STATUS_MARK = f"{STATUS_TAG}\t"
 STATE_LINE = "[deploy-flake] state: "  # the agent's log line for each new state

@@ -1,6 +1,7 @@
 """What one transaction is asked to do, and how long each of its steps may take.
 
-The fixed limits below are the agent's own (see the script).
+The fixed limits below are the agent's own: the script gets them in its header
+(see script.py).
 """
 
 from __future__ import annotations
