@@ -25,6 +25,7 @@ from deploy_flake.agent.settings import (
     KILL_GRACE_S,
     LOCK_WAIT_S,
     PROFILE_SET_S,
+    STOP_MARGIN_S,
 )
 
 # In the order they are joined. The header (the protocol's documentation, the shell's
@@ -54,6 +55,7 @@ SHARED: tuple[tuple[str, str | int], ...] = (
     ("PROFILE_SET_S", PROFILE_SET_S),
     ("KILL_GRACE_S", KILL_GRACE_S),
     ("GUARD_MARGIN_S", GUARD_MARGIN_S),
+    ("STOP_MARGIN_S", STOP_MARGIN_S),
     ("CONFIRM_HOLD_MARGIN_S", CONFIRM_HOLD_MARGIN_S),  # an early confirm's wait, beyond the checks
     ("CONFIRM_TAKEN_S", CONFIRM_TAKEN_S),  # how long confirm waits for the transaction to take it
 )

@@ -1,7 +1,9 @@
 """What one transaction is asked to do, and how long each of its steps may take.
 
-The fixed limits below are the agent's own: the script gets them in its header
-(see script.py).
+The fixed limits below are the agent's own (the script gets them in its header,
+see script.py); the budgets derived from them and a transaction's settings are
+computed here only: the two the agent needs, the recovery's and the guard's,
+travel to it in the settings file (RECOVERY_S, GUARD_S).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ CONFIRM_TAKEN_S = 10
 # The guard's timer fires this long after the transaction's own deadline (the end of its
 # confirmation window, or of its boot entry's writing); see Settings.guard_s.
 GUARD_MARGIN_S = 30
+# The transaction's unit may take this long beyond the longest recovery to stop (its
+# ExecStopPost's processes starting, its log): the unit's TimeoutStopSec.
+STOP_MARGIN_S = 60
 
 MARGIN_S = 60  # the deployer's: ssh round trips, polling, process start-up
 CONTACT_WINDOW_S = 60  # the least time a host that does not answer at all is tried again
@@ -64,6 +69,9 @@ class Settings:
             "GC_ROOT": self.gc_root,
             "FLAKE": " ".join(self.flake.split()),
             "GENERATION": "" if self.generation is None else str(self.generation),
+            # computed here once: the agent uses them as they are
+            "RECOVERY_S": str(self.recovery_s()),
+            "GUARD_S": str(self.guard_s()),
         }
         return "".join(f"{k}={v}\n" for k, v in fields.items()).encode()
 
@@ -80,14 +88,15 @@ class Settings:
         return PROFILE_SET_S + LOCK_WAIT_S + self.boot_s + KILL_GRACE_S
 
     def recovery_s(self) -> int:
-        """The longest recovery of a killed transaction: lock wait, putting the profile back, rollback."""
+        """The longest recovery of a killed transaction: lock wait, putting the profile back,
+        rollback. The agent's RECOVERY_S: its unit's stop timeout covers it (and STOP_MARGIN_S)."""
         return LOCK_WAIT_S + self._restore() + self._rollback()
 
     def _commit(self) -> int:
         return PROFILE_SET_S + LOCK_WAIT_S + self.boot_s + KILL_GRACE_S
 
     def guard_s(self) -> int:
-        """When the guard's timer fires, from the transaction's start (the agent's guard_s)."""
+        """When the guard's timer fires, from the transaction's start (the agent's GUARD_S)."""
         if self.mode is Mode.BOOT:
             return LOCK_WAIT_S + PROFILE_SET_S + self.boot_s + KILL_GRACE_S + GUARD_MARGIN_S
         return (

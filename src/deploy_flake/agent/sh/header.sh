@@ -34,10 +34,10 @@
 # Usage (as root; ID is the deploy's id):
 #   agent start ID [MAX_S [STOP]] < SETTINGS
 #                              record the settings (KEY=VALUE lines: NEW MODE ACTIVATION_S
-#                              HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER GC_ROOT, and
-#                              optionally FLAKE, what is recorded as the deploy's source, and
-#                              GENERATION, an existing profile generation of NEW to switch
-#                              the profile to instead of adding one: a rollback) and run
+#                              HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER GC_ROOT RECOVERY_S
+#                              GUARD_S, and optionally FLAKE, what is recorded as the deploy's
+#                              source, and GENERATION, an existing profile generation of NEW
+#                              to switch the profile to instead of adding one: a rollback) and run
 #                              `agent run ID` in the transient unit deploy-flake-ID; with
 #                              MAX_S, then `watch ID 0 MAX_S STOP` (one round trip less)
 #   agent run ID               the transaction (the unit's main process)
@@ -62,6 +62,10 @@
 # restore-failed (final). KEEPER: what carries the transaction on: unit (its own
 # unit, its ExecStopPost included), guard (the guard's service), none (nothing:
 # both were killed; a transaction in progress then needs `rescue`).
+# The deployer computes the two budgets that span a whole transaction, from the
+# settings and the shared limits: RECOVERY_S, the longest recovery of a killed
+# transaction (the unit's stop timeout covers it, with STOP_MARGIN_S), and GUARD_S,
+# when the guard's timer fires.
 set -u
 export LC_ALL=C
 PATH="${PATH:-/usr/bin:/bin}:/run/current-system/sw/bin:/usr/bin:/bin"

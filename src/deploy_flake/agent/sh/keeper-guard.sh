@@ -25,18 +25,12 @@ record_cgroup() {  # the cgroup directory of the calling process's unit, into $D
   done < /proc/self/cgroup
   log "warning: the unit's cgroup was not found; the deployer cannot see whether it is alive"
 }
-# The guard's deadline: the end of the confirmation window (or of the boot entry's
-# writing), and a margin. Fired earlier by the unit's death (OnFailure=).
-guard_s() {
-  if [ "$MODE" = boot ]; then
-    echo $((LOCK_WAIT_S + PROFILE_SET_S + BOOT_S + KILL_GRACE_S + GUARD_MARGIN_S))
-  else
-    echo $((LOCK_WAIT_S + ACT_S + KILL_GRACE_S + 2 * HEALTH_S + SETTLE_S + CONFIRM_S + GUARD_MARGIN_S))
-  fi
-}
+# The guard's timer fires at the transaction's deadline (GUARD_S, from the deployer: the
+# end of the confirmation window, or of the boot entry's writing, and GUARD_MARGIN_S);
+# the unit's death (OnFailure=) starts its service earlier.
 arm_guard() {  # prints why it could not; false when armed
   systemd-run --unit="$GUARD" --description="deploy-flake guard $ID" \
-    --on-active="$(guard_s)" --timer-property=AccuracySec=1s --timer-property=RemainAfterElapse=no \
+    --on-active="$GUARD_S" --timer-property=AccuracySec=1s --timer-property=RemainAfterElapse=no \
     --property=CollectMode=inactive-or-failed --service-type=exec --property=SuccessExitStatus=1 \
     -- /bin/sh "$AGENT" guard "$ID" 8>&- 2>&1 >/dev/null || return 0
   return 1
@@ -55,7 +49,8 @@ phase_budget_s() {  # PHASE
     awaiting-confirmation) b=$((CONFIRM_S + HEALTH_S)) ;;
     committing) b=$((2 * (PROFILE_SET_S + LOCK_WAIT_S + BOOT_S + KILL_GRACE_S) + 2 * (LOCK_WAIT_S + ACT_S + KILL_GRACE_S + HEALTH_S))) ;;
     rolling-back) b=$((2 * (LOCK_WAIT_S + ACT_S + KILL_GRACE_S + HEALTH_S))) ;;
-    *) b=$((LOCK_WAIT_S + $(recovery_s))) ;;  # pending, starting: an earlier transaction may be finished first
+    # pending, starting: an earlier transaction may be finished first (within its stop timeout)
+    *) b=$((LOCK_WAIT_S + RECOVERY_S + STOP_MARGIN_S)) ;;
   esac
   echo $((b + GUARD_MARGIN_S))
 }

@@ -52,7 +52,7 @@ param() {  # KEY: the value of its first line in the settings (builtins only: no
 load_settings() {
   NEW=$(param NEW) MODE=$(param MODE) ACT_S=$(param ACTIVATION_S) HEALTH_S=$(param HEALTH_S)
   SETTLE_S=$(param SETTLE_S) CONFIRM_S=$(param CONFIRM_S) BOOT_S=$(param BOOT_S) HOLDER=$(param HOLDER)
-  GENERATION=$(param GENERATION)
+  GENERATION=$(param GENERATION) RECOVERY_S=$(param RECOVERY_S) GUARD_S=$(param GUARD_S)
 }
 is_uint() { case $1 in '' | *[!0-9]*) return 1 ;; esac; return 0; }
 settings_problem() {  # prints what is wrong with the settings; false when nothing is
@@ -62,7 +62,8 @@ settings_problem() {  # prints what is wrong with the settings; false when nothi
     *) echo "NEW is not a store path: '$NEW'"; return 0 ;;
   esac
   case $MODE in test | boot) ;; *) echo "MODE must be test or boot, not '$MODE'"; return 0 ;; esac
-  for kv in "ACTIVATION_S=$ACT_S" "HEALTH_S=$HEALTH_S" "CONFIRM_S=$CONFIRM_S" "BOOT_S=$BOOT_S"; do
+  for kv in "ACTIVATION_S=$ACT_S" "HEALTH_S=$HEALTH_S" "CONFIRM_S=$CONFIRM_S" "BOOT_S=$BOOT_S" \
+    "RECOVERY_S=$RECOVERY_S" "GUARD_S=$GUARD_S"; do
     v=${kv#*=}
     if ! is_uint "$v" || [ "$v" -lt 1 ]; then
       echo "${kv%%=*} must be a whole number of seconds, at least 1 (not '$v'): a zero limit would be no limit"; return 0
@@ -77,5 +78,3 @@ settings_problem() {  # prints what is wrong with the settings; false when nothi
   case $(param GC_ROOT) in '' | /tmp/deploy-flake-*.system) ;; *) echo "GC_ROOT is not a deploy-flake result link"; return 0 ;; esac
   return 1
 }
-# The longest recovery of a killed transaction: the unit's stop timeout must cover it.
-recovery_s() { echo $((2 * LOCK_WAIT_S + PROFILE_SET_S + BOOT_S + KILL_GRACE_S + 2 * (LOCK_WAIT_S + ACT_S + KILL_GRACE_S + HEALTH_S) + 60)); }

@@ -27,7 +27,7 @@ start() {
   elif ! out=$(systemd-run --unit="deploy-flake-$ID" --description="deploy-flake activation $ID" \
       --collect --service-type=exec --property=KillMode=control-group \
       --property="ExecStopPost=/bin/sh $AGENT recover $ID" \
-      --property="TimeoutStopSec=$(recovery_s)" \
+      --property="TimeoutStopSec=$((RECOVERY_S + STOP_MARGIN_S))" \
       --property=SuccessExitStatus=1 --property="OnFailure=$GUARD.service" \
       -- /bin/sh "$AGENT" run "$ID" 2>&1); then
     if [ ! -e "$DIR/state" ]; then
