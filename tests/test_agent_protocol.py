@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deploy_flake.agent import GUARD_MARGIN_S, Keeper, Mode, Phase, Settings, last_status, parse_status
+from deploy_flake.agent.protocol import Keeper, Mode, Phase, last_status, parse_status
+from deploy_flake.agent.settings import GUARD_MARGIN_S, Settings
 from deploy_flake.models import Outcome, Stage
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploy_flake import nix
-from deploy_flake.agent import script
+from deploy_flake.agent.script import script
 from deploy_flake.host import target
 
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]

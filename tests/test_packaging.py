@@ -24,7 +24,7 @@ def test_flake_nix_parses_and_has_package_and_app() -> None:
 
 
 def test_agent_is_shipped_as_package_data() -> None:
-    from deploy_flake.agent import script, script_path
+    from deploy_flake.agent.script import script, script_path
 
     assert script().startswith(b"#!/bin/sh")
     assert script_path().startswith("/run/deploy-flake/agent-")

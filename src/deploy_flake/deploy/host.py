@@ -9,7 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from deploy_flake import nix
-from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
+from deploy_flake.agent.client import Agent
+from deploy_flake.agent.protocol import Mode, Phase, Status
+from deploy_flake.agent.settings import Settings
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
 from deploy_flake.fleet.builder import Builder, retry_copy
 from deploy_flake.host import target

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from deploy_flake.agent.protocol import LAST_DEPLOY_FILE  # written by the agent at each commit
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
 from deploy_flake.process import Completed, LineSink
 from deploy_flake.remote.ssh import Remote
@@ -17,8 +18,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Facts about a host, read in one round trip: the one list of what status, plan
 # and the deploy's checks know about a host. A fixed script: nothing from the
 # command line is ever put into it.
-LAST_DEPLOY_FILE = "/var/lib/deploy-flake/last-deploy"
-_FACTS_SCRIPT = r"""
+_FACTS_SCRIPT = (
+    r"""
 echo "uid=$(id -u)"
 echo "hostname=$(hostname)"
 echo "machine=$(uname -m)"
@@ -36,9 +37,9 @@ done
 # one process for all generations (nix-env links each to its system's store path)
 find /nix/var/nix/profiles -maxdepth 1 -name 'system-*-link' -type l -printf '%f %l\n' 2>/dev/null |
   sed -n 's/^system-\([0-9]*\)-link /generation=\1 /p'
-[ -r /var/lib/deploy-flake/last-deploy ] && sed 's/^/last_/' /var/lib/deploy-flake/last-deploy
-true
 """
+    + f"[ -r {LAST_DEPLOY_FILE} ] && sed 's/^/last_/' {LAST_DEPLOY_FILE}\ntrue\n"
+)
 
 
 @dataclass(frozen=True)

@@ -1,264 +1,35 @@
-"""The deployer's side of the host agent: its protocol, in one module.
+"""The deployer's client of the host agent: one transaction on one host, over ssh.
 
-The agent (data/deploy-flake-agent.sh) runs the activation transaction on the
-host in a transient systemd unit and takes every decision that protects the
-host there. This module is everything the deployer knows about it: the phases
-a transaction goes through, the settings it is given, the status line it
-answers with, how long it may take, and a client that starts, follows,
-confirms and aborts one transaction over ssh.
+It starts the transaction (installing the agent first when the host lacks it),
+follows it, confirms it over a new connection and aborts it; the host decides
+everything else (see sh/header.sh).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
-from importlib import resources
 
 from deploy_flake import process
+from deploy_flake.agent.protocol import (
+    STATE_LINE,
+    STATUS_MARK,
+    STATUS_TAG,
+    Keeper,
+    Phase,
+    Status,
+    last_status,
+)
+from deploy_flake.agent.script import script, script_path
+from deploy_flake.agent.settings import CONFIRM_HOLD_MARGIN_S, CONFIRM_TAKEN_S, MARGIN_S, Settings
 from deploy_flake.errors import DeployError
-from deploy_flake.models import Outcome, Stage
 from deploy_flake.process import ProcessTimeout
 from deploy_flake.remote.ssh import Remote
 
-AGENT_DIR = "/run/deploy-flake"
-STATUS_MARK = "@@deploy-flake-state\t"
-STATE_LINE = "[deploy-flake] state: "  # the agent's log line for each new state
-# Fixed limits of the agent itself (see the script): nix-env --set, and how long
-# a recovery waits for the deploy lock (and a rollback or boot entry for another switch's).
-PROFILE_SET_S = 120
-LOCK_WAIT_S = 30
-_KILL_GRACE_S = 10  # timeout -k: a stopped activation gets this long before SIGKILL
-_MARGIN_S = 60  # ssh round trips, polling, process start-up
 STREAM_S = 30  # the longest one call shows the agent's log before the deployer asks again
-CONTACT_WINDOW_S = 60  # the least time a host that does not answer at all is tried again
-# The agent's confirm: an early one waits for the checks and this long more; then it waits
-# this long for the transaction to take the confirmation.
-CONFIRM_HOLD_MARGIN_S = 10
-CONFIRM_TAKEN_S = 10
-# The guard's timer fires this long after the transaction's own deadline (the end of its
-# confirmation window, or of its boot entry's writing); see Settings.guard_s.
-GUARD_MARGIN_S = 30
 RESCUES = 2  # how often the deployer starts a killed transaction's guard itself
-
-
-class Phase(StrEnum):
-    """Where a transaction is, as the agent reports it."""
-
-    NONE = "none"  # the host has no such transaction (never started, or the host rebooted)
-    PENDING = "pending"  # asked to start; its unit has not run yet
-    STARTING = "starting"
-    ACTIVATING = "activating"
-    CHECKING = "checking"
-    AWAITING_CONFIRMATION = "awaiting-confirmation"
-    COMMITTING = "committing"
-    ROLLING_BACK = "rolling-back"
-    ACTIVATED = "activated"
-    ROLLED_BACK = "rolled-back"
-    FAILED = "failed"
-    ROLLBACK_FAILED = "rollback-failed"
-    RESTORE_FAILED = "restore-failed"
-
-    @property
-    def final(self) -> bool:
-        return self in _OUTCOME
-
-    @property
-    def outcome(self) -> Outcome | None:
-        """What a final phase means for the host; None while it is in progress."""
-        return _OUTCOME.get(self)
-
-    @property
-    def stage(self) -> Stage | None:
-        """The deploy stage shown while the transaction is in this phase."""
-        return _STAGE.get(self)
-
-
-_OUTCOME = {
-    Phase.ACTIVATED: Outcome.ACTIVATED,
-    Phase.ROLLED_BACK: Outcome.ROLLED_BACK,
-    Phase.FAILED: Outcome.FAILED,
-    Phase.ROLLBACK_FAILED: Outcome.UNKNOWN,
-    Phase.RESTORE_FAILED: Outcome.UNKNOWN,
-}
-_STAGE = {
-    Phase.PENDING: Stage.ACTIVATE,
-    Phase.STARTING: Stage.ACTIVATE,
-    Phase.ACTIVATING: Stage.ACTIVATE,
-    Phase.CHECKING: Stage.ACTIVATE,
-    Phase.AWAITING_CONFIRMATION: Stage.CONFIRM,
-    Phase.COMMITTING: Stage.COMMIT,
-    Phase.ROLLING_BACK: Stage.ROLLBACK,
-}
-
-
-class Keeper(StrEnum):
-    """What carries a transaction on, as the agent sees it at each status."""
-
-    UNIT = "unit"  # its own unit (its ExecStopPost included), or it has not started yet
-    GUARD = "guard"  # its unit died; the guard's service recovers the host
-    NONE = "none"  # nothing: both were killed; a transaction in progress needs `rescue`
-
-
-class Mode(StrEnum):
-    TEST = "test"  # the whole transaction: activate, check, confirm, then profile and boot entry
-    BOOT = "boot"  # only the profile generation and the boot entry (next boot)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What one transaction is asked to do, handed to the agent by name."""
-
-    new_system: str
-    mode: Mode
-    activation_s: int
-    health_s: int
-    settle_s: int
-    confirm_s: int
-    boot_s: int
-    holder: str  # who deploys, for a second deploy's "in progress" message
-    gc_root: str = ""  # the build's result link, dropped by the agent when the transaction ends
-    flake: str = ""  # what the host records as the source of its last deploy
-    generation: int | None = None  # an existing profile generation of new_system: a rollback to it
-
-    def __post_init__(self) -> None:
-        for name in ("activation_s", "health_s", "confirm_s", "boot_s"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1 second")
-        if self.settle_s < 0:
-            raise ValueError("settle_s must not be negative")
-
-    def encode(self) -> bytes:
-        """KEY=VALUE lines, as the agent's `start` reads them on stdin."""
-        fields = {
-            "NEW": self.new_system,
-            "MODE": str(self.mode),
-            "ACTIVATION_S": str(self.activation_s),
-            "HEALTH_S": str(self.health_s),
-            "SETTLE_S": str(self.settle_s),
-            "CONFIRM_S": str(self.confirm_s),
-            "BOOT_S": str(self.boot_s),
-            "HOLDER": " ".join(self.holder.split()),
-            "GC_ROOT": self.gc_root,
-            "FLAKE": " ".join(self.flake.split()),
-            "GENERATION": "" if self.generation is None else str(self.generation),
-        }
-        return "".join(f"{k}={v}\n" for k, v in fields.items()).encode()
-
-    # ------------------------------------------------------------ time budgets
-    def _activation(self) -> int:
-        return self.activation_s + _KILL_GRACE_S
-
-    def _rollback(self) -> int:
-        """A rollback with its one retry: another switch's lock, activation and health
-        check, twice."""
-        return 2 * (LOCK_WAIT_S + self._activation() + self.health_s)
-
-    def _restore(self) -> int:
-        return PROFILE_SET_S + LOCK_WAIT_S + self.boot_s + _KILL_GRACE_S
-
-    def recovery_s(self) -> int:
-        """The longest recovery of a killed transaction: lock wait, putting the profile back, rollback."""
-        return LOCK_WAIT_S + self._restore() + self._rollback()
-
-    def _commit(self) -> int:
-        return PROFILE_SET_S + LOCK_WAIT_S + self.boot_s + _KILL_GRACE_S
-
-    def guard_s(self) -> int:
-        """When the guard's timer fires, from the transaction's start (the agent's guard_s)."""
-        if self.mode is Mode.BOOT:
-            return LOCK_WAIT_S + PROFILE_SET_S + self.boot_s + _KILL_GRACE_S + GUARD_MARGIN_S
-        return (
-            LOCK_WAIT_S
-            + self._activation()
-            + 2 * self.health_s
-            + self.settle_s
-            + self.confirm_s
-            + GUARD_MARGIN_S
-        )
-
-    def contact_window_s(self) -> int:
-        """How long the deployer keeps trying a host that does not answer at all (a network
-        cut, a host powered off) before it reports it unknown: its transaction decides by
-        itself, and `deploy-flake status` tells what it decided."""
-        return max(CONTACT_WINDOW_S, 2 * self.confirm_s)
-
-    def remaining_s(self, phase: Phase) -> int:
-        """The longest the agent may still take, from entering `phase`, to reach a final phase.
-
-        The one deadline rule of the deployer: after seeing a phase, it waits this
-        long (and a margin) for the next sign of progress before it gives up.
-        """
-        after_confirmation = self.health_s + self._commit() + self._restore() + self._rollback()
-        awaiting = self.confirm_s + after_confirmation
-        checking = 2 * self.health_s + self.settle_s + awaiting
-        activating = self._activation() + checking
-        table = {
-            Phase.AWAITING_CONFIRMATION: awaiting,
-            Phase.CHECKING: checking,
-            Phase.ACTIVATING: activating,
-            Phase.COMMITTING: self._commit() + self._restore() + self._rollback(),
-            Phase.ROLLING_BACK: self._rollback(),
-        }
-        if phase.final:
-            return 0
-        # not yet activating: an earlier, killed transaction may be finished first
-        return table.get(phase, self.recovery_s() + activating) + _MARGIN_S
-
-
-@dataclass(frozen=True)
-class Status:
-    """The agent's answer: the phase, the system it returns to, and why it is where it is."""
-
-    phase: Phase
-    previous_system: str = ""
-    new_system: str = ""
-    reason: str = ""
-    keeper: Keeper = Keeper.UNIT
-
-    @property
-    def orphaned(self) -> bool:
-        """In progress, but its own unit is gone (killed): the guard, or nothing, carries it on."""
-        return not self.phase.final and self.phase is not Phase.NONE and self.keeper is not Keeper.UNIT
-
-
-def parse_status(line: str) -> Status | None:
-    """Reads a status line: @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>REASON."""
-    if not line.startswith(STATUS_MARK):
-        return None
-    parts = line[len(STATUS_MARK) :].rstrip("\r\n").split("\t", 4)
-    parts += [""] * (5 - len(parts))
-    try:
-        phase = Phase(parts[0].strip())
-    except ValueError:
-        return None
-    try:
-        keeper = Keeper(parts[3].strip())
-    except ValueError:
-        keeper = Keeper.UNIT  # not said: nothing to act on
-    return Status(phase, parts[1].strip(), parts[2].strip(), parts[4].strip(), keeper)
-
-
-def last_status(text: str) -> Status | None:
-    for line in reversed(text.splitlines()):
-        status = parse_status(line)
-        if status is not None:
-            return status
-    return None
-
-
-def script() -> bytes:
-    return (resources.files("deploy_flake") / "data" / "deploy-flake-agent.sh").read_bytes()
-
-
-def script_path() -> str:
-    """Where the agent lives on the host: named by its content, so versions never mix."""
-    return f"{AGENT_DIR}/agent-{hashlib.sha256(script()).hexdigest()[:16]}.sh"
-
 
 # What a transaction does without the deployer, by the phase it was last seen in.
 _ON_ITS_OWN = {
@@ -294,9 +65,7 @@ class Agent:
     def _command(self, verb: str, *args: str, fresh: bool = False) -> list[str]:
         # The agent and the transactions' records both live in /run: without the script
         # (the host rebooted), there is no such transaction either, and that is the answer.
-        run_or_none = (
-            '[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "@@deploy-flake-state\\tnone\\t\\t\\t\\t\\n"'
-        )
+        run_or_none = f'[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "{STATUS_TAG}\\tnone\\t\\t\\t\\t\\n"'
         return self.remote.command(
             ["/bin/sh", "-c", run_or_none, script_path(), verb, self.deploy_id, *args],
             root=True,
@@ -527,7 +296,7 @@ class Agent:
                     if orphaned_in is None:
                         orphaned_in = phase
                         # from here on, only the guard's recovery is waited for
-                        deadline = time.monotonic() + self.settings.recovery_s() + _MARGIN_S
+                        deadline = time.monotonic() + self.settings.recovery_s() + MARGIN_S
                         if on_contact is not None:
                             on_contact(
                                 f"the transaction's unit was killed on {host} while it was {phase}: "

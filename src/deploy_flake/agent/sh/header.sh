@@ -1,0 +1,71 @@
+#!/bin/sh
+# deploy-flake-agent: the target side of a deploy. Runs on the host as root and
+# needs only POSIX sh, coreutils, util-linux (flock), systemd and nix.
+# Its deployer-side counterpart, with the same protocol, is the Python package
+# deploy_flake/agent/. This script is joined from the parts in deploy_flake/agent/sh/
+# by deploy_flake/agent/script.py, which writes the constants both sides share
+# (limits, paths, the status tag) right below this header: they have one copy,
+# in Python (`python -m deploy_flake.agent.script` prints the whole script).
+#
+# The activation transaction runs inside a transient systemd unit, so nothing
+# that happens to the deployer or its SSH connection can interrupt it, and
+# every decision that protects the host is taken here:
+#   1. take the host's deploy lock; finish any earlier transaction that was
+#      killed before it ended; refuse while another switch is running
+#   2. switch-to-configuration test (bounded by the activation timeout)
+#   3. the system must become healthy and stay so for SETTLE_S: no unit newly
+#      failed, none crash-looping (auto-restart, or its restart count rising)
+#   4. wait for the deployer's confirmation, which arrives over a brand-new
+#      SSH connection (proof that logins still work)
+#   5. only then, if the profile is still the one the deploy found: a new
+#      system profile generation and switch-to-configuration boot
+# Any failure, timeout, abort request or missing confirmation before step 5
+# re-activates the previous system (retried once): the boot entry is never
+# touched before the new system was confirmed. If the unit itself is killed,
+# its ExecStopPost (`recover`) does the same; and because a kill of the whole
+# unit can take its ExecStopPost along (systemd 262 does), a guard outside the
+# unit does it too: the transient timer deploy-flake-ID-guard.timer, armed before
+# the unit starts and fired at the transaction's deadline, and its service,
+# started at once by the unit's OnFailure= when the unit dies. The guard runs in
+# a cgroup of its own and only acts on a transaction that nothing carries on.
+# Tools always come from the system that ran before the deploy, never from
+# the one being tried.
+#
+# Usage (as root; ID is the deploy's id):
+#   agent start ID [MAX_S [STOP]] < SETTINGS
+#                              record the settings (KEY=VALUE lines: NEW MODE ACTIVATION_S
+#                              HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER GC_ROOT RECOVERY_S
+#                              GUARD_S, and optionally FLAKE, what is recorded as the deploy's
+#                              source, and GENERATION, an existing profile generation of NEW
+#                              to switch the profile to instead of adding one: a rollback) and run
+#                              `agent run ID` in the transient unit deploy-flake-ID; with
+#                              MAX_S, then `watch ID 0 MAX_S STOP` (one round trip less)
+#   agent run ID               the transaction (the unit's main process)
+#   agent recover ID           the unit's ExecStopPost: finish a transaction that was killed
+#   agent guard ID             the guard's service: once the unit is gone, `recover`
+#   agent rescue ID OFFSET MAX_S  start the guard now (the deployer saw nothing carry the
+#                              transaction on), then `watch ID OFFSET MAX_S`
+#   agent finish ID            the same, by a newer transaction that holds the deploy lock
+#   agent watch ID OFFSET MAX_S [STOP]  the log from byte OFFSET on, then the status, once
+#                              the transaction needs the deployer, ended, reached phase STOP
+#                              (or MAX_S passed)
+#   agent confirm ID [OFFSET MAX_S]  confirm; print the status once the transaction took it
+#                              (with OFFSET: `watch ID OFFSET MAX_S` from then on). Sent early,
+#                              while the new system is being checked after its activation,
+#                              it waits for the transaction to ask for it.
+#   agent abort ID             roll back now, or never start (the deployer was interrupted)
+#   agent status ID            print the status
+# Every verb but run, recover and guard ends with one status line:
+#   @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>REASON
+# PHASE: none pending starting activating checking awaiting-confirmation committing
+# rolling-back (in progress) or activated rolled-back failed rollback-failed
+# restore-failed (final). KEEPER: what carries the transaction on: unit (its own
+# unit, its ExecStopPost included), guard (the guard's service), none (nothing:
+# both were killed; a transaction in progress then needs `rescue`).
+# The deployer computes the two budgets that span a whole transaction, from the
+# settings and the shared limits: RECOVERY_S, the longest recovery of a killed
+# transaction (the unit's stop timeout covers it, with STOP_MARGIN_S), and GUARD_S,
+# when the guard's timer fires.
+set -u
+export LC_ALL=C
+PATH="${PATH:-/usr/bin:/bin}:/run/current-system/sw/bin:/usr/bin:/bin"

@@ -1,0 +1,16 @@
+# ---------------------------------------------------------------- dispatch
+case $cmd in
+  run) run ;;
+  recover) recover ;;
+  finish)
+    flock -n 8 2>/dev/null || die "finish: only for a transaction that holds the deploy lock"
+    recover_locked ;;  # internal: a newer transaction, holding the lock, finishes this one
+  start) start "${3:-}" "${4:-}" ;;
+  guard) guard ;;
+  rescue) rescue "${3:-0}" "${4:-30}" ;;
+  watch) watch "${3:-0}" "${4:-30}" "${5:-}" ;;
+  confirm) confirm "${3:-}" "${4:-}" ;;
+  abort) abort ;;
+  status) print_status ;;
+  *) die "unknown command '$cmd'" ;;
+esac
