@@ -24,8 +24,7 @@ from deploy_flake.agent.protocol import (
 )
 from deploy_flake.agent.script import script, script_path
 from deploy_flake.agent.settings import CONFIRM_HOLD_MARGIN_S, CONFIRM_TAKEN_S, MARGIN_S, Settings
-from deploy_flake.errors import DeployError
-from deploy_flake.process import ProcessTimeout
+from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
 from deploy_flake.remote.ssh import Remote
 
 STREAM_S = 30  # the longest one call shows the agent's log before the deployer asks again
@@ -62,15 +61,11 @@ class Agent:
         self._installed = False
 
     # ------------------------------------------------------------ commands
-    def _command(self, verb: str, *args: str, fresh: bool = False) -> list[str]:
+    def _argv(self, verb: str, *args: str) -> list[str]:
         # The agent and the transactions' records both live in /run: without the script
         # (the host rebooted), there is no such transaction either, and that is the answer.
         run_or_none = f'[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "{STATUS_TAG}\\tnone\\t\\t\\t\\t\\n"'
-        return self.remote.command(
-            ["/bin/sh", "-c", run_or_none, script_path(), verb, self.deploy_id, *args],
-            root=True,
-            fresh=fresh,
-        )
+        return ["/bin/sh", "-c", run_or_none, script_path(), verb, self.deploy_id, *args]
 
     async def _call(
         self,
@@ -83,12 +78,17 @@ class Agent:
     ) -> tuple[Status | None, process.Completed]:
         """Runs one agent verb; its status, or None when the answer did not come from the agent
         (ssh failed, sudo refused, the host is rebooting)."""
-        done = await process.run(
-            self._command(verb, *args, fresh=fresh),
-            stdin=self.remote.stdin(stdin),
-            timeout=timeout,
-            on_stdout=on_line,
-        )
+        try:
+            done = await self.remote.run(
+                self._argv(verb, *args),
+                root=True,
+                fresh=fresh,
+                stdin=stdin,
+                timeout=timeout,
+                on_stdout=on_line,
+            )
+        except ConnectionLost as e:  # what it printed before, and the last ssh line, still count
+            done = e.completed
         status = last_status(done.stdout)
         if status is not None:
             self.last = status
@@ -99,11 +99,11 @@ class Agent:
         path = script_path()
         sh = 'umask 077 && mkdir -p "${1%/*}" && cat > "$1.$2.tmp" && mv -f "$1.$2.tmp" "$1"'
         try:
-            done = await process.run(
-                self.remote.command(["sh", "-c", sh, "sh", path, self.deploy_id], root=True),
-                stdin=self.remote.stdin(script()),
-                timeout=60,
+            done = await self.remote.run(
+                ["sh", "-c", sh, "sh", path, self.deploy_id], root=True, stdin=script(), timeout=60
             )
+        except ConnectionLost as e:
+            done = e.completed
         except ProcessTimeout:
             raise DeployError("installing the deploy agent did not finish within 60s") from None
         if not done.ok:
