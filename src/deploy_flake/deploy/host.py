@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from deploy_flake import nix
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
-from deploy_flake.fleet.builder import Builder, retry_copy
+from deploy_flake.fleet.builder import Builder
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
@@ -254,7 +254,7 @@ class HostDeploy:
             await self._reboot(toplevel)
 
     async def _copy_flake(self) -> None:
-        await retry_copy(
+        await nix.retry_copy(
             "copying the flake",
             lambda: nix.flake_archive(
                 self.remote, self.opts.flake_dir, timeout=self.t.copy, on_line=self.line
@@ -276,7 +276,7 @@ class HostDeploy:
             toplevel = await builder.toplevel(config, on_line=self.line, note=self.note)
             self.note(f"built {toplevel} {builder.where}")
             self.stage(Stage.COPY)
-            await retry_copy(
+            await nix.retry_copy(
                 "copying the system",
                 lambda: nix.copy_closure(toplevel, to=self.remote, timeout=self.t.copy, on_line=self.line),
                 self.t,
