@@ -6,18 +6,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from deploy_flake import nix
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
+from deploy_flake.deploy.run import Run
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
-from deploy_flake.fleet.builder import Builder
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
-from deploy_flake.nix import Flake
-from deploy_flake.output.ask import Gate
-from deploy_flake.output.events import Events
 from deploy_flake.remote.destination import Destination, check_config_name
 from deploy_flake.remote.ssh import Remote, SshSettings
 
@@ -27,21 +23,6 @@ DEFAULT_PRE_ACTIVATE = "pre-activate-safety-checks"
 # After a rollback, how long a new login may keep failing (sshd restarting) before the
 # host's state is reported unknown.
 VERIFY_LOGIN_S = 30
-
-
-@dataclass(frozen=True)
-class Run:
-    """What every host of one invocation shares."""
-
-    flake: Flake
-    options: DeployOptions
-    ssh: SshSettings
-    events: Events
-    run_id: str
-    holder: str
-    limit: asyncio.Semaphore  # --jobs: hosts at work at once
-    gate: Gate | None = None  # --ask: where every host waits for the one answer
-    builder: Builder | None = None  # --build-on=local or HOST: one build per configuration
 
 
 class HostDeploy:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploy_flake import nix, process
-from deploy_flake.deploy.host import HostDeploy, Run
+from deploy_flake.deploy.host import HostDeploy
+from deploy_flake.deploy.run import Run
 from deploy_flake.fleet.builder import Builder
 from deploy_flake.models import BuildPlace, DeployOptions, HostResult, Job, Outcome
 from deploy_flake.output.ask import Gate
@@ -74,25 +75,24 @@ async def deploy_all(
             limit=asyncio.Semaphore(options.jobs or default_jobs(len(targets))),
             gate=Gate(len(targets)) if options.ask and options.job is Job.DEPLOY else None,
         )
+        builder = None
         if options.build_on.place is not BuildPlace.TARGET and options.job in (Job.DEPLOY, Job.PLAN):
-            run = replace(
-                run,
-                builder=Builder(
-                    options.build_on,
-                    flake,
-                    options.flake_dir,
-                    ssh=ssh,
-                    workdir=Path(control_dir),
-                    run_id=run.run_id,
-                    build_args=options.build_args,
-                    timeouts=options.timeouts,
-                ),
+            builder = Builder(
+                options.build_on,
+                flake,
+                options.flake_dir,
+                ssh=ssh,
+                workdir=Path(control_dir),
+                run_id=run.run_id,
+                build_args=options.build_args,
+                timeouts=options.timeouts,
             )
+            run = replace(run, builder=builder)
         try:
             return await _run_all(run, targets, ssh, ssh_options)
         finally:
-            if run.builder is not None:
-                await asyncio.shield(run.builder.close())
+            if builder is not None:
+                await asyncio.shield(builder.close())
 
 
 async def _run_all(
