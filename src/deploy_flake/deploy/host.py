@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from deploy_flake import nix
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
+from deploy_flake.deploy import checks
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
 from deploy_flake.host import target
@@ -192,16 +193,9 @@ class HostDeploy:
             pre_activate=self.opts.pre_activate_script or DEFAULT_PRE_ACTIVATE,
             preflight_s=self.t.preflight if preflight else 0,
         )
-        ours = [u for u in seen.failed_units if u.startswith("deploy-flake-")]
-        if seen.health == "degraded" and ours and len(ours) == len(seen.failed_units):
-            # only an earlier, killed transaction's units: the agent finishes it first
-            self.note(f"an earlier deploy's units failed ({', '.join(ours)}): it is finished first")
-        elif seen.health is not None and seen.health != "running":
-            units = ", ".join(seen.failed_units) if seen.failed_units else "none listed"
-            raise DeployError(
-                f"System is not healthy. State: {seen.health}; failed units: {units}. "
-                "Fix them or deploy with --preflight-check=skip."
-            )
+        earlier = checks.preflight_verdict(seen.health, seen.failed_units)
+        if earlier is not None:  # only an earlier, killed transaction's units failed
+            self.note(earlier)
 
         self.stage(Stage.CHECK)
         if self.job is Job.PLAN:
@@ -354,24 +348,13 @@ class HostDeploy:
         return verdict
 
     def _sanity_checks(self, c: target.ClosureFacts, host_system: str) -> None:
-        toplevel = self.result.system
-        skip = self.opts.skip_checks
-        if "switch-to-configuration" not in skip and not c.has_switch_to_configuration:
-            raise DeployError(
-                f"{toplevel} has no bin/switch-to-configuration: it is not a NixOS system "
-                "(skip this check with --skip-check=switch-to-configuration)"
-            )
-        if "system-type" not in skip and c.system and host_system and c.system != host_system:
-            raise DeployError(
-                f"the new system is built for {c.system} but the host runs {host_system} "
-                "(skip this check with --skip-check=system-type)"
-            )
-        if "sshd" not in skip and not (c.sshd_units and c.sshd_wanted):
-            what = "does not have sshd" if not c.sshd_units else "has sshd but does not start it at boot"
-            raise DeployError(
-                f"the new configuration {what}: activating it would lock you out of "
-                f"{self.dest.host} (skip this check with --skip-check=sshd if that is intended)"
-            )
+        checks.check_system(
+            c,
+            toplevel=self.result.system,
+            host_system=host_system,
+            host=self.dest.host,
+            skip=self.opts.skip_checks,
+        )
         self.reboot_reasons = c.reboot_reasons
         if c.reboot_reasons and self.opts.reboot is RebootPolicy.NEVER:
             self.note(f"reboot needed to use the new {', '.join(c.reboot_reasons)}")

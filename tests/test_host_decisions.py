@@ -1,0 +1,95 @@
+"""One host's pure decisions: the sanity checks, the preflight verdict, the rollback target, the reboot."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy_flake.deploy import checks
+from deploy_flake.errors import DeployError
+from deploy_flake.host.target import ClosureFacts
+
+SYSTEM = "/nix/store/" + "t" * 32 + "-nixos-system-web1"
+
+
+def _closure(
+    *,
+    stc: bool = True,
+    system: str = "x86_64-linux",
+    sshd_units: frozenset[str] = frozenset({"sshd.service"}),
+    sshd_wanted: frozenset[str] = frozenset({"sshd.service"}),
+    reboot_reasons: tuple[str, ...] = (),
+) -> ClosureFacts:
+    return ClosureFacts(stc, system, sshd_units, sshd_wanted, reboot_reasons)
+
+
+def _check(
+    closure: ClosureFacts, host_system: str = "x86_64-linux", skip: frozenset[str] = frozenset()
+) -> None:
+    checks.check_system(closure, toplevel=SYSTEM, host_system=host_system, host="web1", skip=skip)
+
+
+def test_a_sound_system_passes_the_checks() -> None:
+    _check(_closure())
+    _check(_closure(system=""), host_system="aarch64-linux")  # unknown: not refused
+    _check(_closure(), host_system="")
+
+
+def test_a_system_without_switch_to_configuration_is_refused() -> None:
+    with pytest.raises(DeployError) as e:
+        _check(_closure(stc=False))
+    assert str(e.value) == (
+        f"{SYSTEM} has no bin/switch-to-configuration: it is not a NixOS system "
+        "(skip this check with --skip-check=switch-to-configuration)"
+    )
+    _check(_closure(stc=False), skip=frozenset({"switch-to-configuration"}))
+
+
+def test_a_system_for_another_platform_is_refused() -> None:
+    with pytest.raises(DeployError, match="built for aarch64-linux but the host runs x86_64-linux"):
+        _check(_closure(system="aarch64-linux"))
+    _check(_closure(system="aarch64-linux"), skip=frozenset({"system-type"}))
+
+
+def test_a_system_without_sshd_at_boot_is_refused() -> None:
+    with pytest.raises(DeployError) as e:
+        _check(_closure(sshd_units=frozenset(), sshd_wanted=frozenset()))
+    assert str(e.value) == (
+        "the new configuration does not have sshd: activating it would lock you out of web1 "
+        "(skip this check with --skip-check=sshd if that is intended)"
+    )
+    with pytest.raises(DeployError, match="has sshd but does not start it at boot"):
+        _check(_closure(sshd_wanted=frozenset()))
+    _check(_closure(sshd_wanted=frozenset()), skip=frozenset({"sshd"}))
+
+
+def test_the_checks_say_the_first_problem() -> None:
+    with pytest.raises(DeployError, match="switch-to-configuration"):
+        _check(_closure(stc=False, system="aarch64-linux", sshd_units=frozenset()))
+
+
+def test_preflight_a_running_or_unchecked_host_may_be_deployed_to() -> None:
+    assert checks.preflight_verdict("running", ()) is None
+    assert checks.preflight_verdict(None, ()) is None  # --preflight-check=skip, or a plan
+
+
+def test_preflight_refuses_a_host_that_is_not_healthy() -> None:
+    with pytest.raises(DeployError) as e:
+        checks.preflight_verdict("degraded", ("nginx.service", "deploy-flake-x.service"))
+    assert str(e.value) == (
+        "System is not healthy. State: degraded; failed units: nginx.service, deploy-flake-x.service. "
+        "Fix them or deploy with --preflight-check=skip."
+    )
+    with pytest.raises(DeployError, match="State: starting; failed units: none listed"):
+        checks.preflight_verdict("starting", ())
+    with pytest.raises(DeployError, match="State: degraded; failed units: none listed"):
+        checks.preflight_verdict("degraded", ())
+
+
+def test_preflight_only_our_own_failed_units_are_a_note_not_a_refusal() -> None:
+    units = ("deploy-flake-1.service", "deploy-flake-guard-1.service")
+    assert checks.preflight_verdict("degraded", units) == (
+        "an earlier deploy's units failed (deploy-flake-1.service, deploy-flake-guard-1.service): "
+        "it is finished first"
+    )
+    with pytest.raises(DeployError):  # not degraded: refused all the same
+        checks.preflight_verdict("maintenance", units)
