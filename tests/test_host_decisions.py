@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from deploy_flake.deploy import checks
+from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.errors import DeployError
-from deploy_flake.host.target import ClosureFacts
+from deploy_flake.host.target import ClosureFacts, HostFacts
 
 SYSTEM = "/nix/store/" + "t" * 32 + "-nixos-system-web1"
 
@@ -93,3 +94,60 @@ def test_preflight_only_our_own_failed_units_are_a_note_not_a_refusal() -> None:
     )
     with pytest.raises(DeployError):  # not degraded: refused all the same
         checks.preflight_verdict("maintenance", units)
+
+
+def _gen(n: int) -> str:
+    return "/nix/store/" + str(n) * 32 + f"-nixos-system-web1-{n}"
+
+
+def _facts(generations: tuple[int, ...], current: int | None, running: int | None = None) -> HostFacts:
+    """A host with these system generations, the profile at current, running running (current)."""
+    shown = current if running is None else running
+    return HostFacts(
+        uid=0,
+        hostname="web1",
+        system="x86_64-linux",
+        current_system=_gen(shown) if shown is not None else "",
+        booted_system="",
+        profile_link=f"system-{current}-link" if current is not None else "",
+        generations=tuple((n, _gen(n)) for n in generations),
+    )
+
+
+def test_rollback_goes_to_the_generation_before_the_current_one() -> None:
+    assert rollback_target(_facts((1, 3, 4, 7), 4), None, "web1") == (_gen(3), 3)
+    assert rollback_target(_facts((1, 3, 4, 7), 7), None, "web1") == (_gen(4), 4)
+
+
+def test_rollback_to_a_named_generation() -> None:
+    assert rollback_target(_facts((1, 3, 4, 7), 4), 7, "web1") == (_gen(7), 7)  # forward too
+    assert rollback_target(_facts((1, 3, 4, 7), 4), 1, "web1") == (_gen(1), 1)
+
+
+def test_rollback_without_generations_is_refused() -> None:
+    for facts in (_facts((), 4), _facts((1, 2), None)):
+        with pytest.raises(DeployError) as e:
+            rollback_target(facts, None, "web1")
+        assert str(e.value) == "web1 has no generations of /nix/var/nix/profiles/system"
+
+
+def test_rollback_from_the_oldest_generation_is_refused() -> None:
+    with pytest.raises(DeployError) as e:
+        rollback_target(_facts((3, 4), 3), None, "web1")
+    assert str(e.value) == (
+        "generation 3 is the oldest of /nix/var/nix/profiles/system on web1: there is nothing to roll back to"
+    )
+
+
+def test_rollback_to_an_unknown_generation_is_refused() -> None:
+    with pytest.raises(DeployError) as e:
+        rollback_target(_facts((4, 1, 3), 4), 2, "web1")
+    assert str(e.value) == "web1 has no system generation 2 (it has 1, 3, 4)"
+
+
+def test_rollback_to_the_generation_it_runs_is_refused() -> None:
+    with pytest.raises(DeployError) as e:
+        rollback_target(_facts((3, 4), 4), 4, "web1")
+    assert str(e.value) == "web1 already runs generation 4, the profile's current one: nothing to do"
+    # the profile's current generation, while the host runs another system: it is activated
+    assert rollback_target(_facts((3, 4), 4, running=3), 4, "web1") == (_gen(4), 4)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from deploy_flake import nix
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
 from deploy_flake.deploy import checks
+from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
 from deploy_flake.host import target
@@ -277,29 +278,10 @@ class HostDeploy:
 
     def _rollback_target(self, facts: HostFacts) -> tuple[str, int]:
         """The generation to roll back to: --to N, or the one before the profile's current one."""
-        generations = dict(facts.generations)
-        current = facts.generation
-        if not generations or current is None:
-            raise DeployError(f"{self.dest.host} has no generations of /nix/var/nix/profiles/system")
-        wanted = self.opts.rollback_to
-        if wanted is None:
-            earlier = [n for n in generations if n < current]
-            if not earlier:
-                raise DeployError(
-                    f"generation {current} is the oldest of /nix/var/nix/profiles/system on "
-                    f"{self.dest.host}: there is nothing to roll back to"
-                )
-            wanted = max(earlier)
-        if wanted not in generations:
-            known = ", ".join(str(n) for n in sorted(generations))
-            raise DeployError(f"{self.dest.host} has no system generation {wanted} (it has {known})")
-        if wanted == current and generations[wanted] == facts.current_system:
-            raise DeployError(
-                f"{self.dest.host} already runs generation {wanted}, the profile's current one: nothing to do"
-            )
+        system, wanted = rollback_target(facts, self.opts.rollback_to, self.dest.host)
         self.result.config = f"generation {wanted}"
-        self.note(f"rolling back to generation {wanted}: {generations[wanted]}")
-        return generations[wanted], wanted
+        self.note(f"rolling back to generation {wanted}: {system}")
+        return system, wanted
 
     def _show_status(self, facts: HostFacts) -> None:
         """status: what the host runs and how it is, as the facts say."""
