@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from deploy_flake.deploy import checks
+from deploy_flake.deploy.reboot import reboot_wanted
 from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.errors import DeployError
 from deploy_flake.host.target import ClosureFacts, HostFacts
+from deploy_flake.models import RebootPolicy
 
 SYSTEM = "/nix/store/" + "t" * 32 + "-nixos-system-web1"
 
@@ -151,3 +153,27 @@ def test_rollback_to_the_generation_it_runs_is_refused() -> None:
     assert str(e.value) == "web1 already runs generation 4, the profile's current one: nothing to do"
     # the profile's current generation, while the host runs another system: it is activated
     assert rollback_target(_facts((3, 4), 4, running=3), 4, "web1") == (_gen(4), 4)
+
+
+def _reboot(
+    policy: RebootPolicy, *, test: bool = True, reasons: tuple[str, ...] = (), running: str = SYSTEM
+) -> bool:
+    return reboot_wanted(policy, test=test, reboot_reasons=reasons, toplevel=SYSTEM, current_system=running)
+
+
+def test_reboot_always_and_never() -> None:
+    assert _reboot(RebootPolicy.ALWAYS)
+    assert _reboot(RebootPolicy.ALWAYS, reasons=("kernel",))
+    assert not _reboot(RebootPolicy.NEVER, reasons=("kernel",))
+    assert not _reboot(RebootPolicy.NEVER, test=False, running=_gen(1))
+
+
+def test_reboot_if_needed_for_what_the_new_system_changes() -> None:
+    assert not _reboot(RebootPolicy.IF_NEEDED)
+    assert _reboot(RebootPolicy.IF_NEEDED, reasons=("kernel", "initrd"))
+
+
+def test_reboot_if_needed_when_the_new_system_is_only_the_boot_entry() -> None:
+    # --test=skip: the new system runs once the host boots it
+    assert _reboot(RebootPolicy.IF_NEEDED, test=False, running=_gen(1))
+    assert not _reboot(RebootPolicy.IF_NEEDED, test=False)  # it runs that system already

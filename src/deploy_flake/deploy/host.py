@@ -10,6 +10,7 @@ from collections.abc import Callable
 from deploy_flake import nix
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
 from deploy_flake.deploy import checks
+from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
 from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
@@ -226,8 +227,14 @@ class HostDeploy:
 
         self.stage(Stage.ACTIVATE)
         await self._activate(toplevel, generation)
-        if self.result.outcome is Outcome.ACTIVATED and self._reboot_wanted(toplevel, facts):
-            await self._reboot(toplevel)
+        if self.result.outcome is Outcome.ACTIVATED and reboot_wanted(
+            self.opts.reboot,
+            test=self.opts.test,
+            reboot_reasons=self.reboot_reasons,
+            toplevel=toplevel,
+            current_system=facts.current_system,
+        ):
+            await reboot_into(self, toplevel)
 
     async def _copy_flake(self) -> None:
         await nix.retry_copy(
@@ -359,79 +366,6 @@ class HostDeploy:
             raise DeployError(
                 f"the pre-activation check {relpath} failed (exit {done.returncode}): nothing was changed"
             )
-
-    # ---------------------------------------------------------------- reboot
-    def _reboot_wanted(self, toplevel: str, facts: HostFacts) -> bool:
-        policy = self.opts.reboot
-        if policy is RebootPolicy.ALWAYS:
-            return True
-        if policy is RebootPolicy.NEVER:
-            return False
-        # --test=skip: the new system runs only once the host boots it
-        boot_only = not self.opts.test and toplevel != facts.current_system
-        return bool(self.reboot_reasons) or boot_only
-
-    async def _reboot(self, toplevel: str) -> None:
-        """The new system is committed (profile and boot entry): reboot into it, wait for the
-        host to come back on a new boot within --reboot-timeout, and check what it booted."""
-        self.stage(Stage.REBOOT)
-        limit = self.t.reboot
-        why = f" for the new {', '.join(self.reboot_reasons)}" if self.reboot_reasons else ""
-        self.line(f"rebooting{why}; waiting up to {limit:.0f}s (--reboot-timeout) for it to come back")
-        t0 = time.monotonic()
-        deadline = t0 + limit
-        try:
-            await target.request_reboot(self.remote)
-        except DeployError as e:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"the new system is active and its boot entry written, but the reboot was not done: {e}"
-            )
-            return
-        with contextlib.suppress(Exception):  # its host is going down: the master goes with it
-            await self.remote.disconnect()
-        try:
-            await self._after_reboot(toplevel, t0, deadline)
-        except DeployError as e:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = f"rebooted, and then {e}; check `deploy-flake status {self.dest.raw}`"
-
-    async def _after_reboot(self, toplevel: str, t0: float, deadline: float) -> None:
-        limit = self.t.reboot
-        facts = await target.wait_for_new_boot(self.remote, self.boot_id, deadline)
-        host = self.dest.host
-        if facts is None:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"rebooted, but {host} did not come back within {limit:.0f}s (--reboot-timeout). Its "
-                f"boot entry is the new system {toplevel}; check the host's console, then "
-                f"`deploy-flake status {self.dest.raw}`"
-            )
-            return
-        self.line(f"back after {time.monotonic() - t0:.0f}s, boot id {facts.boot_id}")
-        self.boot_id = facts.boot_id
-        if facts.booted_system != toplevel or facts.current_system != toplevel:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"rebooted, but {host} came back running {facts.current_system or 'no known system'} "
-                f"(booted {facts.booted_system or 'unknown'}), not the new system {toplevel}: the boot "
-                "loader did not start the new entry; check `readlink /nix/var/nix/profiles/system` "
-                "and the boot loader's default"
-            )
-            return
-        await self.remote.connect(max(1.0, min(self.t.connect, deadline - time.monotonic())))
-        state, failed = await target.system_health(self.remote, max(1.0, deadline - time.monotonic()))
-        if state != "running":
-            units = ", ".join(failed) if failed else "none listed"
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"rebooted into the new system, but it is {state} (failed units: {units}); "
-                f"`deploy-flake rollback --reboot=if-needed {self.dest.raw}` returns it to the "
-                "previous generation"
-            )
-            return
-        self.note(f"rebooted into the new system in {time.monotonic() - t0:.0f}s; it is running")
-        self.stage(Stage.DONE)
 
     # ---------------------------------------------------------------- activation
     def _settings(self, toplevel: str, generation: int | None = None) -> Settings:
