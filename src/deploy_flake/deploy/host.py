@@ -12,6 +12,7 @@ from deploy_flake.deploy.activation import Activation
 from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
 from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
+from deploy_flake.deploy.status import show_status
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
@@ -167,7 +168,7 @@ class HostDeploy:
         self.profile_link = facts.profile_link
         self.boot_id = facts.boot_id
         if self.job is Job.STATUS:
-            self._show_status(facts)
+            show_status(self, facts)
             return
         sudo = facts.uid != 0 if self.opts.sudo is None else self.opts.sudo
         if sudo:
@@ -284,13 +285,6 @@ class HostDeploy:
         self.note(f"rolling back to generation {wanted}: {system}")
         return system, wanted
 
-    def _show_status(self, facts: HostFacts) -> None:
-        """status: what the host runs and how it is, as the facts say."""
-        self.result.outcome = Outcome.UNCHANGED
-        self.result.system = facts.current_system or None
-        self.result.details = status_details(facts)
-        self.stage(Stage.DONE)
-
     async def _plan(
         self, toplevel: str, facts: HostFacts, seen: target.Inspection, *, final: bool = True
     ) -> str:
@@ -369,19 +363,3 @@ async def _settle(task: asyncio.Task[None]) -> None:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
-
-
-def status_details(facts: HostFacts) -> dict[str, object]:
-    """The status of a host, by the names `deploy-flake status --json` promises."""
-    return {
-        "reachable": True,
-        "state": facts.state or "unknown",
-        "failed_units": list(facts.failed_units),
-        "current_system": facts.current_system or None,
-        "booted_system": facts.booted_system or None,
-        "profile_system": facts.profile_system or None,
-        "generation": facts.generation,
-        "reboot_needed": bool(facts.reboot_reasons),
-        "reboot_reasons": list(facts.reboot_reasons),
-        "last_deploy": dict(facts.last_deploy) or None,
-    }
