@@ -9,6 +9,7 @@ import time
 from deploy_flake import nix
 from deploy_flake.deploy import checks
 from deploy_flake.deploy.activation import Activation
+from deploy_flake.deploy.plan import show_plan
 from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
 from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
@@ -196,15 +197,15 @@ class HostDeploy:
 
         self.stage(Stage.CHECK)
         if self.job is Job.PLAN:
-            await self._plan(toplevel, facts, seen)
+            await show_plan(self, toplevel, facts, seen)
             return
         gate = self.run.gate
         if gate is not None:  # --ask: the plan, then one answer for every host
-            verdict = await self._plan(toplevel, facts, seen, final=False)
+            verdict = await show_plan(self, toplevel, facts, seen, final=False)
             if verdict != "ok":
                 raise DeployError(verdict)
         else:
-            self._sanity_checks(seen.closure, facts.system)
+            self.sanity_checks(seen.closure, facts.system)
             for change in seen.changes:
                 self.line(f"change: {change}")
 
@@ -285,46 +286,7 @@ class HostDeploy:
         self.note(f"rolling back to generation {wanted}: {system}")
         return system, wanted
 
-    async def _plan(
-        self, toplevel: str, facts: HostFacts, seen: target.Inspection, *, final: bool = True
-    ) -> str:
-        """plan: what activating toplevel would change; nothing is changed. The checks' verdict.
-
-        final: the plan is all this run does for the host (plan, --dry-activate).
-        """
-        verdict = "ok"
-        try:
-            self._sanity_checks(seen.closure, facts.system)
-        except DeployError as e:
-            verdict = str(e)
-        changes = list(seen.changes)
-        units = await target.dry_activate(self.remote, toplevel, timeout=self.t.activation)
-        reboot = seen.closure.reboot_reasons
-        self.result.details = {
-            "plan": {
-                "closure_changes": changes,
-                "units": units,
-                "reboot_needed": bool(reboot),
-                "reboot_reasons": list(reboot),
-                "checks": verdict,
-            }
-        }
-        for change in changes:
-            self.line(f"change: {change}")
-        for action, names in units.items():
-            self.line(f"would {action}: {', '.join(names)}")
-        if not changes and not units:
-            self.line("no change: the host runs this system already")
-        self.line("reboot needed: " + (", ".join(reboot) if reboot else "no"))
-        self.line(f"checks: {verdict}")
-        if final:
-            self.result.outcome = Outcome.UNCHANGED if verdict == "ok" else Outcome.FAILED
-            if verdict != "ok":
-                self.result.error = f"a deploy would refuse this system: {verdict}"
-            self.stage(Stage.DONE)
-        return verdict
-
-    def _sanity_checks(self, c: target.ClosureFacts, host_system: str) -> None:
+    def sanity_checks(self, c: target.ClosureFacts, host_system: str) -> None:
         checks.check_system(
             c,
             toplevel=self.result.system,
