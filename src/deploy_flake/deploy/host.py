@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import time
 
-from deploy_flake import nix
 from deploy_flake.deploy import checks
 from deploy_flake.deploy.activation import Activation
+from deploy_flake.deploy.build import build_system, copying_flake
 from deploy_flake.deploy.plan import show_plan
 from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
 from deploy_flake.deploy.rollback_target import rollback_target
@@ -18,7 +18,7 @@ from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
-from deploy_flake.remote.destination import Destination, check_config_name
+from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import Remote, SshSettings
 
 DEFAULT_PRE_ACTIVATE = "pre-activate-safety-checks"
@@ -153,15 +153,11 @@ class HostDeploy:
         await self.remote.disconnect()
 
     async def _deploy_connected(self) -> None:
-        # Copying the flake needs nothing the host's facts tell: it runs while they are read.
-        copy = None
-        if self.job in (Job.DEPLOY, Job.PLAN) and self.run.builder is None:
-            copy = asyncio.create_task(self._copy_flake())
-        try:
-            await self._deploy_with(copy)
-        finally:
-            if copy is not None:
-                await _settle(copy)
+        if self.job in (Job.DEPLOY, Job.PLAN):
+            async with copying_flake(self) as copy:
+                await self._deploy_with(copy)
+        else:
+            await self._deploy_with(None)
 
     async def _deploy_with(self, copy: asyncio.Task[None] | None) -> None:
         facts = await target.host_facts(self.remote)
@@ -179,7 +175,7 @@ class HostDeploy:
         if self.job is Job.ROLLBACK:
             toplevel, generation = self._rollback_target(facts)
         else:
-            toplevel, generation = await self._build(facts, copy), None
+            toplevel, generation = await build_system(self, facts, copy), None
         self.result.system = toplevel
 
         preflight = self.opts.preflight and self.job is not Job.PLAN
@@ -232,53 +228,6 @@ class HostDeploy:
         ):
             await reboot_into(self, toplevel)
 
-    async def _copy_flake(self) -> None:
-        await nix.retry_copy(
-            "copying the flake",
-            lambda: nix.flake_archive(
-                self.remote, self.opts.flake_dir, timeout=self.t.copy, on_line=self.line
-            ),
-            self.t,
-            self.note,
-        )
-
-    async def _build(self, facts: HostFacts, copy: asyncio.Task[None] | None) -> str:
-        """Builds this host's configuration on it, once the flake's copy (started with the
-        facts' lookup) is there; or, with a builder, has it built and copies the system."""
-        config = self.dest.config or check_config_name(
-            facts.hostname, f"the host name that {self.dest.host} reports,"
-        )
-        self.result.config = config
-        builder = self.run.builder
-        if builder is not None:
-            self.stage(Stage.BUILD)
-            toplevel = await builder.toplevel(config, on_line=self.line, note=self.note)
-            self.note(f"built {toplevel} {builder.where}")
-            self.stage(Stage.COPY)
-            await nix.retry_copy(
-                "copying the system",
-                lambda: nix.copy_closure(toplevel, to=self.remote, timeout=self.t.copy, on_line=self.line),
-                self.t,
-                self.note,
-            )
-            await nix.add_gc_root(self.remote, toplevel, self.gc_root)
-            return toplevel
-        self.stage(Stage.COPY)
-        assert copy is not None, "a deploy or plan that builds on the host starts the copy with the facts"
-        await copy
-        self.stage(Stage.BUILD)
-        toplevel = await nix.build_toplevel(
-            self.remote,
-            self.run.flake,
-            config,
-            extra_args=self.opts.build_args,
-            gc_root=self.gc_root,
-            timeout=self.t.build,
-            on_line=self.line,
-        )
-        self.note(f"built {toplevel}")
-        return toplevel
-
     def _rollback_target(self, facts: HostFacts) -> tuple[str, int]:
         """The generation to roll back to: --to N, or the one before the profile's current one."""
         system, wanted = rollback_target(facts, self.opts.rollback_to, self.dest.host)
@@ -316,12 +265,3 @@ class HostDeploy:
             raise DeployError(
                 f"the pre-activation check {relpath} failed (exit {done.returncode}): nothing was changed"
             )
-
-
-async def _settle(task: asyncio.Task[None]) -> None:
-    """A helper task this host no longer waits for: stopped (its process killed), and its
-    outcome taken, so that an error nobody awaited is not reported again."""
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
