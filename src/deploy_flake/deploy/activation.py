@@ -8,15 +8,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from deploy_flake.agent import Agent, Mode, Phase, Settings, Status
+from deploy_flake.deploy.host import HostJob
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
 from deploy_flake.host import target
 from deploy_flake.models import Outcome, Stage
-
-if TYPE_CHECKING:
-    from deploy_flake.deploy.host import HostDeploy
 
 # After a rollback, how long a new login may keep failing (sshd restarting) before the
 # host's state is reported unknown.
@@ -27,7 +24,7 @@ class Activation:
     """One host's transaction: asked for by activate(), and from then on the host's agent
     decides (it rolls back by itself without a confirmation)."""
 
-    def __init__(self, job: HostDeploy) -> None:
+    def __init__(self, job: HostJob) -> None:
         self.job = job
         self.result = job.result
         self.agent: Agent | None = None  # the host's transaction, once it was asked for

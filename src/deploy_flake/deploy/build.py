@@ -6,19 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from deploy_flake import nix
+from deploy_flake.deploy.host import HostJob
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import Stage
 from deploy_flake.remote.destination import check_config_name
 
-if TYPE_CHECKING:
-    from deploy_flake.deploy.host import HostDeploy
-
 
 @contextlib.asynccontextmanager
-async def copying_flake(job: HostDeploy) -> AsyncIterator[asyncio.Task[None] | None]:
+async def copying_flake(job: HostJob) -> AsyncIterator[asyncio.Task[None] | None]:
     """The flake's copy to the host, begun at once: it needs nothing the host's facts tell,
     so it runs while they are read. None when the run's builder builds (it has the flake).
     A copy the job no longer waits for when it ends is stopped."""
@@ -32,7 +29,7 @@ async def copying_flake(job: HostDeploy) -> AsyncIterator[asyncio.Task[None] | N
             await _settle(copy)
 
 
-async def _copy_flake(job: HostDeploy) -> None:
+async def _copy_flake(job: HostJob) -> None:
     await nix.retry_copy(
         "copying the flake",
         lambda: nix.flake_archive(job.remote, job.opts.flake_dir, timeout=job.t.copy, on_line=job.line),
@@ -41,7 +38,7 @@ async def _copy_flake(job: HostDeploy) -> None:
     )
 
 
-async def build_system(job: HostDeploy, facts: HostFacts, copy: asyncio.Task[None] | None) -> str:
+async def build_system(job: HostJob, facts: HostFacts, copy: asyncio.Task[None] | None) -> str:
     """Builds this host's configuration on it, once the flake's copy (started with the
     facts' lookup) is there; or, with a builder, has it built and copies the system."""
     config = job.dest.config or check_config_name(

@@ -3,19 +3,15 @@ accept it; nothing is changed. A deploy with --ask shows it too, before the one 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from deploy_flake.deploy.host import HostJob
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import Outcome, Stage
 
-if TYPE_CHECKING:
-    from deploy_flake.deploy.host import HostDeploy
-
 
 async def show_plan(
-    job: HostDeploy, toplevel: str, facts: HostFacts, seen: target.Inspection, *, final: bool = True
+    job: HostJob, toplevel: str, facts: HostFacts, seen: target.Inspection, *, final: bool = True
 ) -> str:
     """plan: what activating toplevel would change; nothing is changed. The checks' verdict.
 

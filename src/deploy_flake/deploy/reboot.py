@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
 
+from deploy_flake.deploy.host import HostJob
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.models import Outcome, RebootPolicy, Stage
-
-if TYPE_CHECKING:
-    from deploy_flake.deploy.host import HostDeploy
 
 
 def reboot_wanted(
@@ -30,12 +27,12 @@ def reboot_wanted(
     return bool(reboot_reasons) or boot_only
 
 
-async def reboot_into(job: HostDeploy, toplevel: str) -> None:
+async def reboot_into(job: HostJob, toplevel: str, reboot_reasons: tuple[str, ...]) -> None:
     """The new system is committed (profile and boot entry): reboot into it, wait for the
     host to come back on a new boot within --reboot-timeout, and check what it booted."""
     job.stage(Stage.REBOOT)
     limit = job.t.reboot
-    why = f" for the new {', '.join(job.reboot_reasons)}" if job.reboot_reasons else ""
+    why = f" for the new {', '.join(reboot_reasons)}" if reboot_reasons else ""
     job.line(f"rebooting{why}; waiting up to {limit:.0f}s (--reboot-timeout) for it to come back")
     t0 = time.monotonic()
     deadline = t0 + limit
@@ -56,7 +53,7 @@ async def reboot_into(job: HostDeploy, toplevel: str) -> None:
         job.result.error = f"rebooted, and then {e}; check `deploy-flake status {job.dest.raw}`"
 
 
-async def _after_reboot(job: HostDeploy, toplevel: str, t0: float, deadline: float) -> None:
+async def _after_reboot(job: HostJob, toplevel: str, t0: float, deadline: float) -> None:
     limit = job.t.reboot
     facts = await target.wait_for_new_boot(job.remote, job.boot_id, deadline)
     host = job.dest.host

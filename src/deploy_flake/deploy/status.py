@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from deploy_flake.deploy.host import HostJob
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import Outcome, Stage
 
-if TYPE_CHECKING:
-    from deploy_flake.deploy.host import HostDeploy
 
-
-def show_status(job: HostDeploy, facts: HostFacts) -> None:
+def show_status(job: HostJob, facts: HostFacts) -> None:
     """status: what the host runs and how it is, as the facts say."""
     job.result.outcome = Outcome.UNCHANGED
     job.result.system = facts.current_system or None
