@@ -1,15 +1,24 @@
-"""One host's pure decisions: the sanity checks, the preflight verdict, the rollback target, the reboot."""
+"""One host's pure decisions: sanity checks, preflight verdict, rollback target, reboot, which job."""
 
 from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from deploy_flake.deploy import checks
+from deploy_flake.deploy.jobs import JOBS, DeployJob, PlanJob, RollbackJob, StatusJob, host_job
 from deploy_flake.deploy.reboot import reboot_wanted
 from deploy_flake.deploy.rollback_target import rollback_target
+from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError
 from deploy_flake.host.target import ClosureFacts, HostFacts
-from deploy_flake.models import RebootPolicy
+from deploy_flake.models import DeployOptions, HostResult, Job, RebootPolicy, Stage
+from deploy_flake.nix import Flake
+from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.ssh import SshSettings
 
 SYSTEM = "/nix/store/" + "t" * 32 + "-nixos-system-web1"
 
@@ -177,3 +186,31 @@ def test_reboot_if_needed_when_the_new_system_is_only_the_boot_entry() -> None:
     # --test=skip: the new system runs once the host boots it
     assert _reboot(RebootPolicy.IF_NEEDED, test=False, running=_gen(1))
     assert not _reboot(RebootPolicy.IF_NEEDED, test=False)  # it runs that system already
+
+
+class _Events:
+    def stage(self, label: str, stage: Stage) -> None: ...
+    def note(self, label: str, text: str) -> None: ...
+    def line(self, label: str, text: str) -> None: ...
+    def finished(self, label: str, result: HostResult) -> None: ...
+
+
+def test_host_job_is_the_job_the_hosts_options_name(tmp_path: Path) -> None:
+    assert set(JOBS) == set(Job)
+    options = DeployOptions(flake_dir=tmp_path)
+    run = Run(
+        flake=Flake(url="", store_path=""),
+        options=options,
+        ssh=SshSettings(control_dir=tmp_path),
+        events=_Events(),
+        run_id="r",
+        holder="me@here",
+        limit=asyncio.Semaphore(1),
+    )
+    web1 = Destination.parse("web1")
+    assert type(host_job(run, web1, 0)) is DeployJob
+    job = host_job(run, web1, 3, options=replace(options, job=Job.ROLLBACK))  # an inventory's own
+    assert type(job) is RollbackJob
+    assert job.deploy_id == "r-3"
+    assert type(host_job(replace(run, options=replace(options, job=Job.STATUS)), web1, 0)) is StatusJob
+    assert type(host_job(run, web1, 0, options=replace(options, job=Job.PLAN))) is PlanJob
