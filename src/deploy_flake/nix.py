@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy_flake import process
 from deploy_flake.errors import DeployError, PermanentError, ProcessTimeout, UsageError
+from deploy_flake.models import Timeouts
 from deploy_flake.process import LineSink
 from deploy_flake.remote.ssh import Remote
 
@@ -168,6 +171,30 @@ async def copy_closure(
             "host with --build-on=target)"
         )
     raise DeployError(f"copying the system {where} failed: {done.last_lines(3)}")
+
+
+async def retry_copy(
+    what: str, copy: Callable[[], Awaitable[None]], t: Timeouts, note: Callable[[str], None]
+) -> None:
+    """A copy with up to t.copy_attempts tries, each within t.copy (--copy-timeout), 2 s, 4 s,
+    ... apart; a PermanentError (the host refuses the paths) is not tried again."""
+    attempts = max(1, t.copy_attempts)
+    for attempt in range(1, attempts + 1):
+        try:
+            await copy()
+            return
+        except DeployError as e:  # a timeout (ProcessTimeout) too
+            reason = (
+                f"no progress within {t.copy:.0f}s (--copy-timeout)"
+                if isinstance(e, ProcessTimeout)
+                else str(e)
+            )
+            if attempt == attempts or isinstance(e, PermanentError):
+                tries = f"{attempt} attempts" if attempt > 1 else "1 attempt"
+                raise DeployError(f"{what} failed after {tries}: {reason}") from None
+            delay = 2.0**attempt
+            note(f"{what}: copy attempt {attempt} failed ({reason}); retrying in {delay:.0f}s")
+            await asyncio.sleep(delay)
 
 
 async def add_gc_root(remote: Remote, path: str, link: str) -> None:

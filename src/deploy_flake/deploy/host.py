@@ -1,56 +1,32 @@
-"""The whole deploy of one host: connect, copy, build, check, activate, confirm."""
+"""What every job on one host shares: its stages, notes and lines, the connection, the
+host's facts, the result, and the run of the job that never raises."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
 
-from deploy_flake import nix
-from deploy_flake.agent.client import Agent
-from deploy_flake.agent.protocol import Mode, Phase, Status
-from deploy_flake.agent.settings import Settings
-from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
-from deploy_flake.fleet.builder import Builder, retry_copy
+from deploy_flake.deploy import checks
+from deploy_flake.deploy.run import Run
+from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
-from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
-from deploy_flake.nix import Flake
-from deploy_flake.output.ask import Gate
-from deploy_flake.output.events import Events
-from deploy_flake.remote.destination import Destination, check_config_name
+from deploy_flake.models import DeployOptions, HostResult, Outcome, RebootPolicy, Stage
+from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import Remote, SshSettings
 
 DEFAULT_PRE_ACTIVATE = "pre-activate-safety-checks"
 
 
-# After a rollback, how long a new login may keep failing (sshd restarting) before the
-# host's state is reported unknown.
-VERIFY_LOGIN_S = 30
-
-
-@dataclass(frozen=True)
-class Run:
-    """What every host of one invocation shares."""
-
-    flake: Flake
-    options: DeployOptions
-    ssh: SshSettings
-    events: Events
-    run_id: str
-    holder: str
-    limit: asyncio.Semaphore  # --jobs: hosts at work at once
-    gate: Gate | None = None  # --ask: where every host waits for the one answer
-    builder: Builder | None = None  # --build-on=local or HOST: one build per configuration
-
-
-class HostDeploy:
-    """One host's run: deploy, plan, rollback or status, as run.options.job says.
+class HostJob(ABC):
+    """One host's job (a deploy, plan, rollback or status: the subclasses, see jobs.py).
 
     options and ssh: this host's own (an inventory's per-host overrides), else the run's.
     """
+
+    builds = False  # the job builds the system (deploy, plan): its GC root is dropped at the end
 
     def __init__(
         self,
@@ -63,22 +39,19 @@ class HostDeploy:
     ) -> None:
         self.run = run
         self.opts = options or run.options
-        self.job = self.opts.job
         self.t = self.opts.timeouts
         self.dest = dest
         self.label = dest.label
         self.remote = Remote(dest, ssh or run.ssh)
         self.result = HostResult(destination=dest.raw, host=dest.host, config=dest.config)
         self.deploy_id = f"{run.run_id}-{index}"
-        self.agent: Agent | None = None  # the host's transaction, once it was asked for
         self.gc_root = f"/tmp/deploy-flake-{self.deploy_id}.system"
         self.profile_link = ""  # the system profile's generation when we connected
         self.boot_id = ""  # the host's boot when we connected
-        self.reboot_reasons: tuple[str, ...] = ()  # what of the new system takes a reboot to use
         self.finished = False
         self.arrived_at_gate = False
 
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- what the job shows
     def stage(self, stage: Stage) -> None:
         if stage == self.result.stage and stage is not Stage.CONNECT:
             return
@@ -92,35 +65,25 @@ class HostDeploy:
     def line(self, text: str) -> None:
         self.run.events.line(self.label, text)
 
-    # ---------------------------------------------------------------- pipeline
+    # ---------------------------------------------------------------- the job, never raising
     @property
     def started(self) -> bool:
         """The host's transaction was asked for: the host may be acting on it."""
-        return self.agent is not None and self.agent.started
+        return False  # only a job that changes the system starts one
 
-    async def deploy(self) -> HostResult:
-        """The whole pipeline; never raises: whatever happens ends this host only."""
+    async def perform(self) -> HostResult:
+        """The whole job; never raises: whatever happens ends this host only."""
         t0 = time.monotonic()
         connected = False
         try:
             self.stage(Stage.CONNECT)
             await self.remote.connect(self.t.connect)
             connected = True
-            await self._deploy_connected()
+            await self._steps()
         except DeployError as e:
             self._ended_by(str(e))
         except asyncio.CancelledError:
-            if self.result.stage is Stage.REBOOT:
-                self.result.outcome = Outcome.UNKNOWN
-                self.result.error = (
-                    "interrupted while the host rebooted into its new, committed system; "
-                    f"check `deploy-flake status {self.dest.raw}`"
-                )
-            elif self.started:
-                await self._interrupted()
-            else:
-                self.result.error = "interrupted before anything was changed"
-                self.result.outcome = Outcome.FAILED
+            await self._interrupted()
         except Exception as e:  # a bug or the deployer's own trouble (OSError): this host only
             self._ended_by(f"internal error: {type(e).__name__}: {e}")
         finally:
@@ -131,6 +94,15 @@ class HostDeploy:
         self.finished = True
         self.run.events.finished(self.label, self.result)
         return self.result
+
+    @abstractmethod
+    async def _steps(self) -> None:
+        """The job's own steps, on the connected host."""
+
+    async def _interrupted(self) -> None:
+        """Ctrl-C or SIGTERM."""
+        self.result.error = "interrupted before anything was changed"
+        self.result.outcome = Outcome.FAILED
 
     def skipped(self, why: str, outcome: Outcome = Outcome.FAILED) -> HostResult:
         """Never started: nothing was done on the host."""
@@ -170,41 +142,29 @@ class HostDeploy:
 
     async def _disconnect(self) -> None:
         """Drops the build's GC root unless the agent holds it now, and the connection."""
-        if not self.started and self.job in (Job.DEPLOY, Job.PLAN):
+        if not self.started and self.builds:
             await self.remote.run(["rm", "-f", self.gc_root], timeout=15)
         await self.remote.disconnect()
 
-    async def _deploy_connected(self) -> None:
-        # Copying the flake needs nothing the host's facts tell: it runs while they are read.
-        copy = None
-        if self.job in (Job.DEPLOY, Job.PLAN) and self.run.builder is None:
-            copy = asyncio.create_task(self._copy_flake())
-        try:
-            await self._deploy_with(copy)
-        finally:
-            if copy is not None:
-                await _settle(copy)
-
-    async def _deploy_with(self, copy: asyncio.Task[None] | None) -> None:
+    # ---------------------------------------------------------------- steps the jobs share
+    async def _facts(self) -> HostFacts:
+        """What the host runs and how it is, when we connected."""
         facts = await target.host_facts(self.remote)
         self.result.previous_system = facts.current_system or None
         self.profile_link = facts.profile_link
         self.boot_id = facts.boot_id
-        if self.job is Job.STATUS:
-            self._show_status(facts)
-            return
+        return facts
+
+    async def _use_sudo(self, facts: HostFacts) -> None:
+        """--sudo, or by default when the login user is not root: root's commands through sudo."""
         sudo = facts.uid != 0 if self.opts.sudo is None else self.opts.sudo
         if sudo:
             password = await target.sudo_needs_password(self.remote)
             self.remote = self.remote.with_sudo(True, password=password)
 
-        if self.job is Job.ROLLBACK:
-            toplevel, generation = self._rollback_target(facts)
-        else:
-            toplevel, generation = await self._build(facts, copy), None
-        self.result.system = toplevel
-
-        preflight = self.opts.preflight and self.job is not Job.PLAN
+    async def _inspect(self, toplevel: str, facts: HostFacts, *, preflight: bool) -> target.Inspection:
+        """What the host says of the new system toplevel (its closure, what changes, its
+        pre-activation check) and, with preflight, whether the running system is healthy."""
         self.stage(Stage.PREFLIGHT if preflight else Stage.CHECK)
         seen = await target.inspect(
             self.remote,
@@ -213,509 +173,20 @@ class HostDeploy:
             pre_activate=self.opts.pre_activate_script or DEFAULT_PRE_ACTIVATE,
             preflight_s=self.t.preflight if preflight else 0,
         )
-        ours = [u for u in seen.failed_units if u.startswith("deploy-flake-")]
-        if seen.health == "degraded" and ours and len(ours) == len(seen.failed_units):
-            # only an earlier, killed transaction's units: the agent finishes it first
-            self.note(f"an earlier deploy's units failed ({', '.join(ours)}): it is finished first")
-        elif seen.health is not None and seen.health != "running":
-            units = ", ".join(seen.failed_units) if seen.failed_units else "none listed"
-            raise DeployError(
-                f"System is not healthy. State: {seen.health}; failed units: {units}. "
-                "Fix them or deploy with --preflight-check=skip."
-            )
-
+        earlier = checks.preflight_verdict(seen.health, seen.failed_units)
+        if earlier is not None:  # only an earlier, killed transaction's units failed
+            self.note(earlier)
         self.stage(Stage.CHECK)
-        if self.job is Job.PLAN:
-            await self._plan(toplevel, facts, seen)
-            return
-        gate = self.run.gate
-        if gate is not None:  # --ask: the plan, then one answer for every host
-            verdict = await self._plan(toplevel, facts, seen, final=False)
-            if verdict != "ok":
-                raise DeployError(verdict)
-        else:
-            self._sanity_checks(seen.closure, facts.system)
-            for change in seen.changes:
-                self.line(f"change: {change}")
+        return seen
 
-        await self._pre_activate(toplevel, seen.pre_activate)
-        if gate is not None:
-            self.arrived_at_gate = True
-            # hosts waiting for the answer give their --jobs slot to those still building
-            self.run.limit.release()
-            try:
-                go_on = await gate.arrive(self.result)
-            finally:
-                await self.run.limit.acquire()
-            if not go_on:
-                raise DeployError("not confirmed at the --ask prompt: nothing was changed")
-
-        self.stage(Stage.ACTIVATE)
-        await self._activate(toplevel, generation)
-        if self.result.outcome is Outcome.ACTIVATED and self._reboot_wanted(toplevel, facts):
-            await self._reboot(toplevel)
-
-    async def _copy_flake(self) -> None:
-        await retry_copy(
-            "copying the flake",
-            lambda: nix.flake_archive(
-                self.remote, self.opts.flake_dir, timeout=self.t.copy, on_line=self.line
-            ),
-            self.t,
-            self.note,
+    def sanity_checks(self, c: target.ClosureFacts, host_system: str) -> None:
+        """The new system (result.system) is fit for the host, else a DeployError."""
+        checks.check_system(
+            c,
+            toplevel=self.result.system,
+            host_system=host_system,
+            host=self.dest.host,
+            skip=self.opts.skip_checks,
         )
-
-    async def _build(self, facts: HostFacts, copy: asyncio.Task[None] | None) -> str:
-        """Builds this host's configuration on it, once the flake's copy (started with the
-        facts' lookup) is there; or, with a builder, has it built and copies the system."""
-        config = self.dest.config or check_config_name(
-            facts.hostname, f"the host name that {self.dest.host} reports,"
-        )
-        self.result.config = config
-        builder = self.run.builder
-        if builder is not None:
-            self.stage(Stage.BUILD)
-            toplevel = await builder.toplevel(config, on_line=self.line, note=self.note)
-            self.note(f"built {toplevel} {builder.where}")
-            self.stage(Stage.COPY)
-            await retry_copy(
-                "copying the system",
-                lambda: nix.copy_closure(toplevel, to=self.remote, timeout=self.t.copy, on_line=self.line),
-                self.t,
-                self.note,
-            )
-            await nix.add_gc_root(self.remote, toplevel, self.gc_root)
-            return toplevel
-        self.stage(Stage.COPY)
-        assert copy is not None, "a deploy or plan that builds on the host starts the copy with the facts"
-        await copy
-        self.stage(Stage.BUILD)
-        toplevel = await nix.build_toplevel(
-            self.remote,
-            self.run.flake,
-            config,
-            extra_args=self.opts.build_args,
-            gc_root=self.gc_root,
-            timeout=self.t.build,
-            on_line=self.line,
-        )
-        self.note(f"built {toplevel}")
-        return toplevel
-
-    def _rollback_target(self, facts: HostFacts) -> tuple[str, int]:
-        """The generation to roll back to: --to N, or the one before the profile's current one."""
-        generations = dict(facts.generations)
-        current = facts.generation
-        if not generations or current is None:
-            raise DeployError(f"{self.dest.host} has no generations of /nix/var/nix/profiles/system")
-        wanted = self.opts.rollback_to
-        if wanted is None:
-            earlier = [n for n in generations if n < current]
-            if not earlier:
-                raise DeployError(
-                    f"generation {current} is the oldest of /nix/var/nix/profiles/system on "
-                    f"{self.dest.host}: there is nothing to roll back to"
-                )
-            wanted = max(earlier)
-        if wanted not in generations:
-            known = ", ".join(str(n) for n in sorted(generations))
-            raise DeployError(f"{self.dest.host} has no system generation {wanted} (it has {known})")
-        if wanted == current and generations[wanted] == facts.current_system:
-            raise DeployError(
-                f"{self.dest.host} already runs generation {wanted}, the profile's current one: nothing to do"
-            )
-        self.result.config = f"generation {wanted}"
-        self.note(f"rolling back to generation {wanted}: {generations[wanted]}")
-        return generations[wanted], wanted
-
-    def _show_status(self, facts: HostFacts) -> None:
-        """status: what the host runs and how it is, as the facts say."""
-        self.result.outcome = Outcome.UNCHANGED
-        self.result.system = facts.current_system or None
-        self.result.details = status_details(facts)
-        self.stage(Stage.DONE)
-
-    async def _plan(
-        self, toplevel: str, facts: HostFacts, seen: target.Inspection, *, final: bool = True
-    ) -> str:
-        """plan: what activating toplevel would change; nothing is changed. The checks' verdict.
-
-        final: the plan is all this run does for the host (plan, --dry-activate).
-        """
-        verdict = "ok"
-        try:
-            self._sanity_checks(seen.closure, facts.system)
-        except DeployError as e:
-            verdict = str(e)
-        changes = list(seen.changes)
-        units = await target.dry_activate(self.remote, toplevel, timeout=self.t.activation)
-        reboot = seen.closure.reboot_reasons
-        self.result.details = {
-            "plan": {
-                "closure_changes": changes,
-                "units": units,
-                "reboot_needed": bool(reboot),
-                "reboot_reasons": list(reboot),
-                "checks": verdict,
-            }
-        }
-        for change in changes:
-            self.line(f"change: {change}")
-        for action, names in units.items():
-            self.line(f"would {action}: {', '.join(names)}")
-        if not changes and not units:
-            self.line("no change: the host runs this system already")
-        self.line("reboot needed: " + (", ".join(reboot) if reboot else "no"))
-        self.line(f"checks: {verdict}")
-        if final:
-            self.result.outcome = Outcome.UNCHANGED if verdict == "ok" else Outcome.FAILED
-            if verdict != "ok":
-                self.result.error = f"a deploy would refuse this system: {verdict}"
-            self.stage(Stage.DONE)
-        return verdict
-
-    def _sanity_checks(self, c: target.ClosureFacts, host_system: str) -> None:
-        toplevel = self.result.system
-        skip = self.opts.skip_checks
-        if "switch-to-configuration" not in skip and not c.has_switch_to_configuration:
-            raise DeployError(
-                f"{toplevel} has no bin/switch-to-configuration: it is not a NixOS system "
-                "(skip this check with --skip-check=switch-to-configuration)"
-            )
-        if "system-type" not in skip and c.system and host_system and c.system != host_system:
-            raise DeployError(
-                f"the new system is built for {c.system} but the host runs {host_system} "
-                "(skip this check with --skip-check=system-type)"
-            )
-        if "sshd" not in skip and not (c.sshd_units and c.sshd_wanted):
-            what = "does not have sshd" if not c.sshd_units else "has sshd but does not start it at boot"
-            raise DeployError(
-                f"the new configuration {what}: activating it would lock you out of "
-                f"{self.dest.host} (skip this check with --skip-check=sshd if that is intended)"
-            )
-        self.reboot_reasons = c.reboot_reasons
         if c.reboot_reasons and self.opts.reboot is RebootPolicy.NEVER:
             self.note(f"reboot needed to use the new {', '.join(c.reboot_reasons)}")
-
-    async def _pre_activate(self, toplevel: str, exists: bool) -> None:
-        relpath = self.opts.pre_activate_script
-        explicit = relpath is not None
-        relpath = relpath or DEFAULT_PRE_ACTIVATE
-        if not exists:
-            if explicit:
-                raise DeployError(f"the new system has no executable {relpath} (--pre-activate-script)")
-            return
-        self.stage(Stage.PRE_ACTIVATE)
-        done = await target.run_pre_activate(
-            self.remote, toplevel, relpath, timeout=self.t.pre_activate, on_line=self.line
-        )
-        for ln in done.stdout.splitlines():
-            self.line(ln)
-        if not done.ok:
-            raise DeployError(
-                f"the pre-activation check {relpath} failed (exit {done.returncode}): nothing was changed"
-            )
-
-    # ---------------------------------------------------------------- reboot
-    def _reboot_wanted(self, toplevel: str, facts: HostFacts) -> bool:
-        policy = self.opts.reboot
-        if policy is RebootPolicy.ALWAYS:
-            return True
-        if policy is RebootPolicy.NEVER:
-            return False
-        # --test=skip: the new system runs only once the host boots it
-        boot_only = not self.opts.test and toplevel != facts.current_system
-        return bool(self.reboot_reasons) or boot_only
-
-    async def _reboot(self, toplevel: str) -> None:
-        """The new system is committed (profile and boot entry): reboot into it, wait for the
-        host to come back on a new boot within --reboot-timeout, and check what it booted."""
-        self.stage(Stage.REBOOT)
-        limit = self.t.reboot
-        why = f" for the new {', '.join(self.reboot_reasons)}" if self.reboot_reasons else ""
-        self.line(f"rebooting{why}; waiting up to {limit:.0f}s (--reboot-timeout) for it to come back")
-        t0 = time.monotonic()
-        deadline = t0 + limit
-        try:
-            await target.request_reboot(self.remote)
-        except DeployError as e:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"the new system is active and its boot entry written, but the reboot was not done: {e}"
-            )
-            return
-        with contextlib.suppress(Exception):  # its host is going down: the master goes with it
-            await self.remote.disconnect()
-        try:
-            await self._after_reboot(toplevel, t0, deadline)
-        except DeployError as e:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = f"rebooted, and then {e}; check `deploy-flake status {self.dest.raw}`"
-
-    async def _after_reboot(self, toplevel: str, t0: float, deadline: float) -> None:
-        limit = self.t.reboot
-        facts = await target.wait_for_new_boot(self.remote, self.boot_id, deadline)
-        host = self.dest.host
-        if facts is None:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"rebooted, but {host} did not come back within {limit:.0f}s (--reboot-timeout). Its "
-                f"boot entry is the new system {toplevel}; check the host's console, then "
-                f"`deploy-flake status {self.dest.raw}`"
-            )
-            return
-        self.line(f"back after {time.monotonic() - t0:.0f}s, boot id {facts.boot_id}")
-        self.boot_id = facts.boot_id
-        if facts.booted_system != toplevel or facts.current_system != toplevel:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"rebooted, but {host} came back running {facts.current_system or 'no known system'} "
-                f"(booted {facts.booted_system or 'unknown'}), not the new system {toplevel}: the boot "
-                "loader did not start the new entry; check `readlink /nix/var/nix/profiles/system` "
-                "and the boot loader's default"
-            )
-            return
-        await self.remote.connect(max(1.0, min(self.t.connect, deadline - time.monotonic())))
-        state, failed = await target.system_health(self.remote, max(1.0, deadline - time.monotonic()))
-        if state != "running":
-            units = ", ".join(failed) if failed else "none listed"
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"rebooted into the new system, but it is {state} (failed units: {units}); "
-                f"`deploy-flake rollback --reboot=if-needed {self.dest.raw}` returns it to the "
-                "previous generation"
-            )
-            return
-        self.note(f"rebooted into the new system in {time.monotonic() - t0:.0f}s; it is running")
-        self.stage(Stage.DONE)
-
-    # ---------------------------------------------------------------- activation
-    def _settings(self, toplevel: str, generation: int | None = None) -> Settings:
-        t = self.t
-        return Settings(
-            new_system=toplevel,
-            mode=Mode.TEST if self.opts.test else Mode.BOOT,
-            activation_s=_whole(t.activation),
-            health_s=_whole(t.health),
-            settle_s=_whole(t.settle, minimum=0),
-            confirm_s=_whole(t.confirm),
-            boot_s=_whole(t.boot),
-            holder=self.run.holder,
-            gc_root=self.gc_root if generation is None else "",
-            flake=self.run.flake.url if generation is None else f"rollback to generation {generation}",
-            generation=generation,
-        )
-
-    async def _activate(self, toplevel: str, generation: int | None = None) -> None:
-        settings = self._settings(toplevel, generation)
-        agent = Agent(self.remote, self.deploy_id, settings)
-        self.agent = agent
-        # Without a settle window, the fresh login starts as soon as the activation has
-        # finished (checking): it is made after the activation either way, and its round
-        # trips overlap the health check. The agent holds it until it asks for it.
-        early = settings.mode is Mode.TEST and settings.settle_s == 0
-        stop = Phase.CHECKING if early else None
-        handoff = (Phase.CHECKING, Phase.AWAITING_CONFIRMATION) if early else (Phase.AWAITING_CONFIRMATION,)
-        # installs the agent first when the host does not have it
-        status = await agent.start(self.line, stop=stop)
-        self._saw(status)
-        self._on_phase(status.phase)
-        if not status.phase.final and status.phase is not Phase.NONE:
-            if status.phase not in handoff:
-                status = await self._follow(agent, until=lambda p: p in handoff, stop=stop)
-            if status.phase in handoff:
-                status = await self._confirm(agent)
-        await self._conclude(agent, status)
-
-    def _saw(self, status: Status) -> None:
-        """The agent's record of the system it returns to is the truth (ours may be stale)."""
-        if status.previous_system:
-            self.result.previous_system = status.previous_system
-
-    def _on_phase(self, phase: Phase) -> None:
-        if phase.stage is not None:
-            self.stage(phase.stage)
-
-    async def _follow(
-        self,
-        agent: Agent,
-        *,
-        until: Callable[[Phase], bool] = lambda p: p.final,
-        stop: Phase | None = None,
-    ) -> Status:
-        status = await agent.follow(
-            self.line, self._on_phase, until=until, stop=stop, reconnect=self._reconnect, on_contact=self.note
-        )
-        self._saw(status)
-        return status
-
-    async def _confirm(self, agent: Agent) -> Status:
-        """Confirms over a brand-new SSH connection, then follows the commit to its end."""
-        self.stage(Stage.CONFIRM)
-        status, login_error = await agent.confirm(self.line)  # shows the commit's log too
-        if status is None:
-            self.note(
-                f"cannot log in to {self.dest.host} over a new SSH connection ({login_error}): "
-                "the host rolls back to its previous system by itself"
-            )
-        else:
-            self._on_phase(status.phase)
-        confirmed = status is not None and status.phase in (Phase.COMMITTING, Phase.ACTIVATED)
-        if status is None or not status.phase.final:
-            status = await self._follow(agent)
-        if confirmed and status.phase is Phase.ACTIVATED:
-            self.note("confirmed over a new SSH connection")
-        self._saw(status)
-        return status
-
-    async def _conclude(self, agent: Agent, status: Status) -> None:
-        if status.phase is Phase.NONE:
-            await self._transaction_vanished(agent)
-            return
-        outcome = status.phase.outcome or Outcome.UNKNOWN
-        self.result.outcome = outcome
-        if outcome is Outcome.ACTIVATED:
-            self.stage(Stage.DONE)
-            return
-        previous = status.previous_system or self.result.previous_system or "the previous system"
-        if status.phase is Phase.ROLLBACK_FAILED:
-            self.result.error = (
-                f"{status.reason}. The host may be running a mix of both systems: log in and run "
-                f"`{previous}/bin/switch-to-configuration test`, then `systemctl --failed`; "
-                f"the log is /run/deploy-flake/{self.deploy_id}/log"
-            )
-        elif status.phase is Phase.RESTORE_FAILED:
-            self.result.error = (
-                f"{status.reason}. Check `readlink /nix/var/nix/profiles/system` "
-                f"(it should name {self.profile_link or 'the generation from before the deploy'}) and "
-                f"`readlink -f /run/current-system` (it should be {previous}); "
-                f"the log is /run/deploy-flake/{self.deploy_id}/log"
-            )
-        elif outcome is Outcome.ROLLED_BACK:
-            self.result.error = f"rolled back: {status.reason}"
-            await self._verify_after_rollback()
-        else:
-            self.result.error = status.reason or "the activation failed"
-
-    async def _transaction_vanished(self, agent: Agent) -> None:
-        """The host has no record of the transaction: it rebooted (its /run is gone), or the
-        unit never started. What the host runs now, seen over a new login, decides."""
-        facts = await target.host_facts(self.remote, fresh=True)
-        previous = self.result.previous_system or ""
-        new = agent.settings.new_system
-        if facts.current_system == previous and facts.profile_link == self.profile_link:
-            self.result.outcome = Outcome.ROLLED_BACK
-            self.result.error = (
-                "rolled back: the host lost the record of the deploy (did it reboot?) and runs its "
-                "previous system; the boot entry was not changed"
-            )
-        elif facts.current_system == new and facts.profile_link != self.profile_link:
-            self.result.outcome = Outcome.ACTIVATED
-            self.note(
-                "the host lost the record of the deploy (did it reboot?) but runs the new, committed system"
-            )
-            self.stage(Stage.DONE)
-        else:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"the host lost the record of the deploy (did it reboot?): it runs {facts.current_system}, "
-                f"its system profile is {facts.profile_link}; check `readlink -f /run/current-system` "
-                "and `systemctl --failed`"
-            )
-
-    async def _reconnect(self) -> None:
-        """After a lost connection: open the shared connection again."""
-        with contextlib.suppress(DeployError):
-            await self.remote.connect(self.t.connect)
-
-    async def _verify_after_rollback(self) -> None:
-        """A new login must work and the previous system must be running again."""
-        expected = self.result.previous_system
-        deadline = time.monotonic() + VERIFY_LOGIN_S
-        last_error = "no answer"
-        while True:
-            try:
-                done = await self.remote.run(
-                    ["readlink", "-f", "/run/current-system"], fresh=True, timeout=30
-                )
-            except ProcessTimeout:
-                done = None
-            except ConnectionLost as e:
-                done, last_error = None, e.ssh_error
-            if done is not None and not done.ok:
-                last_error = done.last_lines(1) or f"ssh exited with {done.returncode}"
-            if done is not None and done.ok:
-                current = done.stdout.strip()
-                if expected and current != expected:
-                    self.result.outcome = Outcome.UNKNOWN
-                    self.result.error = (
-                        f"{self.result.error}; but the host now runs {current}, not {expected}"
-                    )
-                else:
-                    self.note("verified over a new SSH connection: back on the previous system, healthy")
-                return
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(1)
-        self.result.outcome = Outcome.UNKNOWN
-        self.result.error = (
-            f"{self.result.error}; but a new SSH login to {self.dest.host} still fails after "
-            f"{VERIFY_LOGIN_S}s ({last_error}): check the host's console"
-        )
-
-    async def _interrupted(self) -> None:
-        """Ctrl-C or SIGTERM after the transaction was asked for: ask the host to roll back
-        (or never to start), and follow it to its end."""
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        agent = self.agent
-        assert agent is not None
-        self.note("interrupted: asking the host to roll back")
-        try:
-            status = await agent.abort()
-            if status is None or (not status.phase.final and status.phase is not Phase.NONE):
-                status = await self._follow(agent)
-            if status.phase is Phase.NONE:
-                status = Status(Phase.FAILED, reason="interrupted before the transaction started")
-            await self._conclude(agent, status)
-            if self.result.outcome is Outcome.ACTIVATED:
-                self.note("the host had already committed the new system when interrupted")
-            elif self.result.outcome is Outcome.FAILED and "interrupted" not in status.reason:
-                self.result.error = f"interrupted: {status.reason or 'nothing was changed'}"
-        except (DeployError, OSError) as e:
-            self.result.outcome = Outcome.UNKNOWN
-            self.result.error = (
-                f"interrupted, and then {e}; without confirmation {self.dest.host} returns to its "
-                f"previous system by itself within {self.t.confirm:.0f}s of its activation"
-            )
-
-
-async def _settle(task: asyncio.Task[None]) -> None:
-    """A helper task this host no longer waits for: stopped (its process killed), and its
-    outcome taken, so that an error nobody awaited is not reported again."""
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-
-
-def _whole(seconds: float, *, minimum: int = 1) -> int:
-    """The agent counts whole seconds; the command line refuses anything it cannot enforce."""
-    return max(minimum, int(-(-seconds // 1)))
-
-
-def status_details(facts: HostFacts) -> dict[str, object]:
-    """The status of a host, by the names `deploy-flake status --json` promises."""
-    return {
-        "reachable": True,
-        "state": facts.state or "unknown",
-        "failed_units": list(facts.failed_units),
-        "current_system": facts.current_system or None,
-        "booted_system": facts.booted_system or None,
-        "profile_system": facts.profile_system or None,
-        "generation": facts.generation,
-        "reboot_needed": bool(facts.reboot_reasons),
-        "reboot_reasons": list(facts.reboot_reasons),
-        "last_deploy": dict(facts.last_deploy) or None,
-    }

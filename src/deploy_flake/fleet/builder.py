@@ -6,39 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from deploy_flake import nix
-from deploy_flake.errors import DeployError, PermanentError, ProcessTimeout
+from deploy_flake.errors import DeployError
 from deploy_flake.models import BuildOn, BuildPlace, Timeouts
 from deploy_flake.nix import Flake
 from deploy_flake.process import LineSink
 from deploy_flake.remote.ssh import Remote, SshSettings
-
-
-async def retry_copy(
-    what: str, copy: Callable[[], Awaitable[None]], t: Timeouts, note: Callable[[str], None]
-) -> None:
-    """A copy with up to t.copy_attempts tries, each within t.copy (--copy-timeout), 2 s, 4 s,
-    ... apart; a PermanentError (the host refuses the paths) is not tried again."""
-    attempts = max(1, t.copy_attempts)
-    for attempt in range(1, attempts + 1):
-        try:
-            await copy()
-            return
-        except DeployError as e:  # a timeout (ProcessTimeout) too
-            reason = (
-                f"no progress within {t.copy:.0f}s (--copy-timeout)"
-                if isinstance(e, ProcessTimeout)
-                else str(e)
-            )
-            if attempt == attempts or isinstance(e, PermanentError):
-                tries = f"{attempt} attempts" if attempt > 1 else "1 attempt"
-                raise DeployError(f"{what} failed after {tries}: {reason}") from None
-            delay = 2.0**attempt
-            note(f"{what}: copy attempt {attempt} failed ({reason}); retrying in {delay:.0f}s")
-            await asyncio.sleep(delay)
 
 
 class Builder:
@@ -96,7 +72,7 @@ class Builder:
             await remote.connect(self.t.connect)
         except DeployError as e:
             raise DeployError(f"the builder (--build-on): {e}") from None
-        await retry_copy(
+        await nix.retry_copy(
             f"copying the flake to the builder {remote.dest.host}",
             lambda: nix.flake_archive(remote, self.flake_dir, timeout=self.t.copy, on_line=on_line),
             self.t,
@@ -124,7 +100,7 @@ class Builder:
             on_line=on_line,
         )
         if remote is not None:  # into the deployer's store, once; the hosts get it from there
-            await retry_copy(
+            await nix.retry_copy(
                 f"copying {config} from the builder {remote.dest.host}",
                 lambda: nix.copy_closure(toplevel, source=remote, timeout=self.t.copy, on_line=on_line),
                 self.t,

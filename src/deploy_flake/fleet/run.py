@@ -15,7 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploy_flake import nix, process
-from deploy_flake.deploy.host import HostDeploy, Run
+from deploy_flake.deploy.host import HostJob
+from deploy_flake.deploy.jobs import host_job
+from deploy_flake.deploy.run import Run
 from deploy_flake.errors import InterruptedTwice
 from deploy_flake.fleet.builder import Builder
 from deploy_flake.models import BuildPlace, DeployOptions, HostResult, Job, Outcome
@@ -67,25 +69,24 @@ async def deploy_all(
             limit=asyncio.Semaphore(options.jobs or default_jobs(len(targets))),
             gate=Gate(len(targets)) if options.ask and options.job is Job.DEPLOY else None,
         )
+        builder = None
         if options.build_on.place is not BuildPlace.TARGET and options.job in (Job.DEPLOY, Job.PLAN):
-            run = replace(
-                run,
-                builder=Builder(
-                    options.build_on,
-                    flake,
-                    options.flake_dir,
-                    ssh=ssh,
-                    workdir=Path(control_dir),
-                    run_id=run.run_id,
-                    build_args=options.build_args,
-                    timeouts=options.timeouts,
-                ),
+            builder = Builder(
+                options.build_on,
+                flake,
+                options.flake_dir,
+                ssh=ssh,
+                workdir=Path(control_dir),
+                run_id=run.run_id,
+                build_args=options.build_args,
+                timeouts=options.timeouts,
             )
+            run = replace(run, builder=builder)
         try:
             return await _run_all(run, targets, ssh, ssh_options)
         finally:
-            if run.builder is not None:
-                await asyncio.shield(run.builder.close())
+            if builder is not None:
+                await asyncio.shield(builder.close())
 
 
 async def _run_all(
@@ -95,7 +96,7 @@ async def _run_all(
     options = run.options
     limit = run.limit
     deploys = [
-        HostDeploy(
+        host_job(
             run,
             t.dest,
             i,
@@ -113,7 +114,7 @@ async def _run_all(
     if not canaries:
         canary_verdict.set_result(None)
 
-    async def one(i: int, deploy: HostDeploy) -> HostResult:
+    async def one(i: int, deploy: HostJob) -> HostResult:
         nonlocal failures, stop, canaries_left
         try:
             if i >= canaries:
@@ -125,7 +126,7 @@ async def _run_all(
             limit.release()
             return deploy.skipped(stop, Outcome.SKIPPED)
         try:
-            result = await deploy.deploy()
+            result = await deploy.perform()
         finally:
             limit.release()
             if run.gate is not None and not deploy.arrived_at_gate:
@@ -172,7 +173,7 @@ def default_jobs(hosts: int) -> int:
 
 
 async def _all_or_hard_stop(
-    tasks: list[asyncio.Task[HostResult]], deploys: list[HostDeploy], hard_stop: asyncio.Event
+    tasks: list[asyncio.Task[HostResult]], deploys: list[HostJob], hard_stop: asyncio.Event
 ) -> list[HostResult]:
     """Every host's result; on a second Ctrl-C, InterruptedTwice with what is known."""
     everything = asyncio.gather(*tasks)
@@ -194,7 +195,7 @@ async def _all_or_hard_stop(
 
 async def _undo_activated(
     run: Run,
-    deploys: list[HostDeploy],
+    deploys: list[HostJob],
     results: list[HostResult],
     tasks: list[asyncio.Task[HostResult]],
     hard_stop: asyncio.Event,
@@ -205,7 +206,7 @@ async def _undo_activated(
     if not others:
         return
     undo_run = replace(run, run_id=run.run_id + "u", gate=None)
-    undos: list[tuple[HostResult, HostDeploy, int]] = []
+    undos: list[tuple[HostResult, HostJob, int]] = []
     for i, (deploy, result) in enumerate(zip(deploys, results, strict=True)):
         generation = _generation_number(deploy.profile_link)
         if result.outcome is not Outcome.ACTIVATED:
@@ -217,12 +218,12 @@ async def _undo_activated(
             )
             continue
         options = replace(deploy.opts, job=Job.ROLLBACK, rollback_to=generation, canary=0, max_failures=0)
-        undo_deploy = HostDeploy(undo_run, deploy.dest, i, options=options, ssh=deploy.remote.settings)
+        undo_deploy = host_job(undo_run, deploy.dest, i, options=options, ssh=deploy.remote.settings)
         undos.append((result, undo_deploy, generation))
 
-    async def undo(deploy: HostDeploy) -> HostResult:
+    async def undo(deploy: HostJob) -> HostResult:
         async with run.limit:
-            return await deploy.deploy()
+            return await deploy.perform()
 
     new_tasks = [asyncio.create_task(undo(d)) for _, d, _ in undos]
     tasks.extend(new_tasks)  # the first Ctrl-C reaches them too

@@ -1,0 +1,90 @@
+"""The four jobs a run does to each host, step by step, and host_job: the one a run asks for.
+
+status    connect, read the facts, report them
+plan      connect, copy the flake, build, inspect, show what would change
+deploy    connect, copy the flake, build, inspect, check, activate, confirm (reboot)
+rollback  connect, pick the generation, inspect, check, activate, confirm (reboot)
+"""
+
+from __future__ import annotations
+
+from deploy_flake.deploy.build import build_system, copying_flake
+from deploy_flake.deploy.host import HostJob
+from deploy_flake.deploy.plan import show_plan
+from deploy_flake.deploy.rollback_target import rollback_target
+from deploy_flake.deploy.run import Run
+from deploy_flake.deploy.status import show_status
+from deploy_flake.deploy.transaction import TransactionJob
+from deploy_flake.models import DeployOptions, Job
+from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.ssh import SshSettings
+
+
+class StatusJob(HostJob):
+    """status: what the host runs and how it is; nothing is changed."""
+
+    async def _steps(self) -> None:
+        show_status(self, await self._facts())
+
+
+class PlanJob(HostJob):
+    """plan: builds the system and shows what activating it would change; nothing is changed."""
+
+    builds = True
+
+    async def _steps(self) -> None:
+        async with copying_flake(self) as copy:
+            facts = await self._facts()
+            await self._use_sudo(facts)
+            toplevel = await build_system(self, facts, copy)
+            self.result.system = toplevel
+            seen = await self._inspect(toplevel, facts, preflight=False)
+            await show_plan(self, toplevel, facts, seen)
+
+
+class DeployJob(TransactionJob):
+    """deploy: builds the flake's configuration for the host and makes it the host's system."""
+
+    builds = True
+
+    async def _steps(self) -> None:
+        async with copying_flake(self) as copy:
+            facts = await self._facts()
+            await self._use_sudo(facts)
+            toplevel = await build_system(self, facts, copy)
+            await self._change_to(toplevel, facts)
+
+
+class RollbackJob(TransactionJob):
+    """rollback: an earlier generation of the system profile (--to N, or the one before the
+    current one) becomes the host's system again."""
+
+    async def _steps(self) -> None:
+        facts = await self._facts()
+        await self._use_sudo(facts)
+        toplevel, generation = rollback_target(facts, self.opts.rollback_to, self.dest.host)
+        self.result.config = f"generation {generation}"
+        self.note(f"rolling back to generation {generation}: {toplevel}")
+        await self._change_to(toplevel, facts, generation)
+
+
+JOBS: dict[Job, type[HostJob]] = {
+    Job.STATUS: StatusJob,
+    Job.PLAN: PlanJob,
+    Job.DEPLOY: DeployJob,
+    Job.ROLLBACK: RollbackJob,
+}
+
+
+def host_job(
+    run: Run,
+    dest: Destination,
+    index: int,
+    *,
+    options: DeployOptions | None = None,
+    ssh: SshSettings | None = None,
+) -> HostJob:
+    """The job the host's options (an inventory's per-host ones, else the run's) name, for
+    the index-th host of the run; `await job.perform()` runs it."""
+    job = (options or run.options).job
+    return JOBS[job](run, dest, index, options=options, ssh=ssh)

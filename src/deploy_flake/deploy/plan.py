@@ -1,0 +1,50 @@
+"""plan: what activating a new system would change on a host, and whether a deploy would
+accept it; nothing is changed. A deploy with --ask shows it too, before the one answer."""
+
+from __future__ import annotations
+
+from deploy_flake.deploy.host import HostJob
+from deploy_flake.errors import DeployError
+from deploy_flake.host import target
+from deploy_flake.host.target import HostFacts
+from deploy_flake.models import Outcome, Stage
+
+
+async def show_plan(
+    job: HostJob, toplevel: str, facts: HostFacts, seen: target.Inspection, *, final: bool = True
+) -> str:
+    """plan: what activating toplevel would change; nothing is changed. The checks' verdict.
+
+    final: the plan is all this run does for the host (plan, --dry-activate).
+    """
+    verdict = "ok"
+    try:
+        job.sanity_checks(seen.closure, facts.system)
+    except DeployError as e:
+        verdict = str(e)
+    changes = list(seen.changes)
+    units = await target.dry_activate(job.remote, toplevel, timeout=job.t.activation)
+    reboot = seen.closure.reboot_reasons
+    job.result.details = {
+        "plan": {
+            "closure_changes": changes,
+            "units": units,
+            "reboot_needed": bool(reboot),
+            "reboot_reasons": list(reboot),
+            "checks": verdict,
+        }
+    }
+    for change in changes:
+        job.line(f"change: {change}")
+    for action, names in units.items():
+        job.line(f"would {action}: {', '.join(names)}")
+    if not changes and not units:
+        job.line("no change: the host runs this system already")
+    job.line("reboot needed: " + (", ".join(reboot) if reboot else "no"))
+    job.line(f"checks: {verdict}")
+    if final:
+        job.result.outcome = Outcome.UNCHANGED if verdict == "ok" else Outcome.FAILED
+        if verdict != "ok":
+            job.result.error = f"a deploy would refuse this system: {verdict}"
+        job.stage(Stage.DONE)
+    return verdict

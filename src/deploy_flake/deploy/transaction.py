@@ -1,0 +1,108 @@
+"""What a deploy and a rollback share once they know the system the host is to run: the
+checks, the pre-activation check, --ask's one answer, the host's transaction, the reboot."""
+
+from __future__ import annotations
+
+from deploy_flake.deploy.activation import Activation
+from deploy_flake.deploy.host import DEFAULT_PRE_ACTIVATE, HostJob
+from deploy_flake.deploy.plan import show_plan
+from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
+from deploy_flake.deploy.run import Run
+from deploy_flake.errors import DeployError
+from deploy_flake.host import target
+from deploy_flake.host.target import HostFacts
+from deploy_flake.models import DeployOptions, Outcome, Stage
+from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.ssh import SshSettings
+
+
+class TransactionJob(HostJob):
+    """A job that changes the host's system through the host's transaction."""
+
+    def __init__(
+        self,
+        run: Run,
+        dest: Destination,
+        index: int,
+        *,
+        options: DeployOptions | None = None,
+        ssh: SshSettings | None = None,
+    ) -> None:
+        super().__init__(run, dest, index, options=options, ssh=ssh)
+        self.activation = Activation(self)  # the host's transaction, once it was asked for
+
+    @property
+    def started(self) -> bool:
+        return self.activation.started
+
+    async def _interrupted(self) -> None:
+        if self.result.stage is Stage.REBOOT:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                "interrupted while the host rebooted into its new, committed system; "
+                f"check `deploy-flake status {self.dest.raw}`"
+            )
+        elif self.started:
+            await self.activation.interrupted()
+        else:
+            await super()._interrupted()
+
+    async def _change_to(self, toplevel: str, facts: HostFacts, generation: int | None = None) -> None:
+        """The host's system becomes toplevel (generation: a rollback's), as the checks,
+        the pre-activation check and --ask let it; then the reboot --reboot asks for."""
+        self.result.system = toplevel
+        seen = await self._inspect(toplevel, facts, preflight=self.opts.preflight)
+        gate = self.run.gate
+        if gate is not None:  # --ask: the plan, then one answer for every host
+            verdict = await show_plan(self, toplevel, facts, seen, final=False)
+            if verdict != "ok":
+                raise DeployError(verdict)
+        else:
+            self.sanity_checks(seen.closure, facts.system)
+            for change in seen.changes:
+                self.line(f"change: {change}")
+
+        await self._pre_activate(toplevel, seen.pre_activate)
+        if gate is not None:
+            self.arrived_at_gate = True
+            # hosts waiting for the answer give their --jobs slot to those still building
+            self.run.limit.release()
+            try:
+                go_on = await gate.arrive(self.result)
+            finally:
+                await self.run.limit.acquire()
+            if not go_on:
+                raise DeployError("not confirmed at the --ask prompt: nothing was changed")
+
+        self.stage(Stage.ACTIVATE)
+        await self.activation.activate(toplevel, generation)
+        # the checks passed: what of the new system takes a reboot to use
+        reasons = seen.closure.reboot_reasons
+        if self.result.outcome is Outcome.ACTIVATED and reboot_wanted(
+            self.opts.reboot,
+            test=self.opts.test,
+            reboot_reasons=reasons,
+            toplevel=toplevel,
+            current_system=facts.current_system,
+        ):
+            await reboot_into(self, toplevel, reasons)
+
+    async def _pre_activate(self, toplevel: str, exists: bool) -> None:
+        """The new system's own pre-activation check (--pre-activate-script), when it has one."""
+        relpath = self.opts.pre_activate_script
+        explicit = relpath is not None
+        relpath = relpath or DEFAULT_PRE_ACTIVATE
+        if not exists:
+            if explicit:
+                raise DeployError(f"the new system has no executable {relpath} (--pre-activate-script)")
+            return
+        self.stage(Stage.PRE_ACTIVATE)
+        done = await target.run_pre_activate(
+            self.remote, toplevel, relpath, timeout=self.t.pre_activate, on_line=self.line
+        )
+        for ln in done.stdout.splitlines():
+            self.line(ln)
+        if not done.ok:
+            raise DeployError(
+                f"the pre-activation check {relpath} failed (exit {done.returncode}): nothing was changed"
+            )
