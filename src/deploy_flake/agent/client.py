@@ -258,10 +258,16 @@ class Agent:
         lost_since: float | None = None
         orphaned_in: Phase | None = None  # the phase in which the transaction's unit was seen dead
         rescues = 0
-        rescue = self.last is not None and self.last.orphaned and self.last.keeper is Keeper.NONE
+        rescue = False
+        # a transaction already seen without its unit (in start's or confirm's answer) is
+        # handled as if this loop had seen it
+        seen = self.last if self.last is not None and self.last.orphaned else None
         host = self.remote.dest.host
         while True:
-            if rescue:
+            status: Status | None
+            if seen is not None:
+                status, seen = seen, None
+            elif rescue:
                 rescues += 1
                 status = await self.rescue(on_line)
             else:
@@ -290,9 +296,9 @@ class Agent:
                     phase = status.phase
                     deadline = time.monotonic() + self.settings.remaining_s(phase)
                     on_phase(phase)
-                if until(phase) or phase.final or phase is Phase.NONE:
+                if phase.final or phase is Phase.NONE or (until(phase) and not status.orphaned):
                     return status
-                if status.orphaned:
+                if status.orphaned:  # its guard's recovery is all there is to follow now
                     if orphaned_in is None:
                         orphaned_in = phase
                         # from here on, only the guard's recovery is waited for

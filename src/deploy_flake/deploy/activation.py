@@ -69,9 +69,10 @@ class Activation:
         self._saw(status)
         self._on_phase(status.phase)
         if not status.phase.final and status.phase is not Phase.NONE:
-            if status.phase not in handoff:
+            # a transaction whose unit died (orphaned) is never confirmed: its guard rolls it back
+            if status.phase not in handoff or status.orphaned:
                 status = await self._follow(agent, until=lambda p: p in handoff, stop=stop)
-            if status.phase in handoff:
+            if status.phase in handoff and not status.orphaned:
                 status = await self._confirm(agent)
         await self._conclude(agent, status)
 

@@ -1,0 +1,423 @@
+"""Whole flows of one host, in-process: a scripted host (tests/fake_remote.py) answers every
+command of a deploy, rollback, plan or status, and each test asserts the exact commands sent,
+in order, and the host's result. They cover the outcome policy's branches in milliseconds;
+the lab tests show the same on real hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from deploy_flake.agent.protocol import STATUS_TAG
+from deploy_flake.deploy import host as host_module
+from deploy_flake.deploy.jobs import host_job
+from deploy_flake.deploy.run import Run
+from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, Stage, Timeouts
+from deploy_flake.nix import Flake
+from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.ssh import SshSettings
+from tests.fake_remote import Answer, FakeHost, FakeRemote, Reply
+
+OLD = "/nix/store/0000000000000000000000000000000a-nixos-system-web-1"
+NEW = "/nix/store/1111111111111111111111111111111b-nixos-system-web-2"
+OLDER = "/nix/store/2222222222222222222222222222222c-nixos-system-web-0"
+
+
+class Recorded:
+    """The run's events: what a user would have seen."""
+
+    def __init__(self) -> None:
+        self.stages: list[Stage] = []
+        self.notes: list[str] = []
+        self.lines: list[str] = []
+
+    def stage(self, label: str, stage: Stage) -> None:
+        self.stages.append(stage)
+
+    def line(self, label: str, text: str) -> None:
+        self.lines.append(text)
+
+    def note(self, label: str, text: str) -> None:
+        self.notes.append(text)
+
+    def finished(self, label: str, result: HostResult) -> None:
+        pass
+
+
+def facts(*, current: str = OLD, uid: int = 0, generations: Sequence[tuple[int, str]] = ((1, OLD),)) -> Reply:
+    gens = "".join(f"generation={n} {s}\n" for n, s in generations)
+    profile = max(n for n, _ in generations)
+    return Reply(
+        f"uid={uid}\nhostname=web\nmachine=x86_64\ncurrent={current}\nbooted={current}\n"
+        f"profile=system-{profile}-link\nprofile_system={current}\nstate=running\n"
+        f"boot_id=b00t\n{gens}"
+    )
+
+
+def inspection(*, health: str = "running", failed: Sequence[str] = (), sshd: bool = True) -> Reply:
+    lines = [f"health={health}", *(f"failed={u}" for u in failed), "stc=yes", "system=x86_64-linux"]
+    if sshd:
+        lines += ["unit=sshd.service", "wanted=multi-user.target.wants/sshd.service"]
+    for f in ("kernel", "initrd", "kernel-modules"):
+        lines += [f"boot:{f}=/nix/store/k-{f}", f"booted:{f}=/nix/store/k-{f}"]
+    return Reply("\n".join(lines) + "\n")
+
+
+def status(phase: str, reason: str = "", keeper: str = "unit", log: str = "") -> Reply:
+    return Reply(f"{log}{STATUS_TAG}\t{phase}\t{OLD}\t{NEW}\t{keeper}\t{reason}\n")
+
+
+# Short limits: the deploy's own waits (a confirmation window, a retry) stay short.
+FAST = Timeouts(settle=0, confirm=5, health=5, activation=5, boot=5, copy=5, copy_attempts=1)
+BUILT = Reply(f'[{{"drvPath":"/nix/store/x.drv","outputs":{{"out":"{NEW}"}}}}]\n')
+
+
+@pytest.fixture
+def instant(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The clock and asyncio's sleeps made virtual for the test (time.monotonic and
+    asyncio.sleep, which the agent client's waits use): a confirmation window or a contact
+    window passes at once. The list holds the clock; a reply may move it on."""
+    clock = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += max(seconds, 0.01)
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    return clock
+
+
+def run_job(
+    monkeypatch: pytest.MonkeyPatch,
+    table: Sequence[tuple[str, Answer]],
+    *,
+    job: Job = Job.DEPLOY,
+    dest: str = "nixos://web/web",
+    **options: object,
+) -> tuple[HostResult, FakeHost, Recorded]:
+    """One host's job against a scripted host; its result, the host (what was sent), the events."""
+    fake = FakeHost(table)
+    monkeypatch.setattr(host_module, "Remote", lambda d, s: FakeRemote(d, s, host=fake))
+    events = Recorded()
+    options.setdefault("timeouts", FAST)
+    opts = DeployOptions(flake_dir=Path("/flake"), job=job, **options)  # type: ignore[arg-type]
+    run = Run(
+        flake=Flake(url="path:/flake", store_path="/nix/store/f-source"),
+        options=opts,
+        ssh=SshSettings(control_dir=Path("/nonexistent")),
+        events=events,
+        run_id="t",
+        holder="tester",
+        limit=asyncio.Semaphore(1),
+    )
+    result = asyncio.run(host_job(run, Destination.parse(dest), 0).perform())
+    assert not fake.mismatch, fake.mismatch
+    assert fake.left == [], f"the deploy ended before sending {fake.left}; sent {fake.sent}"
+    return result, fake, events
+
+
+# What every deploy that builds on the host sends before its transaction: the connection,
+# the facts with the flake's copy beside them, the build, the one inspection round trip.
+BEFORE = [
+    ("connect", Reply()),
+    ("facts", facts()),
+    ("nix flake archive", Reply()),
+    ("nix build", BUILT),
+    ("inspect", inspection()),
+]
+
+
+def test_a_deploy_that_is_confirmed_is_activated(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("checking", log="[deploy-flake] state: checking\n")),
+            ("agent confirm", status("activated")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ACTIVATED and result.error is None, result
+    assert result.system == NEW and result.previous_system == OLD
+    assert fake.sent == [name for name, _ in BEFORE] + ["agent start", "agent confirm", "disconnect"]
+    assert "confirmed over a new SSH connection" in events.notes
+    assert events.stages[-1] is Stage.DONE
+
+
+def test_the_agent_is_installed_when_the_host_does_not_have_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, _ = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("none")),
+            ("agent install", Reply()),
+            ("agent start", status("checking")),
+            ("agent confirm", status("activated")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ACTIVATED, result
+    assert fake.sent.count("agent start") == 2
+
+
+def test_an_unhealthy_host_is_refused_before_anything_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = [*BEFORE[:-1], ("inspect", inspection(health="degraded", failed=["nginx.service"]))]
+    result, fake, _ = run_job(monkeypatch, [*table, ("rm", Reply()), ("disconnect", Reply())])
+    assert result.outcome is Outcome.FAILED and result.stage is Stage.PREFLIGHT
+    assert result.error == (
+        "System is not healthy. State: degraded; failed units: nginx.service. "
+        "Fix them or deploy with --preflight-check=skip."
+    )
+    assert not any(name.startswith("agent") for name in fake.sent)  # nothing was changed
+    assert fake.sent[-2:] == ["rm", "disconnect"]  # the build's GC root goes
+
+
+def test_only_an_earlier_deploys_failed_units_do_not_refuse_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    ours = "deploy-flake-20261207T080000-abcdef-0.service"
+    table = [*BEFORE[:-1], ("inspect", inspection(health="degraded", failed=[ours]))]
+    result, _, events = run_job(
+        monkeypatch,
+        [
+            *table,
+            ("agent start", status("checking")),
+            ("agent confirm", status("activated")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ACTIVATED, result
+    assert any(ours in n and "finished first" in n for n in events.notes), events.notes
+
+
+def test_a_system_without_sshd_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = [*BEFORE[:-1], ("inspect", inspection(sshd=False))]
+    result, fake, _ = run_job(monkeypatch, [*table, ("rm", Reply()), ("disconnect", Reply())])
+    assert result.outcome is Outcome.FAILED and "sshd" in str(result.error), result
+    assert not any(name.startswith("agent") for name in fake.sent)
+
+
+def test_a_failed_activation_is_rolled_back_and_checked_over_a_new_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("rolled-back", "switch-to-configuration test failed (exit 4)")),
+            ("readlink", Reply(f"{OLD}\n")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert result.error == "rolled back: switch-to-configuration test failed (exit 4)"
+    assert "verified over a new SSH connection: back on the previous system, healthy" in events.notes
+    assert fake.sent[-2:] == ["readlink", "disconnect"]
+
+
+def test_a_rollback_that_leaves_another_system_running_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, _, _ = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("rolled-back", "no confirmation")),
+            ("readlink", Reply(f"{OLDER}\n")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.UNKNOWN
+    assert result.error == f"rolled back: no confirmation; but the host now runs {OLDER}, not {OLD}"
+
+
+def test_a_lockout_confirms_nothing_and_the_host_rolls_back(
+    monkeypatch: pytest.MonkeyPatch, instant: list[float]
+) -> None:
+    lost = Reply(stderr="kex_exchange_identification: Connection closed by remote host", lost=True)
+    table: list[tuple[str, Answer]] = [*BEFORE, ("agent start", status("checking"))]
+    table += [("agent confirm", lost)] * 3  # a fresh login, tried until the window closes
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            *table,
+            ("agent watch", status("rolled-back", "no confirmation over a new SSH connection within 5s")),
+            ("readlink", Reply(f"{OLD}\n")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ROLLED_BACK, result
+    assert any("cannot log in to web over a new SSH connection" in n for n in events.notes), events.notes
+    assert fake.sent.count("agent confirm") == 3
+
+
+def test_a_transaction_that_vanished_with_a_reboot_is_judged_by_what_the_host_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result, fake, _ = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("checking")),
+            ("agent confirm", status("none")),
+            ("agent watch", status("none")),
+            ("facts", facts()),  # a new login: the previous system, the profile unchanged
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert "the host lost the record of the deploy (did it reboot?)" in str(result.error)
+    assert fake.sent[-2:] == ["facts", "disconnect"]
+
+
+def test_a_killed_unit_and_its_guard_are_rescued_by_the_deployer(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("activating", keeper="none")),
+            ("agent rescue", status("rolling-back", keeper="guard")),
+            ("agent watch", status("rolled-back", "the activation unit was stopped", keeper="none")),
+            ("readlink", Reply(f"{OLD}\n")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ROLLED_BACK, result
+    assert (
+        "the transaction's unit was killed on web while it was activating: asking the host to start its guard"
+        in events.notes
+    ), events.notes
+    assert fake.sent.count("agent rescue") == 1
+
+
+def test_a_killed_unit_whose_guard_cannot_be_started_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    nobody = status("checking", keeper="none")
+    result, _, _ = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", nobody),
+            ("agent rescue", nobody),
+            ("agent rescue", nobody),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.UNKNOWN, result
+    assert "its guard could not recover the host (2 tries)" in str(result.error), result
+
+
+def test_a_host_that_stops_answering_is_unknown_after_the_contact_window(
+    monkeypatch: pytest.MonkeyPatch, instant: list[float]
+) -> None:
+    def gone(argv: Sequence[str], stdin: bytes | None) -> Reply:
+        instant[0] += 30  # a watch that got no answer for its whole stream window
+        return Reply(stderr="Connection timed out", lost=True)
+
+    table: list[tuple[str, Answer]] = [*BEFORE, ("agent start", status("activating"))]
+    lost_twice: list[tuple[str, Answer]] = [("agent watch", gone), ("connect", Reply())] * 2
+    table += [*lost_twice, ("agent watch", gone)]
+    result, _, events = run_job(monkeypatch, [*table, ("disconnect", Reply())])
+    assert result.outcome is Outcome.UNKNOWN, result
+    assert "no answer from web for" in str(result.error) and "while it was activating" in str(result.error)
+    assert any("no answer from web while it is activating" in n for n in events.notes), events.notes
+
+
+def test_a_rollback_goes_to_the_generation_before_the_current_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            ("connect", Reply()),
+            ("facts", facts(current=NEW, generations=[(1, OLD), (2, NEW)])),
+            ("inspect", inspection()),
+            ("agent start", status("checking")),
+            ("agent confirm", status("activated")),
+            ("disconnect", Reply()),
+        ],
+        job=Job.ROLLBACK,
+    )
+    assert result.outcome is Outcome.ACTIVATED, result
+    assert result.config == "generation 1" and result.system == OLD
+    assert f"rolling back to generation 1: {OLD}" in events.notes
+    settings = fake.stdin["agent start"] or b""
+    assert b"GENERATION=1\n" in settings and f"NEW={OLD}\n".encode() in settings
+
+
+def test_a_rollback_from_the_oldest_generation_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, _ = run_job(
+        monkeypatch,
+        [("connect", Reply()), ("facts", facts()), ("disconnect", Reply())],
+        job=Job.ROLLBACK,
+    )
+    assert result.outcome is Outcome.FAILED
+    assert "generation 1 is the oldest" in str(result.error)
+    assert fake.sent == ["connect", "facts", "disconnect"]
+
+
+def test_status_reads_the_facts_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, _ = run_job(
+        monkeypatch, [("connect", Reply()), ("facts", facts()), ("disconnect", Reply())], job=Job.STATUS
+    )
+    assert result.outcome is Outcome.UNCHANGED and result.system == OLD
+    assert result.details["generation"] == 1 and result.details["state"] == "running"
+    assert fake.sent == ["connect", "facts", "disconnect"]
+
+
+def test_an_unreachable_host_fails_at_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, _ = run_job(monkeypatch, [("connect", Reply(stderr="No route to host", lost=True))])
+    assert result.outcome is Outcome.FAILED and result.stage is Stage.CONNECT
+    assert result.error == "cannot reach web over SSH: No route to host"
+    assert fake.sent == ["connect"]
+
+
+def test_a_plan_builds_inspects_and_dry_activates_without_changing_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dry = Reply(stderr="would restart the following units: nginx.service\n")
+    result, fake, _ = run_job(
+        monkeypatch,
+        [*BEFORE, ("switch-to-configuration dry-activate", dry), ("rm", Reply()), ("disconnect", Reply())],
+        job=Job.PLAN,
+    )
+    assert result.outcome is Outcome.UNCHANGED, result
+    assert not any(name.startswith("agent") for name in fake.sent)
+    plan = result.details["plan"]
+    assert isinstance(plan, dict) and plan["checks"] == "ok" and plan["reboot_needed"] is False, plan
+
+
+def _cancelled(answer: Reply) -> Answer:
+    """The answer, with Ctrl-C arriving while it is on its way (the host's task is cancelled)."""
+
+    def reply(argv: Sequence[str], stdin: bytes | None) -> Reply:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        return answer
+
+    return reply
+
+
+def test_ctrl_c_after_the_start_asks_the_host_to_roll_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, _, events = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", _cancelled(status("activating"))),
+            ("agent abort", status("rolling-back")),
+            ("agent watch", status("rolled-back", "the deploy was interrupted before it was confirmed")),
+            ("readlink", Reply(f"{OLD}\n")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ROLLED_BACK, result
+    assert "interrupted: asking the host to roll back" in events.notes
+    assert result.error == "rolled back: the deploy was interrupted before it was confirmed"
+
+
+def test_ctrl_c_before_the_start_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, _ = run_job(
+        monkeypatch,
+        [*BEFORE[:-1], ("inspect", _cancelled(inspection())), ("rm", Reply()), ("disconnect", Reply())],
+    )
+    assert result.outcome is Outcome.FAILED
+    assert result.error == "interrupted before anything was changed"
+    assert not any(name.startswith("agent") for name in fake.sent)
