@@ -16,9 +16,9 @@ from typing import ClassVar, Literal, Protocol
 
 import click
 
-from deploy_flake.errors import DeployError, InterruptedTwice, UsageError
+from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.fleet.inventory import load_inventory, select
-from deploy_flake.fleet.run import Target, deploy_all
+from deploy_flake.fleet.run import InterruptedTwice, Target, deploy_all
 from deploy_flake.models import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,

@@ -1,6 +1,7 @@
 """The one error tree: every failure deploy-flake reports is a DeployError, a message a user
 can act on. Its branches say what kind of failure it was, for the few places that decide
-differently by kind (a retry, a lost connection that is expected, an interruption)."""
+differently by kind (a retry, a lost connection that is expected, an interruption). One
+branch lives with the results it carries: fleet.run.InterruptedTwice."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from deploy_flake.models import HostResult
-    from deploy_flake.process import Completed
+    from deploy_flake.completed import Completed
 
 
 class DeployError(Exception):
@@ -49,12 +49,3 @@ class ConnectionLost(DeployError):
         self.completed = done
         during = f" during {what}" if what else ""
         super().__init__(f"lost the SSH connection to {host}{during}: {self.ssh_error}")
-
-
-class InterruptedTwice(DeployError):
-    """A second Ctrl-C or SIGTERM: the deployer stops at once, with every host's result as far
-    as it is known."""
-
-    def __init__(self, results: list[HostResult]) -> None:
-        super().__init__("interrupted twice")
-        self.results = results

@@ -8,8 +8,8 @@ import os
 import signal
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
+from deploy_flake.completed import Completed
 from deploy_flake.errors import ProcessTimeout
 
 __all__ = ["Completed", "LineSink", "ProcessTimeout", "kill_all", "run", "run_detached"]
@@ -28,25 +28,6 @@ def kill_all() -> None:
         if proc.returncode is None:  # not reaped: its pid is still its own
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-
-
-@dataclass(frozen=True)
-class Completed:
-    """A finished process: exit code and captured output."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-    stdout_size: int = 0  # bytes, before decoding
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-    def last_lines(self, n: int = 12) -> str:
-        lines = [ln for ln in self.stderr.splitlines() if ln.strip()]
-        return "\n".join(lines[-n:])
 
 
 async def run(

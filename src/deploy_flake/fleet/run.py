@@ -18,7 +18,7 @@ from deploy_flake import nix, process
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.deploy.jobs import host_job
 from deploy_flake.deploy.run import Run
-from deploy_flake.errors import InterruptedTwice
+from deploy_flake.errors import DeployError
 from deploy_flake.fleet.builder import Builder
 from deploy_flake.models import BuildPlace, DeployOptions, HostResult, Job, Outcome
 from deploy_flake.output.ask import Gate
@@ -34,6 +34,15 @@ class Target:
     dest: Destination
     options: DeployOptions | None = None
     ssh_options: tuple[str, ...] = ()  # before the run's: ssh keeps the first value it reads
+
+
+class InterruptedTwice(DeployError):
+    """A second Ctrl-C or SIGTERM: the deployer stops at once, with every host's result as far
+    as it is known."""
+
+    def __init__(self, results: list[HostResult]) -> None:
+        super().__init__("interrupted twice")
+        self.results = results
 
 
 async def deploy_all(
