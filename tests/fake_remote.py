@@ -36,7 +36,10 @@ Answer = Reply | Callable[[Sequence[str], bytes | None], Reply]
 
 
 def command_name(argv: Sequence[str]) -> str:
-    """How a flow test names a command: `agent start`, `facts`, `nix build`, `rm`, ..."""
+    """How a flow test names a command: `agent start`, `facts`, `nix build`, `rm`, ... (a
+    command under `timeout N` by its own name)."""
+    if len(argv) > 2 and argv[0] == "timeout":
+        return command_name(argv[2:])
     if len(argv) >= 5 and argv[:2] == ["/bin/sh", "-c"] and argv[3].startswith("/run/deploy-flake/agent-"):
         return f"agent {argv[4]}"
     if len(argv) >= 3 and argv[0] == "sh" and argv[1] == "-c":

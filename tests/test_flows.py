@@ -6,6 +6,7 @@ the lab tests show the same on real hosts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,9 +15,10 @@ import pytest
 
 from deploy_flake.agent.protocol import STATUS_TAG
 from deploy_flake.deploy import host as host_module
+from deploy_flake.deploy.host import HostJob
 from deploy_flake.deploy.jobs import host_job
 from deploy_flake.deploy.run import Run
-from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, Stage, Timeouts
+from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage, Timeouts
 from deploy_flake.nix import Flake
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
@@ -48,13 +50,19 @@ class Recorded:
         pass
 
 
-def facts(*, current: str = OLD, uid: int = 0, generations: Sequence[tuple[int, str]] = ((1, OLD),)) -> Reply:
+def facts(
+    *,
+    current: str = OLD,
+    uid: int = 0,
+    generations: Sequence[tuple[int, str]] = ((1, OLD),),
+    boot_id: str = "b00t",
+) -> Reply:
     gens = "".join(f"generation={n} {s}\n" for n, s in generations)
     profile = max(n for n, _ in generations)
     return Reply(
         f"uid={uid}\nhostname=web\nmachine=x86_64\ncurrent={current}\nbooted={current}\n"
         f"profile=system-{profile}-link\nprofile_system={current}\nstate=running\n"
-        f"boot_id=b00t\n{gens}"
+        f"boot_id={boot_id}\n{gens}"
     )
 
 
@@ -421,3 +429,67 @@ def test_ctrl_c_before_the_start_changes_nothing(monkeypatch: pytest.MonkeyPatch
     assert result.outcome is Outcome.FAILED
     assert result.error == "interrupted before anything was changed"
     assert not any(name.startswith("agent") for name in fake.sent)
+
+
+def test_reboot_always_reboots_into_the_committed_system_and_checks_it(
+    monkeypatch: pytest.MonkeyPatch, instant: list[float]
+) -> None:
+
+    after = facts(current=NEW, generations=[(1, OLD), (2, NEW)], boot_id="n3w")
+    result, _, events = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("checking")),
+            ("agent confirm", status("activated")),
+            ("systemctl reboot", Reply(stderr="Connection to web closed by remote host.", lost=True)),
+            ("disconnect", Reply()),
+            ("facts", facts(boot_id="b00t")),  # not down yet: the same boot
+            ("facts", after),
+            ("connect", Reply()),
+            ("systemctl is-system-running", Reply("running\n")),  # failed units only if not
+            ("disconnect", Reply()),
+        ],
+        reboot=RebootPolicy.ALWAYS,
+    )
+    assert result.outcome is Outcome.ACTIVATED and result.stage is Stage.DONE, result
+    assert any(n.startswith("rebooted into the new system in") for n in events.notes), events.notes
+
+
+def test_interrupted_twice_after_the_start_is_unknown_and_says_what_to_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second Ctrl-C: the fleet takes each host's result as far as it is known (abandoned)."""
+    jobs: list[HostJob] = []
+
+    def abandon(argv: Sequence[str], stdin: bytes | None) -> Reply:
+        jobs[0].abandoned()  # while the start is on its way: the transaction may run
+        return status("checking")
+
+    fake = FakeHost([*BEFORE, ("agent start", abandon)])
+    monkeypatch.setattr(host_module, "Remote", lambda d, s: FakeRemote(d, s, host=fake))
+    run = Run(
+        flake=Flake(url="path:/flake", store_path="/nix/store/f-source"),
+        options=DeployOptions(flake_dir=Path("/flake"), timeouts=FAST),
+        ssh=SshSettings(control_dir=Path("/nonexistent")),
+        events=Recorded(),
+        run_id="t",
+        holder="tester",
+        limit=asyncio.Semaphore(1),
+    )
+    job = host_job(run, Destination.parse("web"), 0)
+    jobs.append(job)
+
+    async def until_abandoned() -> None:
+        task = asyncio.ensure_future(job.perform())
+        while fake.table:
+            await asyncio.sleep(0)
+        task.cancel()  # the deployer stops at once
+        with contextlib.suppress(asyncio.CancelledError, AssertionError):
+            await task
+
+    asyncio.run(until_abandoned())
+    result = job.result
+    assert result.outcome is Outcome.UNKNOWN, result
+    assert str(result.error).startswith("interrupted twice before the host answered."), result
+    assert "systemctl status deploy-flake-t-0" in str(result.error)
