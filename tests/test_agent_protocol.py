@@ -26,12 +26,13 @@ def _settings(**kw: object) -> Settings:
 
 def test_status_line() -> None:
     s = parse_status(
-        "@@deploy-flake-state\trolled-back\t/nix/store/a-old\t/nix/store/b-new\tnone\tthe unit failed"
+        "@@deploy-flake-state\trolled-back\t/nix/store/a-old\t/nix/store/b-new\tnone\tchecking\t"
+        "the unit failed"
     )
     assert s is not None
     assert s.phase is Phase.ROLLED_BACK and s.phase.final and s.phase.outcome is Outcome.ROLLED_BACK
     assert s.previous_system == "/nix/store/a-old" and s.new_system == "/nix/store/b-new"
-    assert s.reason == "the unit failed" and s.keeper is Keeper.NONE
+    assert s.reason == "the unit failed" and s.keeper is Keeper.NONE and s.killed_in is Phase.CHECKING
     assert not s.orphaned  # final: nothing needs to carry it on
     assert parse_status("fixture: hello") is None
     assert parse_status("@@deploy-flake-state\tno-such-phase\t\t\t") is None
@@ -112,7 +113,7 @@ def test_budgets_shrink_as_the_transaction_advances() -> None:
     ],
 )
 def test_who_carries_a_transaction_on(phase: str, keeper: str, orphaned: bool) -> None:
-    s = parse_status(f"@@deploy-flake-state\t{phase}\t\t\t{keeper}\tbecause")
+    s = parse_status(f"@@deploy-flake-state\t{phase}\t\t\t{keeper}\t\tbecause")
     assert s is not None and s.orphaned is orphaned and s.reason == "because"
 
 

@@ -75,8 +75,8 @@ def inspection(*, health: str = "running", failed: Sequence[str] = (), sshd: boo
     return Reply("\n".join(lines) + "\n")
 
 
-def status(phase: str, reason: str = "", keeper: str = "unit", log: str = "") -> Reply:
-    return Reply(f"{log}{STATUS_TAG}\t{phase}\t{OLD}\t{NEW}\t{keeper}\t{reason}\n")
+def status(phase: str, reason: str = "", keeper: str = "unit", log: str = "", killed_in: str = "") -> Reply:
+    return Reply(f"{log}{STATUS_TAG}\t{phase}\t{OLD}\t{NEW}\t{keeper}\t{killed_in}\t{reason}\n")
 
 
 # Short limits: the deploy's own waits (a confirmation window, a retry) stay short.
@@ -434,7 +434,6 @@ def test_ctrl_c_before_the_start_changes_nothing(monkeypatch: pytest.MonkeyPatch
 def test_reboot_always_reboots_into_the_committed_system_and_checks_it(
     monkeypatch: pytest.MonkeyPatch, instant: list[float]
 ) -> None:
-
     after = facts(current=NEW, generations=[(1, OLD), (2, NEW)], boot_id="n3w")
     result, _, events = run_job(
         monkeypatch,
@@ -493,3 +492,25 @@ def test_interrupted_twice_after_the_start_is_unknown_and_says_what_to_check(
     assert result.outcome is Outcome.UNKNOWN, result
     assert str(result.error).startswith("interrupted twice before the host answered."), result
     assert "systemctl status deploy-flake-t-0" in str(result.error)
+
+
+def test_a_unit_killed_in_checking_is_said_so_though_its_guard_moved_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The guard starts at once (OnFailure=) and is rolling back before the deployer looks:
+    the note names the phase the unit was killed in, which the guard recorded."""
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("rolling-back", keeper="guard", killed_in="checking")),
+            ("agent watch", status("rolled-back", "the activation unit was stopped", killed_in="checking")),
+            ("readlink", Reply(f"{OLD}\n")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ROLLED_BACK, result
+    assert "the transaction's unit was killed on web while it was checking: its guard recovers the host" in (
+        events.notes
+    ), events.notes
+    assert "agent rescue" not in fake.sent and "agent confirm" not in fake.sent

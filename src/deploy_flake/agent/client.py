@@ -64,7 +64,7 @@ class Agent:
     def _argv(self, verb: str, *args: str) -> list[str]:
         # The agent and the transactions' records both live in /run: without the script
         # (the host rebooted), there is no such transaction either, and that is the answer.
-        run_or_none = f'[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "{STATUS_TAG}\\tnone\\t\\t\\t\\t\\n"'
+        run_or_none = f'[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "{STATUS_TAG}\\tnone\\t\\t\\t\\t\\t\\n"'
         return ["/bin/sh", "-c", run_or_none, script_path(), verb, self.deploy_id, *args]
 
     async def _call(
@@ -299,13 +299,15 @@ class Agent:
                 if phase.final or phase is Phase.NONE or (until(phase) and not status.orphaned):
                     return status
                 if status.orphaned:  # its guard's recovery is all there is to follow now
+                    first = orphaned_in is None
                     if orphaned_in is None:
-                        orphaned_in = phase
+                        # the guard's recovery moves the phase on at once: where it found it
+                        orphaned_in = status.killed_in or phase
                         # from here on, only the guard's recovery is waited for
                         deadline = time.monotonic() + self.settings.recovery_s() + MARGIN_S
                         if on_contact is not None:
                             on_contact(
-                                f"the transaction's unit was killed on {host} while it was {phase}: "
+                                f"the transaction's unit was killed on {host} while it was {orphaned_in}: "
                                 + (
                                     "its guard recovers the host"
                                     if status.keeper is Keeper.GUARD
@@ -313,6 +315,11 @@ class Agent:
                                 )
                             )
                     if status.keeper is Keeper.NONE:
+                        if not first and on_contact is not None:
+                            on_contact(
+                                f"its guard was killed on {host} too: "
+                                "asking the host to start its guard again"
+                            )
                         if rescues >= RESCUES:
                             raise AgentLost(
                                 f"the transaction's unit was killed on {host} while it was {orphaned_in}, "

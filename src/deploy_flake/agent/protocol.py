@@ -91,6 +91,7 @@ class Status:
     new_system: str = ""
     reason: str = ""
     keeper: Keeper = Keeper.UNIT
+    killed_in: Phase | None = None  # the phase in which the guard found the unit gone
 
     @property
     def orphaned(self) -> bool:
@@ -99,11 +100,12 @@ class Status:
 
 
 def parse_status(line: str) -> Status | None:
-    """Reads a status line: @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>REASON."""
+    """Reads a status line:
+    @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>KILLED_IN<TAB>REASON."""
     if not line.startswith(STATUS_MARK):
         return None
-    parts = line[len(STATUS_MARK) :].rstrip("\r\n").split("\t", 4)
-    parts += [""] * (5 - len(parts))
+    parts = line[len(STATUS_MARK) :].rstrip("\r\n").split("\t", 5)
+    parts += [""] * (6 - len(parts))
     try:
         phase = Phase(parts[0].strip())
     except ValueError:
@@ -112,7 +114,11 @@ def parse_status(line: str) -> Status | None:
         keeper = Keeper(parts[3].strip())
     except ValueError:
         keeper = Keeper.UNIT  # not said: nothing to act on
-    return Status(phase, parts[1].strip(), parts[2].strip(), parts[4].strip(), keeper)
+    try:
+        killed_in: Phase | None = Phase(parts[4].strip())
+    except ValueError:
+        killed_in = None
+    return Status(phase, parts[1].strip(), parts[2].strip(), parts[5].strip(), keeper, killed_in)
 
 
 def last_status(text: str) -> Status | None:

@@ -56,12 +56,13 @@
 #   agent abort ID             roll back now, or never start (the deployer was interrupted)
 #   agent status ID            print the status
 # Every verb but run, recover and guard ends with one status line:
-#   @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>REASON
+#   @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>KILLED_IN<TAB>REASON
 # PHASE: none pending starting activating checking awaiting-confirmation committing
 # rolling-back (in progress) or activated rolled-back failed rollback-failed
 # restore-failed (final). KEEPER: what carries the transaction on: unit (its own
 # unit, its ExecStopPost included), guard (the guard's service), none (nothing:
-# both were killed; a transaction in progress then needs `rescue`).
+# both were killed; a transaction in progress then needs `rescue`). KILLED_IN: the phase
+# in which the guard found the unit gone (its recovery moves the phase on at once), or empty.
 # The deployer computes the two budgets that span a whole transaction, from the
 # settings and the shared limits: RECOVERY_S, the longest recovery of a killed
 # transaction (the unit's stop timeout covers it, with STOP_MARGIN_S), and GUARD_S,

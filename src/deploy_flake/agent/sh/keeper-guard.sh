@@ -79,9 +79,10 @@ guard() {
     fi
     sleep 1
   done
-  is_final "$(state_of)" && exit 0
+  read_state; is_final "$STATE" && exit 0
   exec >>"$DIR/log" 2>&1
-  log "guard: the activation unit is gone and the transaction is $(state_of): recovering"
+  [ -e "$DIR/killed-in" ] || printf '%s\n' "$STATE" > "$DIR/killed-in"
+  log "guard: the activation unit is gone and the transaction is $STATE: recovering"
   recover
 }
 

@@ -20,7 +20,9 @@ print_status() {  # [PHASE]
   new=$(param NEW)
   reason=$(head -n 1 "$DIR/reason" 2>/dev/null | tr '\t' ' ')
   keeper
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$STATUS_TAG" "$st" "$prev" "$new" "$KEEPER" "$reason"
+  killed_in=""
+  if [ -r "$DIR/killed-in" ]; then read -r killed_in < "$DIR/killed-in" || :; fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$STATUS_TAG" "$st" "$prev" "$new" "$KEEPER" "$killed_in" "$reason"
 }
 
 log() { echo "[deploy-flake] $*" >> "$DIR/log"; }
