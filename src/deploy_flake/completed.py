@@ -23,3 +23,7 @@ class Completed:
     def last_lines(self, n: int = 12) -> str:
         lines = [ln for ln in self.stderr.splitlines() if ln.strip()]
         return "\n".join(lines[-n:])
+
+    def last_error(self) -> str:
+        """Its last line on stderr, or its exit status when it said nothing (ssh's failures)."""
+        return self.last_lines(1) or f"ssh exited with {self.returncode}"

@@ -44,8 +44,7 @@ class ConnectionLost(DeployError):
     """ssh could not reach the host, or lost it (ssh's own exit status 255)."""
 
     def __init__(self, host: str, done: Completed, what: str = "") -> None:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-        self.ssh_error = lines[-1] if lines else f"ssh exited with {done.returncode}"
+        self.ssh_error = done.last_error()
         self.completed = done
         during = f" during {what}" if what else ""
         super().__init__(f"lost the SSH connection to {host}{during}: {self.ssh_error}")

@@ -300,7 +300,7 @@ class Agent:
                     return status
                 if status.orphaned:  # its guard's recovery is all there is to follow now
                     first = orphaned_in is None
-                    if orphaned_in is None:
+                    if first:
                         # the guard's recovery moves the phase on at once: where it found it
                         orphaned_in = status.killed_in or phase
                         # from here on, only the guard's recovery is waited for
@@ -380,7 +380,7 @@ class Agent:
                     await asyncio.sleep(0.2)
                     continue
                 return status, ""
-            last_error = done.last_lines(1) or f"ssh exited with {done.returncode}"
+            last_error = done.last_error()
             await asyncio.sleep(min(2.0, max(0.0, window_end - time.monotonic())))
         return None, last_error
 

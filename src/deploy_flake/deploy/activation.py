@@ -197,7 +197,7 @@ class Activation:
             except ConnectionLost as e:
                 done, last_error = None, e.ssh_error
             if done is not None and not done.ok:
-                last_error = done.last_lines(1) or f"ssh exited with {done.returncode}"
+                last_error = done.last_error()
             if done is not None and done.ok:
                 current = done.stdout.strip()
                 if expected and current != expected:

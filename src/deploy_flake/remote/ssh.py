@@ -194,9 +194,7 @@ class Remote:
                 f"cannot reach {self.dest.host}: no SSH connection within {timeout:.0f}s"
             ) from None
         if not done.ok:
-            lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-            why = lines[-1] if lines else f"ssh exited with {done.returncode}"
-            raise DeployError(f"cannot reach {self.dest.host} over SSH: {why}")
+            raise DeployError(f"cannot reach {self.dest.host} over SSH: {done.last_error()}")
 
     async def disconnect(self) -> None:
         """Closes the shared connection."""
