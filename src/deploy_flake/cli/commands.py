@@ -1,19 +1,19 @@
 """The commands: deploy (also of a bare `deploy-flake HOST...`), plan, rollback, status.
 
-Each takes its options as typed parameters, builds the app's frozen options of the command
-(app.DeployCommand, ...) and hands them to app.run, whose exit code ends the process.
+Each takes its options as the groups' typed values (cli.options: common, build, activation,
+...), makes the app's command of them (app.DeployCommand, ...) and hands it to app.run, whose
+exit code ends the process.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from deploy_flake.cli import options
 from deploy_flake.cli.options import CONTEXT, EPILOG
-from deploy_flake.models import EXIT_USAGE, RebootPolicy
+from deploy_flake.models import EXIT_USAGE
 from deploy_flake.output import messages
 
 if TYPE_CHECKING:
@@ -51,39 +51,12 @@ def main_group() -> None:
 @options.ROLLOUT
 def deploy(
     *,
-    destinations: tuple[str, ...],
-    selectors: tuple[str, ...],
-    flake_dir: Path,
-    instrumentation: Literal["tui", "json"],
-    jobs: int | None,
-    ssh_config: Path | None,
-    ssh_options: tuple[str, ...],
-    sudo: bool | None,
-    report_path: Path | None,
-    log_dir: Path | None,
-    test_mode: Literal["run", "skip"],
-    build_on: str,
-    build_cmdline: str | None,
-    copy_timeout: int,
-    build_timeout: int,
-    ask_sudo_password: bool,
-    sudo_password_fd: int | None,
-    preflight_check: Literal["run", "skip"],
-    pre_activate_script: str | None,
-    preflight_timeout: int,
-    activation_timeout: int,
-    health_timeout: int,
-    settle_time: int,
-    confirm_timeout: int,
-    boot_timeout: int,
-    skip_checks: tuple[str, ...],
-    reboot: str,
-    reboot_timeout: int,
+    common: app.CommonOptions,
+    build: app.BuildOptions,
+    activation: app.ActivationOptions,
+    reboot: app.RebootOptions,
     dry_activate: bool,
-    ask: bool,
-    canary: int | None,
-    max_failures: int | None,
-    all_or_nothing: bool,
+    rollout: app.RolloutOptions,
 ) -> None:
     """Deploy a flake's NixOS configurations to hosts over SSH.
 
@@ -98,7 +71,7 @@ def deploy(
     named like a command is deployed with `deploy-flake deploy HOST`.
     """
     ctx = click.get_current_context()
-    commands = [d for d in destinations if d in main_group.commands]
+    commands = [d for d in common.destinations if d in main_group.commands]
     if commands and ctx.meta.get(_IMPLICIT_DEPLOY):
         messages.error(
             f"{commands[0]!r} is a command: put it first (deploy-flake {commands[0]} [OPTIONS] ...); "
@@ -107,46 +80,7 @@ def deploy(
         ctx.exit(EXIT_USAGE)
     from deploy_flake import app  # here: see _run
 
-    command = app.DeployCommand(
-        common=app.CommonOptions(
-            destinations=destinations,
-            selectors=selectors,
-            flake_dir=flake_dir,
-            instrumentation=instrumentation,
-            jobs=jobs,
-            ssh_config=ssh_config,
-            ssh_options=ssh_options,
-            sudo=sudo,
-            report_path=report_path,
-            log_dir=log_dir,
-        ),
-        build=app.BuildOptions(
-            test=test_mode == "run",
-            build_on=build_on,
-            build_cmdline=build_cmdline,
-            copy_timeout=copy_timeout,
-            build_timeout=build_timeout,
-        ),
-        activation=app.ActivationOptions(
-            ask_sudo_password=ask_sudo_password,
-            sudo_password_fd=sudo_password_fd,
-            preflight=preflight_check == "run",
-            pre_activate_script=pre_activate_script,
-            preflight_timeout=preflight_timeout,
-            activation_timeout=activation_timeout,
-            health_timeout=health_timeout,
-            settle_time=settle_time,
-            confirm_timeout=confirm_timeout,
-            boot_timeout=boot_timeout,
-            skip_checks=skip_checks,
-        ),
-        reboot=app.RebootOptions(reboot=RebootPolicy(reboot), reboot_timeout=reboot_timeout),
-        rollout=app.RolloutOptions(
-            ask=ask, canary=canary, max_failures=max_failures, all_or_nothing=all_or_nothing
-        ),
-        dry_activate=dry_activate,
-    )
-    _run(command)
+    _run(app.DeployCommand(common, build, activation, reboot, rollout, dry_activate))
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
@@ -155,35 +89,7 @@ def deploy(
 @options.COMMON
 @options.BUILD
 @options.ACTIVATION
-def plan(
-    *,
-    destinations: tuple[str, ...],
-    selectors: tuple[str, ...],
-    flake_dir: Path,
-    instrumentation: Literal["tui", "json"],
-    jobs: int | None,
-    ssh_config: Path | None,
-    ssh_options: tuple[str, ...],
-    sudo: bool | None,
-    report_path: Path | None,
-    log_dir: Path | None,
-    test_mode: Literal["run", "skip"],
-    build_on: str,
-    build_cmdline: str | None,
-    copy_timeout: int,
-    build_timeout: int,
-    ask_sudo_password: bool,
-    sudo_password_fd: int | None,
-    preflight_check: Literal["run", "skip"],
-    pre_activate_script: str | None,
-    preflight_timeout: int,
-    activation_timeout: int,
-    health_timeout: int,
-    settle_time: int,
-    confirm_timeout: int,
-    boot_timeout: int,
-    skip_checks: tuple[str, ...],
-) -> None:
+def plan(*, common: app.CommonOptions, build: app.BuildOptions, activation: app.ActivationOptions) -> None:
     """Copy and build as a deploy would, and show per host what activating would change.
 
     Shows the closure difference against the running system, the units that would be
@@ -194,41 +100,7 @@ def plan(
     """
     from deploy_flake import app  # here: see _run
 
-    command = app.PlanCommand(
-        common=app.CommonOptions(
-            destinations=destinations,
-            selectors=selectors,
-            flake_dir=flake_dir,
-            instrumentation=instrumentation,
-            jobs=jobs,
-            ssh_config=ssh_config,
-            ssh_options=ssh_options,
-            sudo=sudo,
-            report_path=report_path,
-            log_dir=log_dir,
-        ),
-        build=app.BuildOptions(
-            test=test_mode == "run",
-            build_on=build_on,
-            build_cmdline=build_cmdline,
-            copy_timeout=copy_timeout,
-            build_timeout=build_timeout,
-        ),
-        activation=app.ActivationOptions(
-            ask_sudo_password=ask_sudo_password,
-            sudo_password_fd=sudo_password_fd,
-            preflight=preflight_check == "run",
-            pre_activate_script=pre_activate_script,
-            preflight_timeout=preflight_timeout,
-            activation_timeout=activation_timeout,
-            health_timeout=health_timeout,
-            settle_time=settle_time,
-            confirm_timeout=confirm_timeout,
-            boot_timeout=boot_timeout,
-            skip_checks=skip_checks,
-        ),
-    )
-    _run(command)
+    _run(app.PlanCommand(common, build, activation))
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
@@ -240,30 +112,10 @@ def plan(
 @options.REBOOT
 def rollback(
     *,
-    destinations: tuple[str, ...],
-    selectors: tuple[str, ...],
     rollback_to: int | None,
-    flake_dir: Path,
-    instrumentation: Literal["tui", "json"],
-    jobs: int | None,
-    ssh_config: Path | None,
-    ssh_options: tuple[str, ...],
-    sudo: bool | None,
-    report_path: Path | None,
-    log_dir: Path | None,
-    ask_sudo_password: bool,
-    sudo_password_fd: int | None,
-    preflight_check: Literal["run", "skip"],
-    pre_activate_script: str | None,
-    preflight_timeout: int,
-    activation_timeout: int,
-    health_timeout: int,
-    settle_time: int,
-    confirm_timeout: int,
-    boot_timeout: int,
-    skip_checks: tuple[str, ...],
-    reboot: str,
-    reboot_timeout: int,
+    common: app.CommonOptions,
+    activation: app.ActivationOptions,
+    reboot: app.RebootOptions,
 ) -> None:
     """Return hosts to an earlier generation of their system profile.
 
@@ -273,36 +125,7 @@ def rollback(
     """
     from deploy_flake import app  # here: see _run
 
-    command = app.RollbackCommand(
-        common=app.CommonOptions(
-            destinations=destinations,
-            selectors=selectors,
-            flake_dir=flake_dir,
-            instrumentation=instrumentation,
-            jobs=jobs,
-            ssh_config=ssh_config,
-            ssh_options=ssh_options,
-            sudo=sudo,
-            report_path=report_path,
-            log_dir=log_dir,
-        ),
-        activation=app.ActivationOptions(
-            ask_sudo_password=ask_sudo_password,
-            sudo_password_fd=sudo_password_fd,
-            preflight=preflight_check == "run",
-            pre_activate_script=pre_activate_script,
-            preflight_timeout=preflight_timeout,
-            activation_timeout=activation_timeout,
-            health_timeout=health_timeout,
-            settle_time=settle_time,
-            confirm_timeout=confirm_timeout,
-            boot_timeout=boot_timeout,
-            skip_checks=skip_checks,
-        ),
-        reboot=app.RebootOptions(reboot=RebootPolicy(reboot), reboot_timeout=reboot_timeout),
-        to=rollback_to,
-    )
-    _run(command)
+    _run(app.RollbackCommand(common, activation, reboot, to=rollback_to))
 
 
 @main_group.command(context_settings=CONTEXT)
@@ -310,20 +133,7 @@ def rollback(
 @options.ON
 @options.COMMON
 @options.JSON
-def status(
-    *,
-    destinations: tuple[str, ...],
-    selectors: tuple[str, ...],
-    flake_dir: Path,
-    instrumentation: Literal["tui", "json"],
-    jobs: int | None,
-    ssh_config: Path | None,
-    ssh_options: tuple[str, ...],
-    sudo: bool | None,
-    report_path: Path | None,
-    log_dir: Path | None,
-    as_json: bool,
-) -> None:
+def status(*, common: app.CommonOptions, as_json: bool) -> None:
     """Show what every host runs: health, failed units, current, booted and profile
     systems with the generation, the last deploy, and whether a reboot is needed.
 
@@ -331,22 +141,7 @@ def status(
     """
     from deploy_flake import app  # here: see _run
 
-    command = app.StatusCommand(
-        common=app.CommonOptions(
-            destinations=destinations,
-            selectors=selectors,
-            flake_dir=flake_dir,
-            instrumentation=instrumentation,
-            jobs=jobs,
-            ssh_config=ssh_config,
-            ssh_options=ssh_options,
-            sudo=sudo,
-            report_path=report_path,
-            log_dir=log_dir,
-        ),
-        as_json=as_json,
-    )
-    _run(command)
+    _run(app.StatusCommand(common, as_json=as_json))
 
 
 def _run(command: app.Command) -> NoReturn:

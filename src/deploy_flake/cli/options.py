@@ -1,25 +1,38 @@
 """The command line's options: click decorators, grouped as the commands share them.
 
 Each group is one decorator; a command stacks the groups it takes, and the order of the
-stack is the order of `--help`.
+stack is the order of `--help`. A group hands its options to the command as one typed value
+(app.CommonOptions, app.BuildOptions, ...) under one keyword (common, build, ...); see
+cli.params.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from deploy_flake import __version__
-from deploy_flake.durations import parse_whole_seconds
-from deploy_flake.errors import UsageError
-from deploy_flake.models import EXIT_USAGE, SANITY_CHECKS, RebootPolicy
-from deploy_flake.output import messages
+from deploy_flake.cli import params
+from deploy_flake.models import SANITY_CHECKS, RebootPolicy
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
-F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _timeout(name: str, default: str, help: str) -> Any:
+    """A stage's time limit: whole seconds, at least 1 (help ends with that)."""
+    return click.option(
+        name, callback=params.timeout, default=default, show_default=True, metavar="DURATION", help=help
+    )
+
+
+def _settle(name: str, default: str, help: str) -> Any:
+    """A wait: whole seconds, 0 for none."""
+    return click.option(
+        name, callback=params.settle, default=default, show_default=True, metavar="DURATION", help=help
+    )
+
 
 EPILOG = """\b
 Exit codes:
@@ -33,45 +46,10 @@ The worst outcome among the hosts decides.
 """
 
 
-def _group(*decorators: Callable[[F], F]) -> Callable[[F], F]:
-    """The decorators as one, in the order given (the first one's option comes first)."""
-
-    def apply(f: F) -> F:
-        for decorator in reversed(decorators):
-            f = decorator(f)
-        return f
-
-    return apply
-
-
-def _seconds(ctx: click.Context, param: click.Parameter, value: str, minimum: int) -> int:
-    try:
-        return parse_whole_seconds(value, minimum=minimum)
-    except UsageError as e:
-        messages.error(f"{param.opts[0]} {e}")
-        ctx.exit(EXIT_USAGE)
-
-
-def _timeout(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    """A stage timeout: whole seconds, at least 1 (on the host, `timeout 0` means no limit)."""
-    return _seconds(ctx, param, value, 1)
-
-
-def _settle(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    """The settle time: whole seconds, 0 for none."""
-    return _seconds(ctx, param, value, 0)
-
-
-def _relative_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and (
-        not value or value.startswith("/") or ".." in value.split("/") or any(c in value for c in "\n\0")
-    ):
-        raise click.BadParameter(f"{value!r} must be a path relative to the new system's top level")
-    return value
-
-
-# every command's
-COMMON = _group(
+# every command's: `common`
+COMMON = params.collected(
+    "common",
+    params.common_options,
     click.option(
         "--flake",
         "flake_dir",
@@ -124,10 +102,13 @@ COMMON = _group(
         help="Where each run keeps every host's whole output, a directory per run.  "
         "[default: $XDG_STATE_HOME/deploy-flake/runs]",
     ),
+    also=("destinations", "selectors"),
 )
 
-# deploy's, plan's and rollback's
-ACTIVATION = _group(
+# deploy's, plan's and rollback's: `activation`
+ACTIVATION = params.collected(
+    "activation",
+    params.activation_options,
     click.option(
         "--ask-sudo-password",
         is_flag=True,
@@ -142,69 +123,53 @@ ACTIVATION = _group(
     ),
     click.option(
         "--preflight-check",
+        "preflight",
         type=click.Choice(["run", "skip"]),
+        callback=params.run_or_skip,
         default="run",
         show_default=True,
         help="Refuse hosts whose running system is not healthy (systemctl is-system-running).",
     ),
     click.option(
         "--pre-activate-script",
-        callback=_relative_path,
+        callback=params.relative_path,
         metavar="RELATIVE_PATH",
         help="Program in the new system to run before activating it; non-zero stops the deploy. "
         "[default: pre-activate-safety-checks, when present]",
     ),
-    click.option(
+    _timeout(
         "--preflight-timeout",
-        callback=_timeout,
-        default="5m",
-        show_default=True,
-        metavar="DURATION",
-        help="How long the health check waits for a starting system; whole seconds, at least 1s.",
+        "5m",
+        "How long the health check waits for a starting system; whole seconds, at least 1s.",
     ),
-    click.option(
+    _timeout(
         "--activation-timeout",
-        callback=_timeout,
-        default="5m",
-        show_default=True,
-        metavar="DURATION",
-        help="Longest switch-to-configuration test; longer is stopped and rolled back. "
+        "5m",
+        "Longest switch-to-configuration test; longer is stopped and rolled back. "
         "Whole seconds, at least 1s.",
     ),
-    click.option(
+    _timeout(
         "--health-timeout",
-        callback=_timeout,
-        default="60s",
-        show_default=True,
-        metavar="DURATION",
-        help="Time for the system to finish starting after activating (is-system-running --wait); "
+        "60s",
+        "Time for the system to finish starting after activating (is-system-running --wait); "
         "whole seconds, at least 1s.",
     ),
-    click.option(
+    _settle(
         "--settle-time",
-        callback=_settle,
-        default="5s",
-        show_default=True,
-        metavar="DURATION",
-        help="How long the system must stay healthy after activating, before it is confirmed; "
+        "5s",
+        "How long the system must stay healthy after activating, before it is confirmed; "
         "whole seconds, 0 for none.",
     ),
-    click.option(
+    _timeout(
         "--confirm-timeout",
-        callback=_timeout,
-        default="30s",
-        show_default=True,
-        metavar="DURATION",
-        help="Time to confirm over a new SSH connection before the host rolls back by itself; "
+        "30s",
+        "Time to confirm over a new SSH connection before the host rolls back by itself; "
         "whole seconds, at least 1s.",
     ),
-    click.option(
+    _timeout(
         "--boot-timeout",
-        callback=_timeout,
-        default="5m",
-        show_default=True,
-        metavar="DURATION",
-        help="Longest switch-to-configuration boot; whole seconds, at least 1s.",
+        "5m",
+        "Longest switch-to-configuration boot; whole seconds, at least 1s.",
     ),
     click.option(
         "--skip-check",
@@ -215,12 +180,15 @@ ACTIVATION = _group(
     ),
 )
 
-# deploy's and plan's
-BUILD = _group(
+# deploy's and plan's: `build`
+BUILD = params.collected(
+    "build",
+    params.build_options,
     click.option(
         "--test",
-        "test_mode",
+        "test",
         type=click.Choice(["run", "skip"]),
+        callback=params.run_or_skip,
         default="run",
         show_default=True,
         help="run: activate with switch-to-configuration test and confirm before writing the boot "
@@ -236,43 +204,37 @@ BUILD = _group(
         "closure to the hosts (nix copy; the login user must be trusted there).",
     ),
     click.option("--build-cmdline", metavar="ARGS", help="Extra arguments for nix build."),
-    click.option(
+    _timeout(
         "--copy-timeout",
-        callback=_timeout,
-        default="10m",
-        show_default=True,
-        metavar="DURATION",
-        help="Time for one attempt at copying the flake (3 attempts); whole seconds, at least 1s.",
+        "10m",
+        "Time for one attempt at copying the flake (3 attempts); whole seconds, at least 1s.",
     ),
-    click.option(
+    _timeout(
         "--build-timeout",
-        callback=_timeout,
-        default="1h",
-        show_default=True,
-        metavar="DURATION",
-        help="Longest build on the host; whole seconds, at least 1s.",
+        "1h",
+        "Longest build on the host; whole seconds, at least 1s.",
     ),
 )
 
 
-# deploy's and rollback's
-REBOOT = _group(
+# deploy's and rollback's: `reboot`
+REBOOT = params.collected(
+    "reboot",
+    params.reboot_options,
     click.option(
         "--reboot",
         type=click.Choice([str(p) for p in RebootPolicy]),
+        callback=lambda ctx, param, value: RebootPolicy(value),
         default=str(RebootPolicy.NEVER),
         show_default=True,
         help="Reboot each host once its new system is committed: if-needed when the new kernel, "
         "initrd or kernel modules need it (or with --test=skip), always, or never (a note says "
         "when one is needed). The host must come back on the new system, healthy.",
     ),
-    click.option(
+    _timeout(
         "--reboot-timeout",
-        callback=_timeout,
-        default="10m",
-        show_default=True,
-        metavar="DURATION",
-        help="Time for a rebooted host to come back, booted and healthy; whole seconds, at least 1s.",
+        "10m",
+        "Time for a rebooted host to come back, booted and healthy; whole seconds, at least 1s.",
     ),
 )
 
@@ -297,7 +259,10 @@ DRY_ACTIVATE = click.option(
     is_flag=True,
     help="Build and show what would change, like `deploy-flake plan`; change nothing.",
 )
-ROLLOUT = _group(
+# deploy's: `rollout`
+ROLLOUT = params.collected(
+    "rollout",
+    params.rollout_options,
     click.option(
         "--ask",
         is_flag=True,
