@@ -3,33 +3,25 @@ checks, the pre-activation check, --ask's one answer, the host's transaction, th
 
 from __future__ import annotations
 
+import functools
+
 from deploy_flake.deploy.activation import Activation
 from deploy_flake.deploy.host import DEFAULT_PRE_ACTIVATE, HostJob
 from deploy_flake.deploy.plan import show_plan
 from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
-from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
-from deploy_flake.models import DeployOptions, Outcome, Stage
-from deploy_flake.remote.destination import Destination
-from deploy_flake.remote.ssh import SshSettings
+from deploy_flake.models import Outcome, Stage
 
 
 class TransactionJob(HostJob):
     """A job that changes the host's system through the host's transaction."""
 
-    def __init__(
-        self,
-        run: Run,
-        dest: Destination,
-        index: int,
-        *,
-        options: DeployOptions | None = None,
-        ssh: SshSettings | None = None,
-    ) -> None:
-        super().__init__(run, dest, index, options=options, ssh=ssh)
-        self.activation = Activation(self)  # the host's transaction, once it was asked for
+    @functools.cached_property
+    def activation(self) -> Activation:
+        """The host's transaction, once it was asked for (made at first use)."""
+        return Activation(self)
 
     @property
     def started(self) -> bool:
