@@ -5,23 +5,9 @@ from __future__ import annotations
 import pytest
 
 from deploy_flake.agent.protocol import Keeper, Mode, Phase, last_status, parse_status
-from deploy_flake.agent.settings import GUARD_MARGIN_S, Settings
+from deploy_flake.agent.settings import GUARD_MARGIN_S
 from deploy_flake.models import Outcome, Stage
-
-
-def _settings(**kw: object) -> Settings:
-    base: dict[str, object] = {
-        "new_system": "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web-1",
-        "mode": Mode.TEST,
-        "activation_s": 300,
-        "health_s": 60,
-        "settle_s": 5,
-        "confirm_s": 30,
-        "boot_s": 300,
-        "holder": "me@laptop",
-    }
-    base.update(kw)
-    return Settings(**base)  # type: ignore[arg-type]
+from tests.agent_settings import settings as _settings
 
 
 def test_status_line() -> None:

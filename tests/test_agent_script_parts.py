@@ -20,25 +20,8 @@ from deploy_flake.agent.settings import (
     LOCK_WAIT_S,
     PROFILE_SET_S,
     STOP_MARGIN_S,
-    Settings,
 )
-
-NEW = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web-1"
-
-
-def _settings(**kw: object) -> Settings:
-    base: dict[str, object] = {
-        "new_system": NEW,
-        "mode": Mode.TEST,
-        "activation_s": 300,
-        "health_s": 60,
-        "settle_s": 5,
-        "confirm_s": 30,
-        "boot_s": 300,
-        "holder": "me@laptop",
-    }
-    base.update(kw)
-    return Settings(**base)  # type: ignore[arg-type]
+from tests.agent_settings import settings as _settings
 
 
 def _defines(text: str, name: str) -> list[str]:
