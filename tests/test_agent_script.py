@@ -9,6 +9,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from deploy_flake.agent.script import script, script_path
 from tests.lab import Host, wait_for
 
@@ -20,36 +22,37 @@ def _install_agent(host: Host) -> str:
     return path
 
 
-def test_the_agent_itself_refuses_a_zero_limit(hosts: dict[str, Host]) -> None:
+_SOUND = "MODE=test\nHEALTH_S=60\nSETTLE_S=0\nCONFIRM_S=30\nBOOT_S=60\nHOLDER=test\nGC_ROOT=\n"
+
+
+@pytest.mark.parametrize(
+    ("deploy_id", "settings", "refusal"),
+    [
+        (
+            "zero-limit",
+            _SOUND + "ACTIVATION_S=0\nRECOVERY_S=600\nGUARD_S=300\n",
+            "ACTIVATION_S must be a whole number of seconds, at least 1",
+        ),
+        # the deployer computes the recovery's and the guard's budgets: without them
+        # (settings written by hand, or by a deployer from before), nothing is started
+        (
+            "no-guard-budget",
+            _SOUND + "ACTIVATION_S=60\nRECOVERY_S=600\n",
+            "GUARD_S must be a whole number of seconds, at least 1 (not '')",
+        ),
+    ],
+)
+def test_the_agent_itself_refuses_unsound_settings(
+    hosts: dict[str, Host], deploy_id: str, settings: str, refusal: str
+) -> None:
     alpha = hosts["alpha"]
     before = alpha.current_system()
     path = _install_agent(alpha)
-    settings = (
-        f"NEW={before}\nMODE=test\nACTIVATION_S=0\nHEALTH_S=60\nSETTLE_S=0\nCONFIRM_S=30\nBOOT_S=60\n"
-        "HOLDER=test\nGC_ROOT=\nRECOVERY_S=600\nGUARD_S=300\n"
-    )
-    done = alpha.ssh(f"/bin/sh {path} start zero-limit", input=settings)
+    done = alpha.ssh(f"/bin/sh {path} start {deploy_id}", input=f"NEW={before}\n{settings}")
     assert done.stdout.startswith("@@deploy-flake-state\tfailed\t"), done.stdout
-    assert "ACTIVATION_S must be a whole number of seconds, at least 1" in done.stdout
+    assert refusal in done.stdout
     alpha.assert_clean_after(running=before, boot=before)
-    assert alpha.transaction_states() == {"zero-limit": "failed"}
-
-
-def test_the_agent_itself_refuses_settings_without_its_budgets(hosts: dict[str, Host]) -> None:
-    """The deployer computes the recovery's and the guard's budgets: without them (settings
-    written by hand, or by a deployer from before), nothing is started."""
-    alpha = hosts["alpha"]
-    before = alpha.current_system()
-    path = _install_agent(alpha)
-    settings = (
-        f"NEW={before}\nMODE=test\nACTIVATION_S=60\nHEALTH_S=60\nSETTLE_S=0\nCONFIRM_S=30\nBOOT_S=60\n"
-        "HOLDER=test\nGC_ROOT=\nRECOVERY_S=600\n"
-    )
-    done = alpha.ssh(f"/bin/sh {path} start no-guard-budget", input=settings)
-    assert done.stdout.startswith("@@deploy-flake-state\tfailed\t"), done.stdout
-    assert "GUARD_S must be a whole number of seconds, at least 1 (not '')" in done.stdout
-    alpha.assert_clean_after(running=before, boot=before)
-    assert alpha.transaction_states() == {"no-guard-budget": "failed"}
+    assert alpha.transaction_states() == {deploy_id: "failed"}
 
 
 def _checking_transaction(host: Host, deploy_id: str) -> tuple[str, str]:
