@@ -95,6 +95,10 @@ def test_a_new_init_is_refused_before_anything_is_changed_unless_it_only_takes_e
         "nothing was changed; deploy it with --test=skip --reboot=if-needed"
     )
     _check(new_init, activate_now=False)  # --test=skip: what it is for
+    with pytest.raises(DeployError, match=r"nothing was changed; only at a boot$"):  # a rollback's advice
+        checks.check_system(
+            new_init, toplevel=SYSTEM, host_machine="x86_64", host="web1", skip=(), boot_only="only at a boot"
+        )
     _check(replace(new_init, init_interface="systemd 2"))  # the same init
     _check(replace(new_init, init_interface=None))  # not said: not refused here
     with pytest.raises(DeployError, match=r"running one's \(none\)"):  # as ng: none reads as ""

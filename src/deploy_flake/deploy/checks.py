@@ -49,10 +49,12 @@ def check_system(
     host: str,
     skip: Collection[str],
     activate_now: bool = True,
+    boot_only: str = "deploy it with --test=skip --reboot=if-needed",
 ) -> None:
     """The new system toplevel (whose closure is described) is fit for the host, else a
     DeployError says why. skip: the checks --skip-check names. activate_now: it is to be
-    activated now (switch-to-configuration test), not only at the next boot (--test=skip)."""
+    activated now (switch-to-configuration test), not only at the next boot (--test=skip).
+    boot_only: what to do for a system that only a boot can start."""
     c = closure
     if "switch-to-configuration" not in skip and not c.has_switch_to_configuration:
         raise DeployError(
@@ -69,8 +71,7 @@ def check_system(
         raise DeployError(
             f"the new system's init ({c.init_interface}) is incompatible with the running one's "
             f"({c.running_init_interface or 'none'}): switch-to-configuration test would refuse it "
-            '("won\'t take effect until you reboot"), so nothing was changed; deploy it with '
-            "--test=skip --reboot=if-needed"
+            f'("won\'t take effect until you reboot"), so nothing was changed; {boot_only}'
         )
     if "sshd" not in skip and not (c.sshd_units and c.sshd_wanted):
         what = "does not have sshd" if not c.sshd_units else "has sshd but does not start it at boot"

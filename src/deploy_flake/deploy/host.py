@@ -13,7 +13,7 @@ from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
-from deploy_flake.models import DeployOptions, HostResult, Outcome, RebootPolicy, Stage
+from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import Remote, SshSettings
 
@@ -187,6 +187,7 @@ class HostJob(ABC):
     def sanity_checks(self, c: target.ClosureFacts, facts: HostFacts) -> None:
         """The new system (result.system, or its specialisation to activate) is fit for the
         host, else a DeployError."""
+        generation = (self.result.config or "N").split()[-1]  # a rollback's: "generation N"
         checks.check_system(
             c,
             toplevel=self.result.system,
@@ -194,6 +195,13 @@ class HostJob(ABC):
             host=self.dest.host,
             skip=self.opts.skip_checks,
             activate_now=self.opts.test,
+            boot_only=(
+                "a rollback to it can only take effect at a boot: on the host, `nix-env -p "
+                f"/nix/var/nix/profiles/system --switch-generation {generation}`, "
+                "`/nix/var/nix/profiles/system/bin/switch-to-configuration boot`, then reboot"
+                if self.opts.job is Job.ROLLBACK
+                else "deploy it with --test=skip --reboot=if-needed"
+            ),
         )
         running = facts.specialisation
         note = checks.check_specialisation(
