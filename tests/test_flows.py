@@ -56,18 +56,21 @@ def facts(
     uid: int = 0,
     generations: Sequence[tuple[int, str]] = ((1, OLD),),
     boot_id: str = "b00t",
+    extra: str = "",
 ) -> Reply:
     gens = "".join(f"generation={n} {s}\n" for n, s in generations)
     profile = max(n for n, _ in generations)
     return Reply(
         f"uid={uid}\nhostname=web\nmachine=x86_64\ncurrent={current}\nbooted={current}\n"
         f"profile=system-{profile}-link\nprofile_system={current}\nstate=running\n"
-        f"boot_id={boot_id}\n{gens}"
+        f"boot_id={boot_id}\n{gens}{extra}"
     )
 
 
-def inspection(*, health: str = "running", failed: Sequence[str] = (), sshd: bool = True) -> Reply:
-    lines = [f"health={health}", *(f"failed={u}" for u in failed), "stc=yes", "system=x86_64-linux"]
+def inspection(
+    *, health: str = "running", failed: Sequence[str] = (), sshd: bool = True, extra: Sequence[str] = ()
+) -> Reply:
+    lines = [f"health={health}", *(f"failed={u}" for u in failed), "stc=yes", "system=x86_64-linux", *extra]
     if sshd:
         lines += ["unit=sshd.service", "wanted=multi-user.target.wants/sshd.service"]
     for f in ("kernel", "initrd", "kernel-modules"):
@@ -514,3 +517,80 @@ def test_a_unit_killed_in_checking_is_said_so_though_its_guard_moved_on(
         events.notes
     ), events.notes
     assert "agent rescue" not in fake.sent and "agent confirm" not in fake.sent
+
+
+NEW_INIT = ["init=systemd 3", "running_init=systemd 2"]
+
+
+def test_a_new_init_fails_the_host_before_its_transaction_and_the_plan_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = [*BEFORE[:-1], ("inspect", inspection(extra=NEW_INIT))]
+    result, fake, _ = run_job(monkeypatch, [*before, ("rm", Reply()), ("disconnect", Reply())])
+    assert result.outcome is Outcome.FAILED, result
+    assert "deploy it with --test=skip --reboot=if-needed" in str(result.error)
+    assert not any(name.startswith("agent") for name in fake.sent)
+    # the plan: no dry-activate (switch-to-configuration refuses that too), the checks' verdict
+    result, fake, events = run_job(
+        monkeypatch, [*before, ("rm", Reply()), ("disconnect", Reply())], job=Job.PLAN
+    )
+    assert result.outcome is Outcome.FAILED and "switch-to-configuration test would refuse it" in str(
+        result.error
+    )
+    assert "units: not known: the new system's init starts only at a boot into it" in events.lines
+
+
+def test_a_host_on_a_specialisation_gets_the_same_specialisation_of_the_new_system(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    child = "/nix/store/3333333333333333333333333333333d-nixos-system-web-2"
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            ("connect", Reply()),
+            ("facts", facts(extra="specialisation=foo\n")),
+            *BEFORE[2:-1],
+            ("inspect", inspection(extra=["specialisation=bar", "specialisation=foo", f"activates={child}"])),
+            ("agent start", status("checking", log="[deploy-flake] state: checking\n")),
+            ("agent confirm", status("activated")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ACTIVATED and result.system == NEW, result
+    settings = (fake.stdin["agent start"] or b"").decode()
+    assert f"NEW={NEW}\n" in settings and "SPECIALISATION=foo\n" in settings, settings
+    assert any(
+        n.startswith("web runs the specialisation foo of its system: activating") for n in events.notes
+    )
+
+
+def test_a_host_on_a_specialisation_the_new_system_lacks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, _ = run_job(
+        monkeypatch,
+        [
+            ("connect", Reply()),
+            ("facts", facts(extra="specialisation=foo\n")),
+            *BEFORE[2:-1],
+            ("inspect", inspection(extra=["specialisation=bar"])),
+            ("rm", Reply()),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.FAILED, result
+    assert "but the new system has no specialisation foo (it has: bar)" in str(result.error)
+    assert not any(name.startswith("agent") for name in fake.sent)
+
+
+def test_install_bootloader_reaches_the_agents_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake, _ = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("checking", log="[deploy-flake] state: checking\n")),
+            ("agent confirm", status("activated")),
+            ("disconnect", Reply()),
+        ],
+        install_bootloader=True,
+    )
+    assert result.outcome is Outcome.ACTIVATED, result
+    assert "INSTALL_BOOTLOADER=1\n" in (fake.stdin["agent start"] or b"").decode()

@@ -35,15 +35,112 @@ def _closure(
 
 
 def _check(
-    closure: ClosureFacts, host_system: str = "x86_64-linux", skip: frozenset[str] = frozenset()
+    closure: ClosureFacts,
+    host_machine: str = "x86_64",
+    skip: frozenset[str] = frozenset(),
+    *,
+    activate_now: bool = True,
 ) -> None:
-    checks.check_system(closure, toplevel=SYSTEM, host_system=host_system, host="web1", skip=skip)
+    checks.check_system(
+        closure, toplevel=SYSTEM, host_machine=host_machine, host="web1", skip=skip, activate_now=activate_now
+    )
 
 
 def test_a_sound_system_passes_the_checks() -> None:
     _check(_closure())
-    _check(_closure(system=""), host_system="aarch64-linux")  # unknown: not refused
-    _check(_closure(), host_system="")
+    _check(_closure(system=""), host_machine="aarch64")  # unknown: not refused
+    _check(_closure(), host_machine="")
+
+
+@pytest.mark.parametrize(
+    ("machine", "system"),
+    [
+        ("x86_64", "i686-linux"),  # Nix's extra platform on x86_64
+        ("i686", "i686-linux"),
+        ("i586", "i686-linux"),
+        ("armv7l", "armv7l-linux"),
+        ("armv7l", "armv6l-linux"),
+        ("armv8l", "armv7l-linux"),
+        ("arm64", "aarch64-linux"),
+        ("ppc64le", "powerpc64le-linux"),
+        ("riscv64", "riscv64-linux"),
+        ("mips64", "mips64el-linux"),
+    ],
+)
+def test_a_system_for_the_hosts_platform_under_another_name_is_accepted(machine: str, system: str) -> None:
+    _check(_closure(system=system), host_machine=machine)
+
+
+@pytest.mark.parametrize(
+    ("machine", "system"),
+    [
+        ("i686", "x86_64-linux"),
+        ("aarch64", "armv7l-linux"),
+        ("armv7l", "aarch64-linux"),
+        ("ppc64le", "x86_64-linux"),
+    ],
+)
+def test_a_system_its_host_cannot_run_is_refused(machine: str, system: str) -> None:
+    with pytest.raises(DeployError, match=f"built for {system} but the host runs .*uname -m: {machine}"):
+        _check(_closure(system=system), host_machine=machine)
+
+
+def test_a_new_init_is_refused_before_anything_is_changed_unless_it_only_takes_effect_at_boot() -> None:
+    new_init = replace(_closure(), init_interface="systemd 3", running_init_interface="systemd 2")
+    with pytest.raises(DeployError) as e:
+        _check(new_init)
+    assert str(e.value) == (
+        "the new system's init (systemd 3) is incompatible with the running one's (systemd 2): "
+        'switch-to-configuration test would refuse it ("won\'t take effect until you reboot"), so '
+        "nothing was changed; deploy it with --test=skip --reboot=if-needed"
+    )
+    _check(new_init, activate_now=False)  # --test=skip: what it is for
+    with pytest.raises(DeployError, match=r"nothing was changed; only at a boot$"):  # a rollback's advice
+        checks.check_system(
+            new_init, toplevel=SYSTEM, host_machine="x86_64", host="web1", skip=(), boot_only="only at a boot"
+        )
+    _check(replace(new_init, init_interface="systemd 2"))  # the same init
+    _check(replace(new_init, init_interface=None))  # not said: not refused here
+    with pytest.raises(DeployError, match=r"running one's \(none\)"):  # as ng: none reads as ""
+        _check(replace(new_init, running_init_interface=""))
+
+
+def _specialised(*names: str, activates: str = "") -> ClosureFacts:
+    return replace(_closure(), specialisations=names, activates=activates)
+
+
+def test_the_specialisation_the_host_runs_is_followed_and_an_asked_one_wins() -> None:
+    want = checks.wanted_specialisation
+    assert want(None, "foo", activate_now=True) == "foo"
+    assert want(None, "", activate_now=True) == ""
+    assert want("bar", "foo", activate_now=True) == "bar"
+    assert want("", "foo", activate_now=True) == ""  # --specialisation '': the system itself
+    assert want(None, "foo", activate_now=False) == ""  # --test=skip: the boot entry is the system
+
+
+def test_a_host_on_a_specialisation_gets_the_new_systems_or_is_refused() -> None:
+    check = checks.check_specialisation
+    child = "/nix/store/" + "c" * 32 + "-nixos-system-web1"
+    note = check(_specialised("foo", activates=child), wanted="foo", asked=None, running="foo", host="web1")
+    assert note is not None and note.startswith("web1 runs the specialisation foo of its system: activating")
+    with pytest.raises(DeployError) as e:
+        check(_specialised("bar"), wanted="foo", asked=None, running="foo", host="web1")
+    assert str(e.value) == (
+        "web1 runs the specialisation foo of its system, but the new system has no specialisation foo "
+        "(it has: bar), so nothing was changed; pick one with --specialisation NAME, or "
+        "--specialisation '' for the new system itself"
+    )
+    with pytest.raises(
+        DeployError, match=r"the new system has no specialisation baz \(--specialisation; it has: none\)"
+    ):
+        check(_specialised(), wanted="baz", asked="baz", running="", host="web1")
+    assert (
+        check(_specialised("foo", activates=child), wanted="foo", asked="foo", running="", host="web1")
+        is None
+    )
+    left = check(_specialised("foo"), wanted="", asked="", running="foo", host="web1")
+    assert left == "web1 leaves its specialisation foo for the new system itself (--specialisation '')"
+    assert check(_specialised(), wanted="", asked=None, running="", host="web1") is None
 
 
 def test_a_system_without_switch_to_configuration_is_refused() -> None:

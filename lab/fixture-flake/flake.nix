@@ -43,6 +43,25 @@
         # kernel and initrd differ from every other config: a reboot is needed
         new-kernel = mkSystem { hostName = "new-kernel"; kernelVersion = "6.2.0"; };
 
+        # NixOS's specialisations: `foo` adds a unit (and runs sshd, as the system does);
+        # -v2 is the next version of both, and `bar` is only in -v2
+        special = mkSystem {
+          hostName = "special";
+          specialisations.foo = { extraUnits = [ units.extra ]; };
+        };
+        special-v2 = mkSystem {
+          hostName = "special";
+          version = "2";
+          appVersion = "1.1";
+          specialisations.foo = { extraUnits = [ units.extra ]; };
+          specialisations.bar = { };
+        };
+        # built for i686-linux: runs on an x86_64 host (Nix's extra platform there)
+        i686-system = mkSystem { hostName = "i686-system"; systemType = "i686-linux"; };
+        # a new init (systemd's interface version differs): `test` exits 100, it only takes
+        # effect after a reboot into it
+        new-init = mkSystem { hostName = "new-init"; initInterface = "3"; };
+
         # healthy, but its activation takes about 6 s (to interrupt it on purpose)
         slow-activation = mkSystem { hostName = "slow-activation"; activationExtra = "sleep 6"; };
 

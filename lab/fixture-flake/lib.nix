@@ -250,7 +250,7 @@ let
   '';
 
   mkSystem =
-    { hostName
+    args@{ hostName
     , version ? "1"
     , appVersion ? "1.0"
     , sshd ? true                  # the configuration runs sshd
@@ -265,6 +265,8 @@ let
     , bootDelay ? 0                # seconds `switch-to-configuration boot` takes
     , swExtra ? ""                 # shell appended to the build of sw/ ($out is sw)
     , preSwitchCheck ? "ok"        # "ok" | "fail": switch-to-configuration's pre-switch check
+    , initInterface ? "2"          # what <toplevel>/init-interface-version says (after "systemd ")
+    , specialisations ? { }        # NAME -> the arguments that differ from this system's
     }:
     let
       app = mkApp appVersion;
@@ -273,6 +275,11 @@ let
       keep = u: !(builtins.elem u.unitName dropUnits);
       allUnits = builtins.filter keep defaultUnits ++ extraUnits;
       nixosVersion = "fixture-${version} (${hostName})";
+      # NixOS's specialisation.NAME (inheritParentConfig): a whole system of its own, linked
+      # from <toplevel>/specialisation/NAME
+      children = builtins.attrValues (builtins.mapAttrs
+        (name: override: "${name}=${(mkSystem (builtins.removeAttrs args [ "specialisations" ] // override)).config.system.build.toplevel}")
+        specialisations);
 
       etc = runSh "etc" {
         inherit hostName nixosVersion;
@@ -299,7 +306,7 @@ let
       '';
 
       toplevel = runSh "nixos-system-${hostName}-${version}" {
-        inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType;
+        inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType initInterface children;
         precheckEnabled = if precheck == null then "" else "1";
         failBoot = if failBoot then "1" else "";
         preSwitchFail = if preSwitchCheck == "fail" then "1" else "";
@@ -317,7 +324,12 @@ let
         ln -s "$kernel/lib/modules" "$out/kernel-modules"
         echo "init=$out/init loglevel=4" > "$out/kernel-params"
         printf '%s' "$nixosVersion" > "$out/nixos-version"
-        echo "$systemType" > "$out/system"
+        printf '%s' "$systemType" > "$out/system"
+        printf 'systemd %s' "$initInterface" > "$out/init-interface-version"
+        if [ -n "$children" ]; then
+          mkdir "$out/specialisation"
+          for c in $children; do ln -s "''${c#*=}" "$out/specialisation/''${c%%=*}"; done
+        fi
         for d in $extraDeps; do echo "$d"; done > "$out/extra-dependencies"
 
         { echo '#!/bin/sh'; echo "systemConfig=$out"; printf '%s\n' "$activateScript"; printf '%s\n' "$activationExtra"; } > "$out/activate"

@@ -104,6 +104,8 @@ class ActivationOptions:
     confirm_timeout: int
     boot_timeout: int
     skip_checks: tuple[str, ...]
+    specialisation: str | None  # None: the one the host runs; "": the system itself
+    install_bootloader: bool
 
     def applied_to(self, options: DeployOptions) -> DeployOptions:
         return replace(
@@ -111,6 +113,8 @@ class ActivationOptions:
             preflight=self.preflight,
             pre_activate_script=self.pre_activate_script,
             skip_checks=frozenset(self.skip_checks),
+            specialisation=self.specialisation,
+            install_bootloader=self.install_bootloader,
             timeouts=replace(
                 options.timeouts,
                 preflight=self.preflight_timeout,
@@ -270,6 +274,15 @@ def _validate(command: Command) -> _Checked:
         and command.reboot.reboot != RebootPolicy.NEVER
     ):
         raise UsageError("--dry-activate changes nothing, so it cannot --reboot")
+    if (
+        isinstance(command, DeployCommand | PlanCommand)
+        and not command.build.test
+        and command.activation.specialisation
+    ):
+        raise UsageError(
+            "--specialisation picks what is activated now, and --test=skip activates nothing: the boot "
+            "entry is always the system itself"
+        )
     for opt in common.ssh_options:
         check_ssh_option(opt)
     if common.ssh_config is not None and not common.ssh_config.is_file():

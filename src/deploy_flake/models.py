@@ -153,6 +153,10 @@ class DeployOptions:
     all_or_nothing: bool = False  # roll back the activated hosts if any host was not activated
     reboot: RebootPolicy = RebootPolicy.NEVER
     build_on: BuildOn = field(default_factory=BuildOn)
+    # the new system's specialisation to activate: None follows the one the host runs, "" is
+    # the system itself (nixos-rebuild --specialisation)
+    specialisation: str | None = None
+    install_bootloader: bool = False  # NIXOS_INSTALL_BOOTLOADER=1 for the boot entry's writing
 
 
 @dataclass

@@ -123,6 +123,12 @@ fi
 
 if [ "$action" = switch ] || [ "$action" = boot ]; then
   echo "updating fixture bootloader entries..." >&2
+  # nixos-rebuild --install-bootloader: the boot loader itself is (re)installed, not only
+  # its entries (NixOS's installBootLoader hooks read this variable)
+  if [ "${NIXOS_INSTALL_BOOTLOADER:-}" = 1 ]; then
+    echo "installing the fixture boot loader..." >&2
+    mkdir -p "$BOOT_DIR" && printf '%s %s\n' "$(date +%s)" "$out" >> "$BOOT_DIR/installed"
+  fi
   [ "${bootDelay:-0}" -gt 0 ] && sleep "$bootDelay"
   if [ -n "$failBoot" ]; then
     echo "fixture: cannot write $BOOT_DIR: No space left on device" >&2
@@ -149,6 +155,25 @@ fi
 if [ ! -d /run/current-system/sw/bin ]; then
   echo "Error: /run/current-system/sw/bin is missing" >&2
   exit 1
+fi
+
+# A new init that the running one cannot switch to (systemd's interface version differs,
+# byte for byte; the running system's file missing reads as empty): nothing is changed,
+# the new system takes effect only at the next boot into it. dry-activate too.
+if [ ! -r "$out/init-interface-version" ]; then
+  echo "Error: File init-interface-version should exist" >&2
+  exit 1
+fi
+cur_init=$(cat /run/current-system/init-interface-version 2>/dev/null; echo .)
+new_init=$(cat "$out/init-interface-version"; echo .)
+if [ "$cur_init" != "$new_init" ]; then
+  cat >&2 <<'WARNING'
+Warning: the new NixOS configuration has an ‘init’ that is
+incompatible with the current configuration.  The new configuration
+won't take effect until you reboot the system.
+
+WARNING
+  exit 100
 fi
 
 # ---- units: old = /run/current-system, new = $out --------------------------

@@ -47,6 +47,10 @@ class Settings:
     gc_root: str = ""  # the build's result link, dropped by the agent when the transaction ends
     flake: str = ""  # what the host records as the source of its last deploy
     generation: int | None = None  # an existing profile generation of new_system: a rollback to it
+    specialisation: str = (
+        ""  # activate new_system/specialisation/NAME (the profile and boot entry: new_system)
+    )
+    install_bootloader: bool = False  # NIXOS_INSTALL_BOOTLOADER=1 for switch-to-configuration boot
 
     def __post_init__(self) -> None:
         for name in ("activation_s", "health_s", "confirm_s", "boot_s"):
@@ -69,6 +73,8 @@ class Settings:
             "GC_ROOT": self.gc_root,
             "FLAKE": " ".join(self.flake.split()),
             "GENERATION": "" if self.generation is None else str(self.generation),
+            "SPECIALISATION": self.specialisation,
+            "INSTALL_BOOTLOADER": "1" if self.install_bootloader else "",
             # computed here once: the agent uses them as they are
             "RECOVERY_S": str(self.recovery_s()),
             "GUARD_S": str(self.guard_s()),

@@ -178,6 +178,19 @@ ACTIVATION = params.collected(
         type=click.Choice(SANITY_CHECKS),
         help="Skip a sanity check of the new system (repeatable).",
     ),
+    click.option(
+        "--specialisation",
+        callback=params.specialisation,
+        metavar="NAME",
+        help="Activate the new system's specialisation NAME ('' for the system itself); the boot entry "
+        "is the system itself.  [default: the specialisation the host runs, if it runs one]",
+    ),
+    click.option(
+        "--install-bootloader",
+        is_flag=True,
+        help="Install the boot loader again when writing the boot entry (NIXOS_INSTALL_BOOTLOADER=1), "
+        "for hosts changing boot loader.",
+    ),
 )
 
 # deploy's and plan's: `build`

@@ -94,6 +94,13 @@ def relative_path(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+def specialisation(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A specialisation's name (<toplevel>/specialisation/NAME), or "" for the system itself."""
+    if value and (value in (".", "..") or any(c in value for c in "/\n\0") or not value.isprintable()):
+        raise click.BadParameter(f"{value!r} is not a specialisation's name")
+    return value
+
+
 def common_options(**values: Any) -> app.CommonOptions:
     return _app().CommonOptions(**values)  # type: ignore[no-any-return]
 

@@ -30,6 +30,7 @@ class Activation:
         self.job = job
         self.result = job.result
         self.agent: Agent | None = None  # the host's transaction, once it was asked for
+        self.activates = ""  # the specialisation's toplevel, when one is activated
 
     @property
     def started(self) -> bool:
@@ -50,11 +51,15 @@ class Activation:
             gc_root=self.job.gc_root if generation is None else "",
             flake=self.job.run.flake.url if generation is None else f"rollback to generation {generation}",
             generation=generation,
+            specialisation=self.job.specialisation,
+            install_bootloader=self.job.opts.install_bootloader,
         )
 
-    async def activate(self, toplevel: str, generation: int | None = None) -> None:
-        """Asks the host for the transaction to toplevel (generation: a rollback's), and
-        follows it to its end: the result's outcome and error say how it ended."""
+    async def activate(self, toplevel: str, generation: int | None = None, *, activates: str = "") -> None:
+        """Asks the host for the transaction to toplevel (generation: a rollback's; activates:
+        the toplevel of its specialisation that is activated, if one is), and follows it to
+        its end: the result's outcome and error say how it ended."""
+        self.activates = activates
         settings = self._settings(toplevel, generation)
         agent = Agent(self.job.remote, self.job.deploy_id, settings)
         self.agent = agent
@@ -163,7 +168,10 @@ class Activation:
                 "rolled back: the host lost the record of the deploy (did it reboot?) and runs its "
                 "previous system; the boot entry was not changed"
             )
-        elif facts.current_system == new and facts.profile_link != self.job.profile_link:
+        elif (
+            facts.current_system in (new, self.activates or new)
+            and facts.profile_link != self.job.profile_link
+        ):
             self.result.outcome = Outcome.ACTIVATED
             self.job.note(
                 "the host lost the record of the deploy (did it reboot?) but runs the new, committed system"

@@ -13,7 +13,7 @@ from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
-from deploy_flake.models import DeployOptions, HostResult, Outcome, RebootPolicy, Stage
+from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import Remote, SshSettings
 
@@ -50,6 +50,7 @@ class HostJob(ABC):
         self.boot_id = ""  # the host's boot when we connected
         self.finished = False
         self.arrived_at_gate = False
+        self.specialisation = ""  # the new system's specialisation to activate ("": the system itself)
 
     # ---------------------------------------------------------------- what the job shows
     def stage(self, stage: Stage) -> None:
@@ -166,12 +167,16 @@ class HostJob(ABC):
         """What the host says of the new system toplevel (its closure, what changes, its
         pre-activation check) and, with preflight, whether the running system is healthy."""
         self.stage(Stage.PREFLIGHT if preflight else Stage.CHECK)
+        self.specialisation = checks.wanted_specialisation(
+            self.opts.specialisation, facts.specialisation, activate_now=self.opts.test
+        )
         seen = await target.inspect(
             self.remote,
             toplevel,
             facts.current_system,
             pre_activate=self.opts.pre_activate_script or DEFAULT_PRE_ACTIVATE,
             preflight_s=self.t.preflight if preflight else 0,
+            specialisation=self.specialisation,
         )
         earlier = checks.preflight_verdict(seen.health, seen.failed_units)
         if earlier is not None:  # only an earlier, killed transaction's units failed
@@ -179,14 +184,39 @@ class HostJob(ABC):
         self.stage(Stage.CHECK)
         return seen
 
-    def sanity_checks(self, c: target.ClosureFacts, host_system: str) -> None:
-        """The new system (result.system) is fit for the host, else a DeployError."""
+    def sanity_checks(self, c: target.ClosureFacts, facts: HostFacts) -> None:
+        """The new system (result.system, or its specialisation to activate) is fit for the
+        host, else a DeployError."""
+        generation = (self.result.config or "N").split()[-1]  # a rollback's: "generation N"
         checks.check_system(
             c,
             toplevel=self.result.system,
-            host_system=host_system,
+            host_machine=facts.machine,
             host=self.dest.host,
             skip=self.opts.skip_checks,
+            activate_now=self.opts.test,
+            boot_only=(
+                "a rollback to it can only take effect at a boot: on the host, `nix-env -p "
+                f"/nix/var/nix/profiles/system --switch-generation {generation}`, "
+                "`/nix/var/nix/profiles/system/bin/switch-to-configuration boot`, then reboot"
+                if self.opts.job is Job.ROLLBACK
+                else "deploy it with --test=skip --reboot=if-needed"
+            ),
         )
+        running = facts.specialisation
+        note = checks.check_specialisation(
+            c,
+            wanted=self.specialisation,
+            asked=self.opts.specialisation,
+            running=running,
+            host=self.dest.host,
+        )
+        if note is not None:
+            self.note(note)
+        elif running and not self.opts.test:
+            self.note(
+                f"{self.dest.host} runs the specialisation {running} of its system; the boot entry is the "
+                "new system itself, which it runs after a reboot"
+            )
         if c.reboot_reasons and self.opts.reboot is RebootPolicy.NEVER:
             self.note(f"reboot needed to use the new {', '.join(c.reboot_reasons)}")

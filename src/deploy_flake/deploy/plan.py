@@ -19,11 +19,16 @@ async def show_plan(
     """
     verdict = "ok"
     try:
-        job.sanity_checks(seen.closure, facts.system)
+        job.sanity_checks(seen.closure, facts)
     except DeployError as e:
         verdict = str(e)
     changes = list(seen.changes)
-    units = await target.dry_activate(job.remote, toplevel, timeout=job.t.activation)
+    if seen.closure.init_differs:  # switch-to-configuration refuses even to dry-activate it (exit 100)
+        units: dict[str, list[str]] = {}
+        job.line("units: not known: the new system's init starts only at a boot into it")
+    else:
+        activated = seen.closure.activates or toplevel  # its specialisation, when one is activated
+        units = await target.dry_activate(job.remote, activated, timeout=job.t.activation)
     reboot = seen.closure.reboot_reasons
     job.result.details = {
         "plan": {
@@ -32,6 +37,7 @@ async def show_plan(
             "reboot_needed": bool(reboot),
             "reboot_reasons": list(reboot),
             "checks": verdict,
+            "specialisation": job.specialisation or None,
         }
     }
     for change in changes:
@@ -40,6 +46,8 @@ async def show_plan(
         job.line(f"would {action}: {', '.join(names)}")
     if not changes and not units:
         job.line("no change: the host runs this system already")
+    if job.specialisation:
+        job.line(f"specialisation: {job.specialisation}")
     job.line("reboot needed: " + (", ".join(reboot) if reboot else "no"))
     job.line(f"checks: {verdict}")
     if final:

@@ -50,7 +50,7 @@ class TransactionJob(HostJob):
             if verdict != "ok":
                 raise DeployError(verdict)
         else:
-            self.sanity_checks(seen.closure, facts.system)
+            self.sanity_checks(seen.closure, facts)
             for change in seen.changes:
                 self.line(f"change: {change}")
 
@@ -67,7 +67,7 @@ class TransactionJob(HostJob):
                 raise DeployError("not confirmed at the --ask prompt: nothing was changed")
 
         self.stage(Stage.ACTIVATE)
-        await self.activation.activate(toplevel, generation)
+        await self.activation.activate(toplevel, generation, activates=seen.closure.activates)
         # the checks passed: what of the new system takes a reboot to use
         reasons = seen.closure.reboot_reasons
         if self.result.outcome is Outcome.ACTIVATED and reboot_wanted(

@@ -23,7 +23,8 @@ _FACTS_SCRIPT = (
 echo "uid=$(id -u)"
 echo "hostname=$(hostname)"
 echo "machine=$(uname -m)"
-echo "current=$(readlink -f /run/current-system 2>/dev/null)"
+cur=$(readlink -f /run/current-system 2>/dev/null)
+echo "current=$cur"
 echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
 echo "profile=$(readlink /nix/var/nix/profiles/system 2>/dev/null)"
 echo "profile_system=$(readlink -f /nix/var/nix/profiles/system 2>/dev/null)"
@@ -33,6 +34,11 @@ systemctl list-units --failed --plain --no-legend --no-pager 2>/dev/null | awk '
 for f in kernel initrd kernel-modules; do
   b=$(readlink -f "/run/booted-system/$f" 2>/dev/null)
   [ -n "$b" ] && [ "$b" != "$(readlink -f "/run/current-system/$f" 2>/dev/null)" ] && echo "reboot=$f"
+done
+# a specialisation of the committed (or booted) system that the host runs (NixOS links a
+# system's specialisation NAME as <toplevel>/specialisation/NAME)
+for s in /nix/var/nix/profiles/system/specialisation/* /run/booted-system/specialisation/*; do
+  [ -e "$s" ] && [ "$(readlink -f "$s")" = "$cur" ] && echo "specialisation=${s##*/}" && break
 done
 # one process for all generations (nix-env links each to its system's store path)
 find /nix/var/nix/profiles -maxdepth 1 -name 'system-*-link' -type l -printf '%f %l\n' 2>/dev/null |
@@ -46,7 +52,7 @@ find /nix/var/nix/profiles -maxdepth 1 -name 'system-*-link' -type l -printf '%f
 class HostFacts:
     uid: int
     hostname: str
-    system: str  # the platform, like x86_64-linux
+    system: str  # the platform, like x86_64-linux (the kernel's machine, uname -m, and "-linux")
     current_system: str
     booted_system: str
     profile_link: str  # the generation the system profile points at (system-N-link)
@@ -57,6 +63,8 @@ class HostFacts:
     generations: tuple[tuple[int, str], ...] = ()  # (number, system), oldest first
     last_deploy: Mapping[str, str] = field(default_factory=dict)  # recorded by the agent at each commit
     boot_id: str = ""  # the kernel's id of this boot: a reboot changes it
+    machine: str = ""  # uname -m, like x86_64 or armv7l
+    specialisation: str = ""  # the committed system's specialisation the host runs, if it runs one
 
     @property
     def generation(self) -> int | None:
@@ -115,6 +123,8 @@ def parse_facts(text: str) -> HostFacts:
         generations=tuple(sorted(generations)),
         last_deploy={k[len("last_") :]: v for k, v in pairs if k.startswith("last_")},
         boot_id=kv.get("boot_id", ""),
+        machine=machine,
+        specialisation=kv.get("specialisation", ""),
     )
 
 
@@ -192,11 +202,17 @@ async def wait_for_new_boot(remote: Remote, old_boot_id: str, deadline: float) -
 # check, and what changes. Read-only; the deploy decides in this order. A fixed script: the
 # arguments are store paths, a checked relative path and a number.
 _INSPECT_SCRIPT = r"""
-top=$1 cur=$2 rel=$3 wait_s=$4
-shift 4  # the rest: the diff's argv (closure_diff_argv)
+top=$1 cur=$2 rel=$3 wait_s=$4 spec=$5
+shift 5  # the rest: the diff's argv (closure_diff_argv) but the new system, which comes last
+for s in "$top"/specialisation/*; do [ -e "$s" ] && echo "specialisation=${s##*/}"; done
+# the system to activate: the specialisation SPEC of the new one, when asked and present
+if [ -n "$spec" ] && [ -e "$top/specialisation/$spec" ]; then
+  top=$(readlink -f "$top/specialisation/$spec")
+  echo "activates=$top"
+fi
 diff=""  # the diff (a nix process) runs while the rest is looked at
 if [ -n "$cur" ] && [ "$cur" != "$top" ] && diff=$(mktemp 2>/dev/null); then
-  timeout 120 "$@" > "$diff" 2>/dev/null &
+  timeout 120 "$@" "$top" > "$diff" 2>/dev/null &
 fi
 if [ "$wait_s" -gt 0 ]; then
   echo "health=$(timeout "$wait_s" systemctl is-system-running --wait 2>/dev/null | tail -n 1)"
@@ -204,6 +220,9 @@ if [ "$wait_s" -gt 0 ]; then
 fi
 [ -x "$top/bin/switch-to-configuration" ] && echo stc=yes
 echo "system=$(cat "$top/system" 2>/dev/null)"
+# switch-to-configuration refuses a new init whose interface differs (only a boot starts it)
+[ -r "$top/init-interface-version" ] && echo "init=$(cat "$top/init-interface-version")"
+echo "running_init=$(cat /run/current-system/init-interface-version 2>/dev/null)"
 u=$top/etc/systemd/system
 for f in sshd.service sshd.socket; do [ -e "$u/$f" ] && echo "unit=$f"; done
 for w in multi-user.target.wants/sshd.service sockets.target.wants/sshd.socket; do
@@ -233,11 +252,23 @@ DIFF_ALLOWANCE_S = 120  # nix store diff-closures of two large systems (the scri
 
 @dataclass(frozen=True)
 class ClosureFacts:
+    """The new system as the host sees it: the one activated (a specialisation of it, when
+    one was asked for and it has it)."""
+
     has_switch_to_configuration: bool
     system: str
     sshd_units: frozenset[str]
     sshd_wanted: frozenset[str]
     reboot_reasons: tuple[str, ...]
+    init_interface: str | None = None  # <toplevel>/init-interface-version; None: it has none
+    running_init_interface: str = ""  # the running system's ("" when it has none, as ng reads it)
+    specialisations: tuple[str, ...] = ()  # the new system's (not the activated one's)
+    activates: str = ""  # the specialisation's own toplevel, when one was asked for and found
+
+    @property
+    def init_differs(self) -> bool:
+        """switch-to-configuration test would refuse it (exit 100): only a boot starts it."""
+        return self.init_interface is not None and self.init_interface != self.running_init_interface
 
 
 @dataclass(frozen=True)
@@ -250,9 +281,16 @@ class Inspection:
 
 
 async def inspect(
-    remote: Remote, toplevel: str, current: str, *, pre_activate: str = "", preflight_s: float = 0
+    remote: Remote,
+    toplevel: str,
+    current: str,
+    *,
+    pre_activate: str = "",
+    preflight_s: float = 0,
+    specialisation: str = "",
 ) -> Inspection:
-    """preflight_s: wait that long for the running system to finish starting (0: no health check)."""
+    """preflight_s: wait that long for the running system to finish starting (0: no health check).
+    specialisation: inspect toplevel's specialisation of that name instead, when it has one."""
     wait_s = int(preflight_s)
     done = await run_checked(
         remote,
@@ -265,7 +303,8 @@ async def inspect(
             current,
             pre_activate,
             str(wait_s),
-            *closure_diff_argv(current, toplevel),
+            specialisation,
+            *closure_diff_argv(current, toplevel)[:-1],  # the script adds the system it inspects
         ],
         "inspecting the host and the new system",
         timeout=wait_s + DIFF_ALLOWANCE_S + 30,
@@ -287,6 +326,10 @@ def parse_inspection(text: str, *, health_asked: bool) -> Inspection:
         sshd_units=frozenset(ln[5:] for ln in lines if ln.startswith("unit=")),
         sshd_wanted=frozenset(ln[7:] for ln in lines if ln.startswith("wanted=")),
         reboot_reasons=reboot,
+        init_interface=kv.get("init"),
+        running_init_interface=kv.get("running_init", ""),
+        specialisations=tuple(ln[15:] for ln in lines if ln.startswith("specialisation=")),
+        activates=kv.get("activates", ""),
     )
     changes = tuple(c for ln in lines if ln.startswith("change=") and (c := _ANSI.sub("", ln[7:]).strip()))
     return Inspection(

@@ -20,7 +20,8 @@ restore_profile() {
     fi
   fi
   await_other_switch
-  if ! timeout -k "$KILL_GRACE_S" "$BOOT_S" "$PROFILE/bin/switch-to-configuration" boot 8>&-; then
+  if ! NIXOS_INSTALL_BOOTLOADER=$INSTALL_BOOTLOADER timeout -k "$KILL_GRACE_S" "$BOOT_S" \
+      "$PROFILE/bin/switch-to-configuration" boot 8>&-; then
     RESTORE_PROBLEM="writing the previous boot entry again failed: the boot loader may still default to $NEW; run \`$PROFILE/bin/switch-to-configuration boot\` on the host"
     return 1
   fi
@@ -42,7 +43,7 @@ commit() {  # profile generation + boot entry, undone if either step fails
     [ "$MODE" = test ] && rollback "$why"
     conclude_unchanged "$why"
   fi
-  if [ "$MODE" = test ] && [ "$(readlink -f /run/current-system)" != "$NEW" ]; then
+  if [ "$MODE" = test ] && [ "$(readlink -f /run/current-system)" != "$(active_system)" ]; then
     rollback "another switch replaced the running system during the deploy (it runs $(readlink -f /run/current-system))"
   fi
   old_gen=$(cat "$DIR/old-generation" 2>/dev/null)
@@ -62,7 +63,9 @@ commit() {  # profile generation + boot entry, undone if either step fails
     conclude_unchanged "$why"
   fi
   await_other_switch
-  if ! timeout -k "$KILL_GRACE_S" "$BOOT_S" "$NEW/bin/switch-to-configuration" boot 8>&-; then
+  # --install-bootloader: the boot loader itself is installed again (NixOS's hooks read it)
+  if ! NIXOS_INSTALL_BOOTLOADER=$INSTALL_BOOTLOADER timeout -k "$KILL_GRACE_S" "$BOOT_S" \
+      "$NEW/bin/switch-to-configuration" boot 8>&-; then
     log "the boot step failed: putting the system profile and the boot entry back"
     why="switch-to-configuration boot failed; the profile and boot entry were put back"
     restore_profile || why="switch-to-configuration boot failed"

@@ -37,7 +37,10 @@
 #                              HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER GC_ROOT RECOVERY_S
 #                              GUARD_S, and optionally FLAKE, what is recorded as the deploy's
 #                              source, and GENERATION, an existing profile generation of NEW
-#                              to switch the profile to instead of adding one: a rollback) and run
+#                              to switch the profile to instead of adding one: a rollback;
+#                              SPECIALISATION, a specialisation of NEW that `test` activates, the
+#                              profile and boot entry staying NEW; INSTALL_BOOTLOADER=1, set
+#                              NIXOS_INSTALL_BOOTLOADER=1 for `switch-to-configuration boot`) and run
 #                              `agent run ID` in the transient unit deploy-flake-ID; with
 #                              MAX_S, then `watch ID 0 MAX_S STOP` (one round trip less)
 #   agent run ID               the transaction (the unit's main process)

@@ -55,6 +55,11 @@ load_settings() {
   NEW=$(param NEW) MODE=$(param MODE) ACT_S=$(param ACTIVATION_S) HEALTH_S=$(param HEALTH_S)
   SETTLE_S=$(param SETTLE_S) CONFIRM_S=$(param CONFIRM_S) BOOT_S=$(param BOOT_S) HOLDER=$(param HOLDER)
   GENERATION=$(param GENERATION) RECOVERY_S=$(param RECOVERY_S) GUARD_S=$(param GUARD_S)
+  SPECIALISATION=$(param SPECIALISATION)
+  INSTALL_BOOTLOADER=0; [ "$(param INSTALL_BOOTLOADER)" = 1 ] && INSTALL_BOOTLOADER=1
+}
+active_system() {  # what `test` activates: NEW, or its specialisation SPECIALISATION
+  if [ -n "$SPECIALISATION" ]; then readlink -f "$NEW/specialisation/$SPECIALISATION"; else echo "$NEW"; fi
 }
 is_uint() { case $1 in '' | *[!0-9]*) return 1 ;; esac; return 0; }
 settings_problem() {  # prints what is wrong with the settings; false when nothing is
@@ -76,6 +81,10 @@ settings_problem() {  # prints what is wrong with the settings; false when nothi
     is_uint "$GENERATION" || { echo "GENERATION must be a generation number (not '$GENERATION')"; return 0; }
     [ "$(readlink -f "${PROFILE%/*}/system-$GENERATION-link" 2>/dev/null)" = "$NEW" ] \
       || { echo "generation $GENERATION of $PROFILE is not $NEW"; return 0; }
+  fi
+  case $SPECIALISATION in */* | . | ..) echo "SPECIALISATION is not a specialisation's name: '$SPECIALISATION'"; return 0 ;; esac
+  if [ -n "$SPECIALISATION" ] && [ ! -x "$NEW/specialisation/$SPECIALISATION/bin/switch-to-configuration" ]; then
+    echo "$NEW has no specialisation $SPECIALISATION"; return 0
   fi
   case $(param GC_ROOT) in '' | /tmp/deploy-flake-*.system) ;; *) echo "GC_ROOT is not a deploy-flake result link"; return 0 ;; esac
   return 1

@@ -14,6 +14,10 @@ stc_refusal() {  # RC OFFSET
     echo "another switch is in progress on this host: another switch-to-configuration holds $SWITCH_LOCK (Could not acquire lock)"
     return 0
   fi
+  if [ "$1" = 100 ] && printf '%s\n' "$out" | grep -q "won't take effect until you reboot"; then
+    echo "the new system's init is incompatible with the running one's: switch-to-configuration test refused it (\"won't take effect until you reboot\"); deploy it with --test=skip --reboot=if-needed"
+    return 0
+  fi
   if printf '%s\n' "$out" | grep -Eq '^This is not a NixOS installation!'; then
     echo "switch-to-configuration refused: This is not a NixOS installation! (no /etc/NIXOS, and /etc/os-release's ID is not nixos)"
     return 0
@@ -134,9 +138,10 @@ run() {
   fi
 
   set_state activating
-  log "activating $NEW (previous: $PREV)"
+  active=$(active_system)
+  log "activating $active${SPECIALISATION:+ (specialisation $SPECIALISATION of $NEW)} (previous: $PREV)"
   log_from=$(log_size)
-  activate "$NEW"; rc=$?
+  activate "$active"; rc=$?
   if [ "$rc" -ne 0 ] && why=$(stc_refusal "$rc" "$log_from"); then
     conclude_unchanged "$why; switch-to-configuration test (exit $rc) changed nothing"
   fi
