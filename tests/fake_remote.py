@@ -46,6 +46,7 @@ def command_name(argv: Sequence[str]) -> str:
         script = argv[2]
         for mark, name in (
             ('echo "uid=$(id -u)"', "facts"),
+            ('echo "machine_id=$(cat /etc/machine-id', "identity"),
             ("top=$1 cur=$2", "inspect"),
             ('mkdir -p "${1%/*}"', "agent install"),
         ):
@@ -150,10 +151,12 @@ class FakeRemote(Remote):
             raise ProcessTimeout(argv, timeout, reply.completed(argv))
         return reply.completed(argv)
 
-    async def connect(self, timeout: float) -> None:
+    async def connect(self, timeout: float) -> bool:
+        """Reply(stdout="reused"): a live shared connection was there already."""
         reply = self._host().answer("connect", [], None)
         if reply.lost or reply.returncode != 0:
             raise DeployError(f"cannot reach {self.dest.host} over SSH: {reply.stderr.strip()}")
+        return reply.stdout == "reused"
 
     async def disconnect(self) -> None:
         self._host().answer("disconnect", [], None)

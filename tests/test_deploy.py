@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
-from tests.lab import FIXTURE_FLAKE, SSH_CONFIG, Host, deploy, deploy_argv, lab
+from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.ssh import SshSettings, control_name
+from tests.lab import FIXTURE_FLAKE, HOSTS_DIR, SSH_CONFIG, Host, deploy, deploy_argv, lab
 
 
 def test_three_hosts_in_parallel(hosts: dict[str, Host]) -> None:
@@ -142,7 +145,11 @@ def test_ssh_client_killed_during_activation(hosts: dict[str, Host]) -> None:
     bg.wait_output("state: activating")
     # kill every ssh client of this deploy that talks to alpha, the shared connection included
     # (this worker's alpha only: another worker's pool has an alpha too, and its own ssh config)
-    pattern = f"^ssh -F {re.escape(str(SSH_CONFIG))} .*cm-_alpha_"
+    socket = control_name(
+        Destination.parse("nixos://alpha/slow-activation"),
+        SshSettings(control_dir=Path("/unused"), config_file=SSH_CONFIG),
+    )
+    pattern = f"^ssh -F {re.escape(str(SSH_CONFIG))} .*{socket}"
     killed = subprocess.run(["pkill", "-e", "-f", pattern], capture_output=True, text=True, check=False)
     assert "killed" in killed.stdout
     r = bg.finish()
@@ -151,6 +158,32 @@ def test_ssh_client_killed_during_activation(hosts: dict[str, Host]) -> None:
     assert isinstance(system, str)
     assert wait_for(lambda: hosts["alpha"].current_system() == system, 10)
     hosts["alpha"].assert_clean_after(running=system, boot=system)
+
+
+def test_two_long_aliases_with_one_prefix_each_reach_their_own_host(
+    hosts: dict[str, Host], tmp_path: Path
+) -> None:
+    """Two ssh aliases whose first 60 characters agree (issue 17, item 1): each has its own
+    shared connection, so each host builds and runs its own configuration (they once shared
+    the first one's, and the second host's deploy ran on the first host)."""
+    prefix = "fleet-host-with-a-rather-long-name-whose-first-sixty-characters-are-shared-"
+    blocks = []
+    for name in ("alpha", "beta"):
+        block = (HOSTS_DIR / name / "ssh_config").read_text()
+        assert block.startswith(f"Host {name}\n"), block
+        blocks.append(f"Host {prefix}{name}\n" + block.split("\n", 1)[1])
+    config = tmp_path / "ssh_config"
+    config.write_text("\n".join(blocks))
+    one, other = f"nixos://{prefix}alpha/alpha", f"nixos://{prefix}beta/good"
+    r = deploy(one, other, ssh_config=config)
+    assert r.returncode == 0, r.output
+    alpha_system, beta_system = r.host(one)["system"], r.host(other)["system"]
+    assert isinstance(alpha_system, str) and alpha_system.endswith("nixos-system-alpha-1")
+    assert isinstance(beta_system, str) and beta_system.endswith("nixos-system-good-1")
+    for host, system in ((hosts["alpha"], alpha_system), (hosts["beta"], beta_system)):
+        host.assert_clean_after(running=system, boot=system)
+        assert host.profile() == system
+        assert host.generations() == 2  # the image's and this deploy's: one transaction each
 
 
 def test_non_root_user_with_sudo(hosts: dict[str, Host]) -> None:

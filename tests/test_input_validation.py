@@ -323,15 +323,15 @@ def test_cli_refuses_an_ssh_option_ssh_does_not_know(lab_ssh_config: Path) -> No
 
 def test_lab_hosts_behind_their_own_proxy_are_distinct(lab_ssh_config: Path) -> None:
     """Same HostName and port, different ProxyCommand: different machines (real ssh -G)."""
-    dests = [Destination.parse(d) for d in ("alpha", "beta", "nixos://deploy@gamma/x", "delta")]
-    check_distinct_destinations(dests, lab_ssh_config, ())
+    dests = [(Destination.parse(d), ()) for d in ("alpha", "beta", "nixos://deploy@gamma/x", "delta")]
+    check_distinct_destinations(dests, lab_ssh_config)
     with pytest.raises(UsageError, match="'alpha' and 'nixos://alpha:22/y' are the same host"):
-        check_distinct_destinations([*dests, Destination.parse("nixos://alpha:22/y")], lab_ssh_config, ())
+        check_distinct_destinations([*dests, (Destination.parse("nixos://alpha:22/y"), ())], lab_ssh_config)
 
 
 def test_the_port_makes_another_host(lab_ssh_config: Path) -> None:
-    dests = [Destination.parse(d) for d in ("nixos://alpha:22/x", "nixos://alpha:2222/x")]
-    check_distinct_destinations(dests, lab_ssh_config, ())
+    dests = [(Destination.parse(d), ()) for d in ("nixos://alpha:22/x", "nixos://alpha:2222/x")]
+    check_distinct_destinations(dests, lab_ssh_config)
 
 
 def test_a_single_destination_runs_no_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,7 +339,7 @@ def test_a_single_destination_runs_no_ssh(monkeypatch: pytest.MonkeyPatch) -> No
         raise AssertionError("ssh -G ran for a single destination")
 
     monkeypatch.setattr(process, "run", no_ssh)
-    check_distinct_destinations([Destination.parse("alpha")], None, ())
+    check_distinct_destinations([(Destination.parse("alpha"), ())], None)
 
 
 def test_ssh_g_command_has_the_options_of_every_ssh_command() -> None:

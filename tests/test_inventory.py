@@ -386,6 +386,9 @@ def test_eval_inventory_runs_one_nix_eval(tmp_path: Path, monkeypatch: pytest.Mo
             "--extra-experimental-features",
             "nix-command flakes",
             "eval",
+            "--option",
+            "allow-import-from-derivation",
+            "false",
             "--json",
             f"path:{flake.resolve()}#deployFlake.hosts",
         )

@@ -295,7 +295,10 @@ def _validate(command: Command) -> _Checked:
     targets = _targets(common.destinations, common.selectors, options)
     dests = [t.dest for t in targets]
     _check_no_repeats(dests)
-    check_distinct_destinations(dests, common.ssh_config, common.ssh_options)
+    # each with the options it is reached with, as fleet.run gives them: its own first
+    check_distinct_destinations(
+        [(t.dest, (*t.ssh_options, *common.ssh_options)) for t in targets], common.ssh_config
+    )
     run_dir = None if job is Job.STATUS else new_run_dir(common.log_dir or default_log_dir())
     if isinstance(command, StatusCommand):
         password = None

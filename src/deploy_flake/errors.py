@@ -48,3 +48,8 @@ class ConnectionLost(DeployError):
         self.completed = done
         during = f" during {what}" if what else ""
         super().__init__(f"lost the SSH connection to {host}{during}: {self.ssh_error}")
+
+
+class WrongHost(PermanentError):
+    """A shared SSH connection reaches another machine than the host's (another destination's
+    connection): nothing may run over it, and trying again would reach the same machine."""

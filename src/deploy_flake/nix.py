@@ -236,7 +236,18 @@ async def eval_inventory(flake_dir: Path) -> object:
     """
     if not (flake_dir / "flake.nix").is_file():
         raise UsageError(f"no flake.nix in {flake_dir}: pass the flake's directory with --flake DIR")
-    argv = ["nix", *NIX_FEATURES, "eval", "--json", f"{flake_ref(flake_dir)}#{INVENTORY_ATTR}"]
+    # No import from derivation: reading the inventory builds nothing (a flake could
+    # otherwise run a build on this machine just to say which hosts it has).
+    argv = [
+        "nix",
+        *NIX_FEATURES,
+        "eval",
+        "--option",
+        "allow-import-from-derivation",
+        "false",
+        "--json",
+        f"{flake_ref(flake_dir)}#{INVENTORY_ATTR}",
+    ]
     try:
         done = await process.run(argv, timeout=INVENTORY_EVAL_TIMEOUT_S)
     except FileNotFoundError:
@@ -264,6 +275,11 @@ def _inventory_failure(stderr: str, flake_dir: Path) -> str:
     message, where = _last_nix_error(stderr)
     if "does not provide attribute" in message and f"'{INVENTORY_ATTR}'" in message:
         return f"the flake at {flake_dir} has no {INVENTORY_ATTR} output: {message}"
+    if "allow-import-from-derivation" in message:
+        return (
+            f"{INVENTORY_ATTR} of the flake at {flake_dir} imports from a derivation, which would "
+            f"build on this machine; reading the inventory builds nothing: {message}{where}"
+        )
     return f"cannot evaluate {INVENTORY_ATTR} of the flake at {flake_dir}: {message}{where}"
 
 

@@ -24,7 +24,7 @@ from deploy_flake.agent.protocol import (
 )
 from deploy_flake.agent.script import script, script_path
 from deploy_flake.agent.settings import CONFIRM_HOLD_MARGIN_S, CONFIRM_TAKEN_S, MARGIN_S, Settings
-from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
+from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, WrongHost
 from deploy_flake.remote.ssh import Remote
 
 STREAM_S = 30  # the longest one call shows the agent's log before the deployer asks again
@@ -401,5 +401,7 @@ async def _quietly(action: Callable[[], object]) -> None:
     if asyncio.iscoroutine(result):
         try:
             await result
+        except WrongHost:  # the connection reaches another machine: nothing more over it
+            raise
         except DeployError:
             pass

@@ -5,7 +5,6 @@ check after a rollback, and Ctrl-C (ask the host to roll back)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -13,7 +12,7 @@ from deploy_flake.agent.client import Agent
 from deploy_flake.agent.protocol import Mode, Phase, Status
 from deploy_flake.agent.settings import Settings
 from deploy_flake.deploy.host import HostJob
-from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
+from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, WrongHost
 from deploy_flake.host import target
 from deploy_flake.models import Outcome, Stage
 
@@ -186,9 +185,14 @@ class Activation:
             )
 
     async def _reconnect(self) -> None:
-        """After a lost connection: open the shared connection again."""
-        with contextlib.suppress(DeployError):
-            await self.job.remote.connect(self.job.t.connect)
+        """After a lost connection: open the shared connection again (one still open must
+        prove it reaches this host: WrongHost goes through)."""
+        try:
+            await self.job.connect(self.job.t.connect)
+        except WrongHost:
+            raise
+        except DeployError:
+            pass
 
     async def _verify_after_rollback(self) -> None:
         """A new login must work and the previous system must be running again."""

@@ -10,9 +10,9 @@ from abc import ABC, abstractmethod
 
 from deploy_flake.deploy import checks
 from deploy_flake.deploy.run import Run
-from deploy_flake.errors import DeployError
+from deploy_flake.errors import DeployError, WrongHost
 from deploy_flake.host import target
-from deploy_flake.host.target import HostFacts
+from deploy_flake.host.target import HostFacts, HostIdentity
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import Remote, SshSettings
@@ -48,6 +48,8 @@ class HostJob(ABC):
         self.gc_root = f"/tmp/deploy-flake-{self.deploy_id}.system"
         self.profile_link = ""  # the system profile's generation when we connected
         self.boot_id = ""  # the host's boot when we connected
+        self.identity: HostIdentity | None = None  # the machine the first contact reached
+        self.foreign_connection = False  # the open connection is another host's: never closed here
         self.finished = False
         self.arrived_at_gate = False
         self.specialisation = ""  # the new system's specialisation to activate ("": the system itself)
@@ -78,7 +80,7 @@ class HostJob(ABC):
         connected = False
         try:
             self.stage(Stage.CONNECT)
-            await self.remote.connect(self.t.connect)
+            await self.connect(self.t.connect)
             connected = True
             await self._steps()
         except DeployError as e:
@@ -89,7 +91,7 @@ class HostJob(ABC):
             self._ended_by(f"internal error: {type(e).__name__}: {e}")
         finally:
             self.result.duration_s = time.monotonic() - t0
-            if connected:
+            if connected and not self.foreign_connection:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._disconnect())
         self.finished = True
@@ -148,12 +150,24 @@ class HostJob(ABC):
         await self.remote.disconnect()
 
     # ---------------------------------------------------------------- steps the jobs share
+    async def connect(self, timeout: float) -> None:
+        """Opens the shared connection, or reuses the one that is open. A reused one must
+        prove that it reaches this host: the machine the first contact saw (before any
+        contact: the one a new login reaches), else WrongHost and nothing runs over it."""
+        if await self.remote.connect(timeout):
+            try:
+                self.identity = await target.check_reused_connection(self.remote, self.identity)
+            except WrongHost:
+                self.foreign_connection = True
+                raise
+
     async def _facts(self) -> HostFacts:
         """What the host runs and how it is, when we connected."""
         facts = await target.host_facts(self.remote)
         self.result.previous_system = facts.current_system or None
         self.profile_link = facts.profile_link
         self.boot_id = facts.boot_id
+        self.identity = facts.identity
         return facts
 
     async def _use_sudo(self, facts: HostFacts) -> None:

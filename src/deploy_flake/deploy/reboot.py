@@ -67,6 +67,7 @@ async def _after_reboot(job: HostJob, toplevel: str, t0: float, deadline: float)
         return
     job.line(f"back after {time.monotonic() - t0:.0f}s, boot id {facts.boot_id}")
     job.boot_id = facts.boot_id
+    job.identity = facts.identity  # a new login's: this host, whatever its new boot changed
     if facts.booted_system != toplevel or facts.current_system != toplevel:
         job.result.outcome = Outcome.UNKNOWN
         job.result.error = (
@@ -76,7 +77,7 @@ async def _after_reboot(job: HostJob, toplevel: str, t0: float, deadline: float)
             "and the boot loader's default"
         )
         return
-    await job.remote.connect(max(1.0, min(job.t.connect, deadline - time.monotonic())))
+    await job.connect(max(1.0, min(job.t.connect, deadline - time.monotonic())))
     state, failed = await target.system_health(job.remote, max(1.0, deadline - time.monotonic()))
     if state != "running":
         units = ", ".join(failed) if failed else "none listed"

@@ -7,7 +7,8 @@ The flake's output `deployFlake.hosts` maps a name to a host:
       tags = [ "web" "eu" ];                 # letters, digits, '_', '-' and '.'
       user = "deploy";                       # overrides the destination's user
       port = 2222;                           # overrides the destination's port
-      ssh_options = [ "ConnectTimeout=5" ];  # KEY=VALUE, added for this host
+      ssh_options = [ "ProxyJump=bastion" ];  # KEY=VALUE, for this host: only where and how
+                                             # to log in (remote/inventory_options.py)
       sudo = true;
       timeouts = { build = "2h"; settle = 0; };  # durations or whole seconds
       skip_checks = [ "system-type" ];
@@ -35,6 +36,7 @@ from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import UsageError
 from deploy_flake.models import SANITY_CHECKS, DeployOptions
 from deploy_flake.remote.destination import CONFIG_NAME, USER_NAME, Destination
+from deploy_flake.remote.inventory_options import inventory_option_problem
 from deploy_flake.remote.ssh import SSH_OPTION
 
 TAG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -162,6 +164,9 @@ def _ssh_options(where: str, value: object) -> list[str]:
     for opt in options:
         if not SSH_OPTION.match(opt):
             raise UsageError(f"{where}: 'ssh_options': {opt!r} is not KEY=VALUE, like ConnectTimeout=5")
+        problem = inventory_option_problem(opt)
+        if problem is not None:
+            raise UsageError(f"{where}: 'ssh_options': {problem}")
     return options
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from deploy_flake.agent.protocol import LAST_DEPLOY_FILE  # written by the agent at each commit
-from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout
+from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, WrongHost
 from deploy_flake.process import Completed, LineSink
 from deploy_flake.remote.ssh import Remote
 
@@ -22,6 +22,7 @@ _FACTS_SCRIPT = (
     r"""
 echo "uid=$(id -u)"
 echo "hostname=$(hostname)"
+echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
 echo "machine=$(uname -m)"
 cur=$(readlink -f /run/current-system 2>/dev/null)
 echo "current=$cur"
@@ -49,6 +50,18 @@ find /nix/var/nix/profiles -maxdepth 1 -name 'system-*-link' -type l -printf '%f
 
 
 @dataclass(frozen=True)
+class HostIdentity:
+    """Which machine a connection reaches: its machine id (systemd's /etc/machine-id) and host
+    name, as the first contact saw them."""
+
+    machine_id: str
+    hostname: str
+
+    def __str__(self) -> str:
+        return f"{self.hostname or 'a host without a name'} (machine id {self.machine_id or 'unknown'})"
+
+
+@dataclass(frozen=True)
 class HostFacts:
     uid: int
     hostname: str
@@ -65,6 +78,11 @@ class HostFacts:
     boot_id: str = ""  # the kernel's id of this boot: a reboot changes it
     machine: str = ""  # uname -m, like x86_64 or armv7l
     specialisation: str = ""  # the committed system's specialisation the host runs, if it runs one
+    machine_id: str = ""
+
+    @property
+    def identity(self) -> HostIdentity:
+        return HostIdentity(self.machine_id, self.hostname)
 
     @property
     def generation(self) -> int | None:
@@ -125,7 +143,40 @@ def parse_facts(text: str) -> HostFacts:
         boot_id=kv.get("boot_id", ""),
         machine=machine,
         specialisation=kv.get("specialisation", ""),
+        machine_id=kv.get("machine_id", ""),
     )
+
+
+# Which machine a connection reaches, in one short round trip. A fixed script.
+_IDENTITY_SCRIPT = 'echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"; echo "hostname=$(hostname)"'
+
+
+async def host_identity(remote: Remote, *, fresh: bool = False) -> HostIdentity:
+    """fresh: over a new login, which goes where the destination goes; else over the shared
+    connection, which goes where it went when it was opened."""
+    what = "reading which host a new login reaches" if fresh else "reading which host the connection reaches"
+    done = await run_checked(remote, ["sh", "-c", _IDENTITY_SCRIPT], what, fresh=fresh, timeout=60)
+    if not done.ok:
+        raise DeployError(f"cannot read which host {remote.dest.host} is: {done.last_lines(2)}")
+    kv = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return HostIdentity(kv.get("machine_id", ""), kv.get("hostname", ""))
+
+
+async def check_reused_connection(remote: Remote, expected: HostIdentity | None) -> HostIdentity:
+    """A shared connection that was open already must prove that it reaches this host: the
+    machine it reaches must be `expected` (what the first contact saw) or, before any contact,
+    the one a new login to the destination reaches. Otherwise WrongHost: nothing may run over it."""
+    if expected is None:
+        seen, expected = await asyncio.gather(host_identity(remote), host_identity(remote, fresh=True))
+    else:
+        seen = await host_identity(remote)
+    if seen != expected:
+        raise WrongHost(
+            f"the shared SSH connection for {remote.dest.host} ({remote.control_path}) reaches "
+            f"{seen}, not {expected}: it is another destination's; nothing was run on "
+            f"{remote.dest.host} over it"
+        )
+    return seen
 
 
 async def sudo_needs_password(remote: Remote) -> bool:

@@ -8,6 +8,9 @@ that new logins still work.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
 import shlex
 from collections.abc import Sequence
@@ -63,11 +66,8 @@ class Remote:
     control_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        # ssh expands %C (a hash of host, port, user) itself; keep one socket per destination
-        tag = re.sub(
-            r"[^A-Za-z0-9_.-]", "_", f"{self.dest.user or ''}@{self.dest.host}:{self.dest.port or ''}"
-        )
-        object.__setattr__(self, "control_path", self.settings.control_dir / f"cm-{tag[:60]}")
+        name = control_name(self.dest, self.settings)
+        object.__setattr__(self, "control_path", self.settings.control_dir / name)
 
     def with_sudo(self, sudo: bool, *, password: bool = False) -> Remote:
         """password: sudo needs one here (and the run has it): commands as root go through
@@ -178,14 +178,16 @@ class Remote:
             argv, env={"NIX_SSHOPTS": self.nix_sshopts()}, timeout=timeout, on_stderr=on_stderr
         )
 
-    async def connect(self, timeout: float) -> None:
+    async def connect(self, timeout: float) -> bool:
         """Opens the shared connection, unless it is open; fails here, early, when the host is
-        unreachable. A dead master's socket is removed first: with it in place, a new
-        `ssh -f -N` would disable multiplexing and linger as a connection of its own."""
+        unreachable. True when a live master was there already (reused): what it reaches is
+        for the caller to prove (a reused master is not known to be this host's). A dead
+        master's socket is removed first: with it in place, a new `ssh -f -N` would disable
+        multiplexing and linger as a connection of its own."""
         if self.control_path.exists():
             check = await process.run(self.check_master_command(), timeout=10)
             if check.ok:
-                return
+                return True
             self.control_path.unlink(missing_ok=True)
         try:
             done = await process.run_detached(self.master_command(), timeout=timeout)
@@ -195,6 +197,7 @@ class Remote:
             ) from None
         if not done.ok:
             raise DeployError(f"cannot reach {self.dest.host} over SSH: {done.last_error()}")
+        return False
 
     async def disconnect(self) -> None:
         """Closes the shared connection."""
@@ -218,6 +221,26 @@ class Remote:
         user = f"{self.dest.user}@" if self.dest.user else ""
         host = f"[{self.dest.host}]" if self.dest.is_ipv6 else self.dest.host
         return f"ssh-ng://{user}{host}"
+
+
+def control_name(dest: Destination, settings: SshSettings) -> str:
+    """The shared connection's socket name: a hash of everything that decides where ssh goes
+    (user, host, port, the config file and every option, the host's own among them), so that
+    two destinations never share a master. A name made of the destination's text did: `a_b@c`
+    and `a@b_c` mapped to one name, and so did two long names cut to 60 characters. The whole
+    SHA-256 in base32 is 52 characters: the path stays within the socket path limit (108
+    bytes, less the 17 that ssh appends while it binds) under a temporary directory."""
+    where = json.dumps(
+        [
+            dest.user,
+            dest.host,
+            dest.port,
+            None if settings.config_file is None else str(settings.config_file),
+            list(settings.options),
+        ]
+    )
+    digest = hashlib.sha256(where.encode()).digest()
+    return "cm-" + base64.b32encode(digest).decode().rstrip("=").lower()
 
 
 def config_command(dest: Destination, *, config_file: Path | None, options: Sequence[str]) -> list[str]:

@@ -1,9 +1,11 @@
-"""Each destination as ssh itself resolves it (ssh -G): two destinations that ssh takes to the
-same machine (aliases, users, ports) are refused before any host is touched."""
+"""Each destination as ssh itself resolves it (ssh -G), with the ssh options it will be reached
+with (an inventory host's own among them): two destinations that ssh takes to the same machine
+(aliases, users, ports, HostName or ProxyJump options) are refused before any host is touched."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 from deploy_flake import process
@@ -16,24 +18,25 @@ SSH_CONFIG_TIMEOUT_S = 30
 SSH_CONFIG_PARALLEL = 32
 
 
-def check_distinct_destinations(
-    dests: list[Destination], ssh_config: Path | None, ssh_options: tuple[str, ...]
-) -> None:
-    """Refuses two destinations that ssh takes to the same machine (aliases, users, ports)."""
-    if len(dests) > 1:
-        check_distinct_hosts(asyncio.run(_ssh_targets(dests, ssh_config, ssh_options)))
+# A destination and every ssh option it is reached with: its own (an inventory's), then the run's.
+Reached = tuple[Destination, tuple[str, ...]]
 
 
-async def _ssh_targets(
-    dests: list[Destination], ssh_config: Path | None, ssh_options: tuple[str, ...]
-) -> list[SshTarget]:
+def check_distinct_destinations(targets: Sequence[Reached], ssh_config: Path | None) -> None:
+    """Refuses two destinations that ssh takes to the same machine (aliases, users, ports, and
+    each destination's own options: HostName, Port, ProxyJump)."""
+    if len(targets) > 1:
+        check_distinct_hosts(asyncio.run(_ssh_targets(targets, ssh_config)))
+
+
+async def _ssh_targets(targets: Sequence[Reached], ssh_config: Path | None) -> list[SshTarget]:
     limit = asyncio.Semaphore(SSH_CONFIG_PARALLEL)
 
-    async def one(dest: Destination) -> SshTarget:
+    async def one(dest: Destination, options: tuple[str, ...]) -> SshTarget:
         async with limit:
-            return await _ssh_target(dest, ssh_config, ssh_options)
+            return await _ssh_target(dest, ssh_config, options)
 
-    answers = await asyncio.gather(*(one(d) for d in dests), return_exceptions=True)
+    answers = await asyncio.gather(*(one(d, o) for d, o in targets), return_exceptions=True)
     for answer in answers:  # the first problem in command-line order, whichever finished first
         if isinstance(answer, BaseException):
             raise answer
