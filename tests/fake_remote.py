@@ -47,6 +47,8 @@ def command_name(argv: Sequence[str]) -> str:
         for mark, name in (
             ('echo "uid=$(id -u)"', "facts"),
             ("top=$1 cur=$2", "inspect"),
+            ('mkdir -p "${1%/*}" && exec nix-store', "gc root"),
+            ("exec systemctl reboot", "reboot"),
             ('mkdir -p "${1%/*}"', "agent install"),
         ):
             if mark in script:

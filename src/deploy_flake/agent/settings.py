@@ -47,6 +47,10 @@ class Settings:
     gc_root: str = ""  # the build's result link, dropped by the agent when the transaction ends
     flake: str = ""  # what the host records as the source of its last deploy
     generation: int | None = None  # an existing profile generation of new_system: a rollback to it
+    # The profile generation (system-N-link) the transaction must find, else it changes
+    # nothing: a rollback's, the one its target was chosen from (or an --all-or-nothing undo's,
+    # the one the deploy committed), so that a later switch is never silently undone.
+    expect: str = ""
 
     def __post_init__(self) -> None:
         for name in ("activation_s", "health_s", "confirm_s", "boot_s"):
@@ -69,6 +73,7 @@ class Settings:
             "GC_ROOT": self.gc_root,
             "FLAKE": " ".join(self.flake.split()),
             "GENERATION": "" if self.generation is None else str(self.generation),
+            "EXPECT": self.expect,
             # computed here once: the agent uses them as they are
             "RECOVERY_S": str(self.recovery_s()),
             "GUARD_S": str(self.guard_s()),

@@ -50,6 +50,9 @@ class Activation:
             gc_root=self.job.gc_root if generation is None else "",
             flake=self.job.run.flake.url if generation is None else f"rollback to generation {generation}",
             generation=generation,
+            # a rollback's target was chosen from the profile as it was then: it goes there only
+            # from that generation, never over one someone committed since
+            expect=self.job.profile_link if generation is not None else "",
         )
 
     async def activate(self, toplevel: str, generation: int | None = None) -> None:
@@ -77,9 +80,14 @@ class Activation:
         await self._conclude(agent, status)
 
     def _saw(self, status: Status) -> None:
-        """The agent's record of the system it returns to is the truth (ours may be stale)."""
+        """The agent's record of the system it returns to is the truth (ours may be stale), and
+        so is its record of the profile generation it replaced (and committed)."""
         if status.previous_system:
             self.result.previous_system = status.previous_system
+        if status.replaced:
+            self.job.replaced_link = status.replaced
+        if status.committed:
+            self.job.committed_link = status.committed
 
     def _on_phase(self, phase: Phase) -> None:
         if phase.stage is not None:
