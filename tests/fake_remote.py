@@ -48,6 +48,8 @@ def command_name(argv: Sequence[str]) -> str:
             ('echo "uid=$(id -u)"', "facts"),
             ('echo "machine_id=$(cat /etc/machine-id', "identity"),
             ("top=$1 cur=$2", "inspect"),
+            ('mkdir -p "${1%/*}" && exec nix-store', "gc root"),
+            ("exec systemctl reboot", "reboot"),
             ('mkdir -p "${1%/*}"', "agent install"),
         ):
             if mark in script:

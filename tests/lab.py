@@ -167,6 +167,11 @@ class Host:
         assert wait_for(lambda: not self.deploy_units(), 15), self.deploy_units()
         assert self.lock_free(), "the deploy lock is still held"
         assert self.out("ls -d /tmp/deploy-flake-* 2>/dev/null || true") == "", "a build result link was left"
+        assert self.gc_roots() == [], "a GC root of the new system was left"
+
+    def gc_roots(self) -> list[str]:
+        """The GC roots deploy-flake made for systems it built or copied (root's, under /run)."""
+        return self.out("ls -A /run/deploy-flake/gcroots 2>/dev/null || true").split()
 
 
 def wait_for(predicate: object, timeout: float, interval: float = 0.5) -> bool:

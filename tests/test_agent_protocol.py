@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from deploy_flake.agent.protocol import Keeper, Mode, Phase, last_status, parse_status
+from deploy_flake.agent.protocol import (
+    Keeper,
+    Mode,
+    Phase,
+    Status,
+    final_status,
+    format_status,
+    parse_status,
+)
 from deploy_flake.agent.settings import GUARD_MARGIN_S
 from deploy_flake.models import Outcome, Stage
 from tests.agent_settings import settings as _settings
@@ -13,23 +21,29 @@ from tests.agent_settings import settings as _settings
 def test_status_line() -> None:
     s = parse_status(
         "@@deploy-flake-state\trolled-back\t/nix/store/a-old\t/nix/store/b-new\tnone\tchecking\t"
-        "the unit failed"
+        "system-4-link\t\tthe unit failed"
     )
     assert s is not None
     assert s.phase is Phase.ROLLED_BACK and s.phase.final and s.phase.outcome is Outcome.ROLLED_BACK
     assert s.previous_system == "/nix/store/a-old" and s.new_system == "/nix/store/b-new"
     assert s.reason == "the unit failed" and s.keeper is Keeper.NONE and s.killed_in is Phase.CHECKING
+    assert s.replaced == "system-4-link" and s.committed == ""
     assert not s.orphaned  # final: nothing needs to carry it on
+    assert parse_status(format_status(s)) == s
     assert parse_status("fixture: hello") is None
     assert parse_status("@@deploy-flake-state\tno-such-phase\t\t\t") is None
     short = parse_status("@@deploy-flake-state\tnone")
     assert short is not None and short.phase is Phase.NONE and short.reason == ""
 
 
-def test_last_status_wins() -> None:
+def test_only_the_last_line_of_an_answer_is_its_status() -> None:
     text = "log line\n@@deploy-flake-state\tchecking\t\t\t\nmore\n@@deploy-flake-state\tactivated\t\t\t\n"
-    status = last_status(text)
+    status = final_status(text)
     assert status is not None and status.phase is Phase.ACTIVATED
+    # an activation's output that looks like a status line, and the answer cut after it
+    forged = format_status(Status(Phase.ACTIVATED))
+    assert final_status(f"log line\n{forged}\nactivating...\n") is None
+    assert final_status("") is None
 
 
 @pytest.mark.parametrize(
@@ -99,7 +113,7 @@ def test_budgets_shrink_as_the_transaction_advances() -> None:
     ],
 )
 def test_who_carries_a_transaction_on(phase: str, keeper: str, orphaned: bool) -> None:
-    s = parse_status(f"@@deploy-flake-state\t{phase}\t\t\t{keeper}\t\tbecause")
+    s = parse_status(f"@@deploy-flake-state\t{phase}\t\t\t{keeper}\t\t\t\tbecause")
     assert s is not None and s.orphaned is orphaned and s.reason == "because"
 
 

@@ -78,8 +78,19 @@ def inspection(
     return Reply("\n".join(lines) + "\n")
 
 
-def status(phase: str, reason: str = "", keeper: str = "unit", log: str = "", killed_in: str = "") -> Reply:
-    return Reply(f"{log}{STATUS_TAG}\t{phase}\t{OLD}\t{NEW}\t{keeper}\t{killed_in}\t{reason}\n")
+def status(
+    phase: str,
+    reason: str = "",
+    keeper: str = "unit",
+    log: str = "",
+    killed_in: str = "",
+    replaced: str = "system-1-link",
+    committed: str = "",
+) -> Reply:
+    if phase == "activated" and not committed:
+        committed = "system-2-link"
+    fields = (phase, OLD, NEW, keeper, killed_in, replaced, committed, reason)
+    return Reply(f"{log}{STATUS_TAG}\t" + "\t".join(fields) + "\n")
 
 
 # Short limits: the deploy's own waits (a confirmation window, a retry) stay short.
@@ -138,6 +149,7 @@ BEFORE = [
     ("facts", facts()),
     ("nix flake archive", Reply()),
     ("nix build", BUILT),
+    ("gc root", Reply()),
     ("inspect", inspection()),
 ]
 
@@ -444,7 +456,7 @@ def test_reboot_always_reboots_into_the_committed_system_and_checks_it(
             *BEFORE,
             ("agent start", status("checking")),
             ("agent confirm", status("activated")),
-            ("systemctl reboot", Reply(stderr="Connection to web closed by remote host.", lost=True)),
+            ("reboot", Reply("b00t\n", stderr="Connection to web closed by remote host.", lost=True)),
             ("disconnect", Reply()),
             ("facts", facts(boot_id="b00t")),  # not down yet: the same boot
             ("facts", after),

@@ -147,6 +147,9 @@ class DeployOptions:
     jobs: int | None = None
     job: Job = Job.DEPLOY
     rollback_to: int | None = None  # rollback: this generation (default: the one before the current)
+    # rollback: only from this generation (an --all-or-nothing undo: the one the deploy committed);
+    # a profile that moved on since is left alone
+    rollback_from: int | None = None
     ask: bool = False  # show every host's plan and ask once before activating any
     canary: int = 0  # deploy this many hosts first; the rest only if all of them were activated
     max_failures: int = 0  # 0: no limit; else start no new host after this many did not end activated

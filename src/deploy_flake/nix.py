@@ -47,9 +47,13 @@ def archive_argv(store_uri: str, directory: Path) -> list[str]:
     return ["nix", *NIX_FEATURES, "flake", "archive", "--json", "--to", store_uri, flake_ref(directory)]
 
 
-def build_argv(flake: Flake, config: str, *, gc_root: str, extra_args: tuple[str, ...] = ()) -> list[str]:
+def build_argv(
+    flake: Flake, config: str, *, gc_root: str | None, extra_args: tuple[str, ...] = ()
+) -> list[str]:
+    """gc_root: the result link; None for none (a host's root is made by root, after the build)."""
     installable = f"path:{flake.store_path}#{flake.toplevel_attr(config)}"
-    return ["nix", *NIX_FEATURES, "build", "--out-link", gc_root, "--json", "-L", *extra_args, installable]
+    link = ["--out-link", gc_root] if gc_root else ["--no-link"]
+    return ["nix", *NIX_FEATURES, "build", *link, "--json", "-L", *extra_args, installable]
 
 
 def copy_argv(path: str, store_uri: str, *, to: bool) -> list[str]:
@@ -115,15 +119,16 @@ async def build_toplevel(
     config: str,
     *,
     extra_args: tuple[str, ...],
-    gc_root: str,
+    gc_root: str | None,
     timeout: float,
     on_line: LineSink,
 ) -> str:
     """Builds the system on the host (remote None: here), once, with its log streamed;
     returns the toplevel store path.
 
-    The result link gc_root keeps the system from a garbage collection on the host
-    until the system profile holds it.
+    The result link gc_root (if any) keeps the system from a garbage collection until the
+    system profile holds it; a target host's own root is made by root right after the build
+    (deploy/build.py), in a directory only root writes to.
     """
     argv = build_argv(flake, config, gc_root=gc_root, extra_args=extra_args)
     try:
@@ -197,11 +202,16 @@ async def retry_copy(
             await asyncio.sleep(delay)
 
 
+# As root: the root's directory (the agent's, under /run) is root's alone, made here if the
+# agent was not installed yet.
+_ADD_ROOT = 'umask 077 && mkdir -p "${1%/*}" && exec nix-store --realise "$2" --add-root "$1"'
+
+
 async def add_gc_root(remote: Remote, path: str, link: str) -> None:
-    """A GC root on the host for a store path copied there (as `nix build --out-link` makes one
-    for a path built there), until the system profile holds it."""
-    argv = ["nix-store", "--realise", path, "--add-root", link]
-    done = await remote.run(argv, timeout=120, what=f"registering {path}")
+    """A GC root on the host, made by root, for a store path built or copied there, until the
+    transaction's end (the agent drops it) or the job's (the deployer does)."""
+    argv = ["sh", "-c", _ADD_ROOT, "sh", link, path]
+    done = await remote.run(argv, root=True, timeout=120, what=f"registering {path}")
     if not done.ok:
         raise DeployError(f"cannot register {path} on {remote.dest.host}: {done.last_lines(2)}")
 

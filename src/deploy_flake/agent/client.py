@@ -16,11 +16,11 @@ from deploy_flake import process
 from deploy_flake.agent.protocol import (
     STATE_LINE,
     STATUS_MARK,
-    STATUS_TAG,
     Keeper,
     Phase,
     Status,
-    last_status,
+    final_status,
+    format_status,
 )
 from deploy_flake.agent.script import script, script_path
 from deploy_flake.agent.settings import CONFIRM_HOLD_MARGIN_S, CONFIRM_TAKEN_S, MARGIN_S, Settings
@@ -64,7 +64,8 @@ class Agent:
     def _argv(self, verb: str, *args: str) -> list[str]:
         # The agent and the transactions' records both live in /run: without the script
         # (the host rebooted), there is no such transaction either, and that is the answer.
-        run_or_none = f'[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "{STATUS_TAG}\\tnone\\t\\t\\t\\t\\t\\n"'
+        none = format_status(Status(Phase.NONE)).replace("\t", "\\t")
+        run_or_none = f'[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "{none}\\n"'
         return ["/bin/sh", "-c", run_or_none, script_path(), verb, self.deploy_id, *args]
 
     async def _call(
@@ -77,7 +78,12 @@ class Agent:
         on_line: LineSink | None = None,
     ) -> tuple[Status | None, process.Completed]:
         """Runs one agent verb; its status, or None when the answer did not come from the agent
-        (ssh failed, sudo refused, the host is rebooting)."""
+        (ssh failed, sudo refused, the host is rebooting) or was cut before its end.
+
+        Only the last line of a whole answer is the agent's status: the log it shows before
+        may hold anything an activation printed, a line that looks like a status too, and a
+        cut answer ends wherever the cut fell. Without one, the caller asks again (a watch, a
+        status), and the agent answers from its state file."""
         try:
             done = await self.remote.run(
                 self._argv(verb, *args),
@@ -87,9 +93,10 @@ class Agent:
                 timeout=timeout,
                 on_stdout=on_line,
             )
-        except ConnectionLost as e:  # what it printed before, and the last ssh line, still count
+        except ConnectionLost as e:  # what it printed before (the log shown), and the last ssh line
             done = e.completed
-        status = last_status(done.stdout)
+            return None, done
+        status = final_status(done.stdout) if done.returncode == 0 else None
         if status is not None:
             self.last = status
         return status, done
@@ -188,6 +195,9 @@ class Agent:
         start = self._log_offset
 
         def show(text: str) -> None:
+            # what was shown stays shown, even if this call is cut off or cancelled (a line
+            # like a status line is log text here: only a whole answer's last line is one)
+            self._log_offset += len(text.encode()) + 1
             if text.startswith(STATUS_MARK):
                 return
             if text.startswith(STATE_LINE):  # where it is, should the stream be cut
@@ -195,8 +205,6 @@ class Agent:
                     logged = Phase(text.removeprefix(STATE_LINE).strip())
                     if not logged.final and logged is not Phase.NONE:  # log text is no verdict
                         self._logged_phase = logged
-            # what was shown stays shown, even if this call is cut off or cancelled
-            self._log_offset += len(text.encode()) + 1
             if text:
                 on_line(text)
 

@@ -7,6 +7,7 @@ header from this module (see script.py), so the two sides cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -14,6 +15,18 @@ from deploy_flake.models import Outcome, Stage
 
 AGENT_DIR = "/run/deploy-flake"  # the agent scripts and the transactions' records (gone at reboot)
 LAST_DEPLOY_FILE = "/var/lib/deploy-flake/last-deploy"  # what the agent records at each commit
+# The deployer's GC roots for the systems it built or copied (ID.system, made as root), until
+# the transaction's end (the agent drops them) or the job's (the deployer does): root's own
+# directory, and gone at reboot. One a deployer lost is dropped by the agent after a day.
+GC_ROOTS_DIR = f"{AGENT_DIR}/gcroots"
+GC_ROOT_MAX_AGE_MIN = 24 * 60
+
+
+def gc_root(deploy_id: str) -> str:
+    """The GC root of the system deploy_id builds (or copies) for its host."""
+    return f"{GC_ROOTS_DIR}/{deploy_id}.system"
+
+
 STATUS_TAG = "@@deploy-flake-state"  # begins every status line, followed by a tab
 STATUS_MARK = f"{STATUS_TAG}\t"
 STATE_LINE = "[deploy-flake] state: "  # the agent's log line for each new state
@@ -92,6 +105,10 @@ class Status:
     reason: str = ""
     keeper: Keeper = Keeper.UNIT
     killed_in: Phase | None = None  # the phase in which the guard found the unit gone
+    # The system profile's generation (system-N-link) the transaction found under the deploy
+    # lock, i.e. the one it replaces; and the one it left the profile at once committed.
+    replaced: str = ""
+    committed: str = ""
 
     @property
     def orphaned(self) -> bool:
@@ -99,13 +116,25 @@ class Status:
         return not self.phase.final and self.phase is not Phase.NONE and self.keeper is not Keeper.UNIT
 
 
+# The fields after the tag, in order; the reason is last (it may hold anything but a tab).
+STATUS_FIELDS = ("PHASE", "PREVIOUS", "NEW", "KEEPER", "KILLED_IN", "REPLACED", "COMMITTED", "REASON")
+
+
+def format_status(status: Status) -> str:
+    """The status line as the agent prints it (see sh/state.sh's print_status)."""
+    killed_in = str(status.killed_in) if status.killed_in is not None else ""
+    reason = " ".join(status.reason.split("\t"))
+    fields = (status.phase, status.previous_system, status.new_system, status.keeper, killed_in)
+    return "\t".join([STATUS_TAG, *map(str, fields), status.replaced, status.committed, reason])
+
+
 def parse_status(line: str) -> Status | None:
-    """Reads a status line:
-    @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>KILLED_IN<TAB>REASON."""
+    """Reads a status line: @@deploy-flake-state<TAB>, then STATUS_FIELDS separated by tabs."""
     if not line.startswith(STATUS_MARK):
         return None
-    parts = line[len(STATUS_MARK) :].rstrip("\r\n").split("\t", 5)
-    parts += [""] * (6 - len(parts))
+    last = len(STATUS_FIELDS) - 1
+    parts = line[len(STATUS_MARK) :].rstrip("\r\n").split("\t", last)
+    parts += [""] * (len(STATUS_FIELDS) - len(parts))
     try:
         phase = Phase(parts[0].strip())
     except ValueError:
@@ -118,12 +147,22 @@ def parse_status(line: str) -> Status | None:
         killed_in: Phase | None = Phase(parts[4].strip())
     except ValueError:
         killed_in = None
-    return Status(phase, parts[1].strip(), parts[2].strip(), parts[5].strip(), keeper, killed_in)
+    generations = (p.strip() if _GENERATION.fullmatch(p.strip()) else "" for p in parts[5:7])
+    replaced, committed = generations
+    return Status(
+        phase, parts[1].strip(), parts[2].strip(), parts[last].strip(), keeper, killed_in, replaced, committed
+    )
 
 
-def last_status(text: str) -> Status | None:
-    for line in reversed(text.splitlines()):
-        status = parse_status(line)
-        if status is not None:
-            return status
-    return None
+_GENERATION = re.compile(r"system-\d+-link")
+
+
+def final_status(text: str) -> Status | None:
+    """The status a whole answer of the agent ends with: its last line, and only that.
+
+    Every verb prints its status line last, after the log it shows; a line that looks like
+    one anywhere else is text of that log (an activation may print anything), never the
+    agent's word. A cut answer (see client.py) has no final status at all.
+    """
+    lines = text.rstrip("\n").rsplit("\n", 1)
+    return parse_status(lines[-1]) if lines and lines[-1] else None

@@ -17,7 +17,14 @@ import shlex
 import sys
 from importlib import resources
 
-from deploy_flake.agent.protocol import AGENT_DIR, LAST_DEPLOY_FILE, STATE_LINE, STATUS_TAG
+from deploy_flake.agent.protocol import (
+    AGENT_DIR,
+    GC_ROOT_MAX_AGE_MIN,
+    GC_ROOTS_DIR,
+    LAST_DEPLOY_FILE,
+    STATE_LINE,
+    STATUS_TAG,
+)
 from deploy_flake.agent.settings import (
     CONFIRM_HOLD_MARGIN_S,
     CONFIRM_TAKEN_S,
@@ -49,6 +56,8 @@ PARTS = (
 SHARED: tuple[tuple[str, str | int], ...] = (
     ("BASE", AGENT_DIR),
     ("LAST_DEPLOY", LAST_DEPLOY_FILE),
+    ("GC_ROOTS", GC_ROOTS_DIR),
+    ("ROOT_MAX_AGE_MIN", GC_ROOT_MAX_AGE_MIN),
     ("STATUS_TAG", STATUS_TAG),
     ("STATE_LINE", STATE_LINE),
     ("LOCK_WAIT_S", LOCK_WAIT_S),

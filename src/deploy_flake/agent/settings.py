@@ -51,6 +51,10 @@ class Settings:
         ""  # activate new_system/specialisation/NAME (the profile and boot entry: new_system)
     )
     install_bootloader: bool = False  # NIXOS_INSTALL_BOOTLOADER=1 for switch-to-configuration boot
+    # The profile generation (system-N-link) the transaction must find, else it changes
+    # nothing: a rollback's, the one its target was chosen from (or an --all-or-nothing undo's,
+    # the one the deploy committed), so that a later switch is never silently undone.
+    expect: str = ""
 
     def __post_init__(self) -> None:
         for name in ("activation_s", "health_s", "confirm_s", "boot_s"):
@@ -75,6 +79,7 @@ class Settings:
             "GENERATION": "" if self.generation is None else str(self.generation),
             "SPECIALISATION": self.specialisation,
             "INSTALL_BOOTLOADER": "1" if self.install_bootloader else "",
+            "EXPECT": self.expect,
             # computed here once: the agent uses them as they are
             "RECOVERY_S": str(self.recovery_s()),
             "GUARD_S": str(self.guard_s()),

@@ -52,6 +52,9 @@ class Activation:
             generation=generation,
             specialisation=self.job.specialisation,
             install_bootloader=self.job.opts.install_bootloader,
+            # a rollback's target was chosen from the profile as it was then: it goes there only
+            # from that generation, never over one someone committed since
+            expect=self.job.profile_link if generation is not None else "",
         )
 
     async def activate(self, toplevel: str, generation: int | None = None, *, activates: str = "") -> None:
@@ -81,9 +84,14 @@ class Activation:
         await self._conclude(agent, status)
 
     def _saw(self, status: Status) -> None:
-        """The agent's record of the system it returns to is the truth (ours may be stale)."""
+        """The agent's record of the system it returns to is the truth (ours may be stale), and
+        so is its record of the profile generation it replaced (and committed)."""
         if status.previous_system:
             self.result.previous_system = status.previous_system
+        if status.replaced:
+            self.job.replaced_link = status.replaced
+        if status.committed:
+            self.job.committed_link = status.committed
 
     def _on_phase(self, phase: Phase) -> None:
         if phase.stage is not None:

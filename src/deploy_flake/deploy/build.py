@@ -63,15 +63,19 @@ async def build_system(job: HostJob, facts: HostFacts, copy: asyncio.Task[None] 
     assert copy is not None, "a deploy or plan that builds on the host starts the copy with the facts"
     await copy
     job.stage(Stage.BUILD)
+    # No result link from the build (its user could only write one where anyone may): the
+    # root's GC root is made by root at once. A garbage collection in between would leave
+    # the host without the system: the checks then refuse it, with nothing changed.
     toplevel = await nix.build_toplevel(
         job.remote,
         job.run.flake,
         config,
         extra_args=job.opts.build_args,
-        gc_root=job.gc_root,
+        gc_root=None,
         timeout=job.t.build,
         on_line=job.line,
     )
+    await nix.add_gc_root(job.remote, toplevel, job.gc_root)
     job.note(f"built {toplevel}")
     return toplevel
 

@@ -8,6 +8,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 
+from deploy_flake.agent.protocol import gc_root
 from deploy_flake.deploy import checks
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError, WrongHost
@@ -45,8 +46,11 @@ class HostJob(ABC):
         self.remote = Remote(dest, ssh or run.ssh)
         self.result = HostResult(destination=dest.raw, host=dest.host, config=dest.config)
         self.deploy_id = f"{run.run_id}-{index}"
-        self.gc_root = f"/tmp/deploy-flake-{self.deploy_id}.system"
+        self.gc_root = gc_root(self.deploy_id)  # made by root once the system is on the host
         self.profile_link = ""  # the system profile's generation when we connected
+        # what the host's transaction said: the generation it replaced, and the one it committed
+        self.replaced_link = ""
+        self.committed_link = ""
         self.boot_id = ""  # the host's boot when we connected
         self.identity: HostIdentity | None = None  # the machine the first contact reached
         self.foreign_connection = False  # the open connection is another host's: never closed here
@@ -146,7 +150,7 @@ class HostJob(ABC):
     async def _disconnect(self) -> None:
         """Drops the build's GC root unless the agent holds it now, and the connection."""
         if not self.started and self.builds:
-            await self.remote.run(["rm", "-f", self.gc_root], timeout=15)
+            await self.remote.run(["rm", "-f", self.gc_root], root=True, timeout=15)
         await self.remote.disconnect()
 
     # ---------------------------------------------------------------- steps the jobs share

@@ -15,7 +15,7 @@ from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
 from deploy_flake.deploy.status import show_status
 from deploy_flake.deploy.transaction import TransactionJob
-from deploy_flake.models import DeployOptions, Job
+from deploy_flake.models import DeployOptions, Job, Outcome
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
 
@@ -62,10 +62,29 @@ class RollbackJob(TransactionJob):
     async def _steps(self) -> None:
         facts = await self._facts()
         await self._use_sudo(facts)
+        held = self.opts.rollback_from
+        if held is not None and facts.generation != held:  # an undo, and someone switched since
+            self._moved_on(f"system-{held}-link", f"{facts.profile_link} ({facts.profile_system})")
+            return
         toplevel, generation = rollback_target(facts, self.opts.rollback_to, self.dest.host)
         self.result.config = f"generation {generation}"
         self.note(f"rolling back to generation {generation}: {toplevel}")
         await self._change_to(toplevel, facts, generation)
+        # the host's transaction found the profile moved on (after the look above): it changed
+        # nothing, and the host runs what someone else switched to
+        moved = self.replaced_link and self.replaced_link != self.profile_link
+        if held is not None and self.result.outcome is Outcome.FAILED and moved:
+            self._moved_on(f"system-{held}-link", f"{self.replaced_link} ({self.result.error})")
+
+    def _moved_on(self, held: str, now: str) -> None:
+        """An undo (--all-or-nothing) that must not happen: the profile is no longer at the
+        generation the deploy committed, so going back would undo someone else's switch."""
+        self.result.outcome = Outcome.UNKNOWN
+        self.result.error = (
+            f"the system profile moved on since this run committed {held}: it is now {now}. It was "
+            "not rolled back, so that change is kept; check what the host runs with "
+            f"`deploy-flake status {self.dest.raw}`"
+        )
 
 
 JOBS: dict[Job, type[HostJob]] = {

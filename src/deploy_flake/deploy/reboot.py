@@ -37,7 +37,8 @@ async def reboot_into(job: HostJob, toplevel: str, reboot_reasons: tuple[str, ..
     t0 = time.monotonic()
     deadline = t0 + limit
     try:
-        await target.request_reboot(job.remote)
+        # the boot our reboot ends is the one the host runs now, not the one seen at connect
+        job.boot_id = await target.request_reboot(job.remote) or job.boot_id
     except DeployError as e:
         job.result.outcome = Outcome.UNKNOWN
         job.result.error = (

@@ -217,16 +217,26 @@ async def _undo_activated(
     undo_run = replace(run, run_id=run.run_id + "u", gate=None)
     undos: list[tuple[HostResult, HostJob, int]] = []
     for i, (deploy, result) in enumerate(zip(deploys, results, strict=True)):
-        generation = _generation_number(deploy.profile_link)
+        # back to the generation the host's transaction replaced (not the one seen at connect:
+        # a switch by someone else meanwhile stays), and only from the one it committed
+        generation = _generation_number(deploy.replaced_link)
+        committed = _generation_number(deploy.committed_link)
         if result.outcome is not Outcome.ACTIVATED:
             continue
-        if generation is None:
+        if generation is None or committed is None:
             result.outcome = Outcome.UNKNOWN
             result.error = (
                 "--all-or-nothing: the generation it ran before is not known; it runs the new system"
             )
             continue
-        options = replace(deploy.opts, job=Job.ROLLBACK, rollback_to=generation, canary=0, max_failures=0)
+        options = replace(
+            deploy.opts,
+            job=Job.ROLLBACK,
+            rollback_to=generation,
+            rollback_from=committed,
+            canary=0,
+            max_failures=0,
+        )
         undo_deploy = host_job(undo_run, deploy.dest, i, options=options, ssh=deploy.remote.settings)
         undos.append((result, undo_deploy, generation))
 

@@ -219,15 +219,27 @@ async def system_health(remote: Remote, timeout: float) -> tuple[str, list[str]]
     return state, [ln.split()[0] for ln in units.stdout.splitlines() if ln.strip()]
 
 
-async def request_reboot(remote: Remote) -> None:
-    """Asks systemd to reboot the host. The connection may die before the answer comes back:
-    that is no error; whether the host rebooted is told by its boot id (wait_for_new_boot)."""
+# The boot id first, in the same call: the boot that our reboot ends (the host may have
+# rebooted since deploy-flake connected, during a long build, say).
+_REBOOT_SCRIPT = "cat /proc/sys/kernel/random/boot_id && exec systemctl reboot"
+
+
+async def request_reboot(remote: Remote) -> str:
+    """Asks systemd to reboot the host; the boot id it had just before, or "" when the answer
+    was lost before it said. The connection may die before the answer comes back: that is
+    no error; whether the host rebooted is told by its boot id (wait_for_new_boot)."""
     try:
-        done = await remote.run(["systemctl", "reboot"], root=True, timeout=60)
-    except ConnectionLost:
-        return  # it went down before it answered
+        done = await remote.run(["sh", "-c", _REBOOT_SCRIPT], root=True, timeout=60)
+    except ConnectionLost as e:  # it went down before it answered
+        return _boot_id(e.completed.stdout)
     if not done.ok:
         raise DeployError(f"systemctl reboot failed on {remote.dest.host}: {done.last_lines(2)}")
+    return _boot_id(done.stdout)
+
+
+def _boot_id(stdout: str) -> str:
+    lines = stdout.split("\n")  # only a whole line: a cut one is no boot id
+    return lines[0].strip() if len(lines) > 1 else ""
 
 
 REBOOT_POLL_S = 2.0

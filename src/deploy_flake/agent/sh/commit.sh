@@ -72,6 +72,7 @@ commit() {  # profile generation + boot entry, undone if either step fails
     [ "$MODE" = test ] && rollback "$why"
     conclude_unchanged "$why"
   fi
+  profile_generation > "$DIR/committed-generation"  # where this transaction left the profile
   record_deploy
   set_state activated
 }

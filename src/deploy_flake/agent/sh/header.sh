@@ -11,7 +11,8 @@
 # that happens to the deployer or its SSH connection can interrupt it, and
 # every decision that protects the host is taken here:
 #   1. take the host's deploy lock; finish any earlier transaction that was
-#      killed before it ended; refuse while another switch is running
+#      killed before it ended; refuse while another switch is running or a
+#      shutdown is scheduled
 #   2. switch-to-configuration test (bounded by the activation timeout)
 #   3. the system must become healthy and stay so for SETTLE_S: no unit newly
 #      failed, none crash-looping (auto-restart, or its restart count rising)
@@ -36,8 +37,10 @@
 #                              record the settings (KEY=VALUE lines: NEW MODE ACTIVATION_S
 #                              HEALTH_S SETTLE_S CONFIRM_S BOOT_S HOLDER GC_ROOT RECOVERY_S
 #                              GUARD_S, and optionally FLAKE, what is recorded as the deploy's
-#                              source, and GENERATION, an existing profile generation of NEW
-#                              to switch the profile to instead of adding one: a rollback;
+#                              source, GENERATION, an existing profile generation of NEW
+#                              to switch the profile to instead of adding one: a rollback,
+#                              EXPECT, the profile generation (system-N-link) the transaction
+#                              must find, else it changes nothing: a rollback's;
 #                              SPECIALISATION, a specialisation of NEW that `test` activates, the
 #                              profile and boot entry staying NEW; INSTALL_BOOTLOADER=1, set
 #                              NIXOS_INSTALL_BOOTLOADER=1 for `switch-to-configuration boot`) and run
@@ -59,13 +62,17 @@
 #   agent abort ID             roll back now, or never start (the deployer was interrupted)
 #   agent status ID            print the status
 # Every verb but run, recover and guard ends with one status line:
-#   @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>KILLED_IN<TAB>REASON
+#   @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>KILLED_IN<TAB>REPLACED<TAB>COMMITTED<TAB>REASON
 # PHASE: none pending starting activating checking awaiting-confirmation committing
 # rolling-back (in progress) or activated rolled-back failed rollback-failed
 # restore-failed (final). KEEPER: what carries the transaction on: unit (its own
 # unit, its ExecStopPost included), guard (the guard's service), none (nothing:
 # both were killed; a transaction in progress then needs `rescue`). KILLED_IN: the phase
 # in which the guard found the unit gone (its recovery moves the phase on at once), or empty.
+# REPLACED: the profile generation (system-N-link) the transaction found under the deploy
+# lock, the one it replaces; COMMITTED: the one it left the profile at once committed.
+# The status line is the last line of a verb's answer, and only that line is one: the log
+# shown before it may hold anything (an activation's output too).
 # The deployer computes the two budgets that span a whole transaction, from the
 # settings and the shared limits: RECOVERY_S, the longest recovery of a killed
 # transaction (the unit's stop timeout covers it, with STOP_MARGIN_S), and GUARD_S,

@@ -56,15 +56,34 @@ health_problem() {  # TIMEOUT_S [counts]
 }
 
 other_switch() {  # prints what else is switching this host's system; false when nothing is
-  # shellcheck disable=SC2086  # a list of unit names
-  set -- $OTHER_SWITCHES
-  for s in $(systemctl is-active "$@" 8>&- 2>/dev/null); do  # a line per unit, in order
-    [ $# -gt 0 ] || break
-    case $s in active | activating | reloading | deactivating | refreshing) echo "$1 is $s"; return 0 ;; esac
-    shift
-  done
+  # the loaded units whose names match (nixos-rebuild's switch unit may carry a suffix), with
+  # their active state: UNIT LOAD ACTIVE SUB ...
+  busy=$(set -f
+    # shellcheck disable=SC2086  # a list of unit name patterns, not to be expanded as files
+    systemctl list-units --all --plain --no-legend --no-pager $OTHER_SWITCHES 8>&- 2>/dev/null |
+      awk '$3 ~ /^(active|activating|reloading|deactivating|refreshing)$/ { print $1 " is " $3; exit }')
+  if [ -n "$busy" ]; then echo "$busy"; return 0; fi
   if [ -e "$SWITCH_LOCK" ] && ! flock -n "$SWITCH_LOCK" true 8>&-; then
     echo "another switch-to-configuration holds $SWITCH_LOCK"; return 0
   fi
   return 1
+}
+
+# system.autoUpgrade.allowReboot ends its unit with `shutdown -r +1`: a deploy started in
+# that minute would be cut short by the reboot. logind records the scheduled shutdown in
+# SHUTDOWN_SCHEDULED (USEC=, MODE=) until it happens or `shutdown -c` cancels it.
+shutdown_scheduled() {  # prints what is scheduled and when; false when nothing is
+  [ -r "$SHUTDOWN_SCHEDULED" ] || return 1
+  usec="" mode=""
+  while IFS='=' read -r k v || [ -n "$k" ]; do
+    case $k in USEC) usec=$v ;; MODE) mode=$v ;; esac
+  done < "$SHUTDOWN_SCHEDULED"
+  when="an unknown time"
+  if is_uint "$usec" && [ "$usec" -gt 0 ]; then
+    when=$(date -u -d "@$((usec / 1000000))" +%FT%TZ 2>/dev/null) || when="an unknown time"
+    now=$(date +%s)
+    left=$((usec / 1000000 - now))
+    [ "$left" -ge 0 ] && when="$when, in ${left}s"
+  fi
+  echo "a ${mode:-shutdown} is scheduled on this host for $when ($SHUTDOWN_SCHEDULED)"
 }

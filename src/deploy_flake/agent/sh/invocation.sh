@@ -3,7 +3,10 @@
 # the verb and the deploy id from the command line, and the tools to run.
 PROFILE=/nix/var/nix/profiles/system
 SWITCH_LOCK=/run/nixos/switch-to-configuration.lock
-OTHER_SWITCHES="nixos-upgrade.service nixos-rebuild-switch-to-configuration.service"
+# What else switches a NixOS system: the auto-upgrade, and nixos-rebuild's transient unit
+# (nixos-rebuild-switch-to-configuration, with a random suffix in newer nixos-rebuild-ng).
+OTHER_SWITCHES="nixos-upgrade.service nixos-rebuild-switch-to-configuration*.service"
+SHUTDOWN_SCHEDULED=/run/systemd/shutdown/scheduled
 KEEP_RUNS=20
 
 die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
@@ -11,7 +14,7 @@ die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
 cmd=${1:-}
 [ $# -ge 2 ] || die "usage: agent start|run|recover|guard|rescue|watch|confirm|abort|status ID ..."
 ID=$2
-case $ID in '' | .* | *[!A-Za-z0-9_.-]*) die "bad deploy id '$ID'" ;; esac
+case $ID in '' | .* | *[!A-Za-z0-9_.-]* | "${GC_ROOTS##*/}") die "bad deploy id '$ID'" ;; esac
 DIR=$BASE/$ID
 AGENT=$0
 case $AGENT in /*) ;; *) die "run the agent by its absolute path" ;; esac

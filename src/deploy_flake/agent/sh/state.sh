@@ -20,9 +20,12 @@ print_status() {  # [PHASE]
   new=$(param NEW)
   reason=$(head -n 1 "$DIR/reason" 2>/dev/null | tr '\t' ' ')
   keeper
-  killed_in=""
+  killed_in="" replaced="" committed=""
   if [ -r "$DIR/killed-in" ]; then read -r killed_in < "$DIR/killed-in" || :; fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$STATUS_TAG" "$st" "$prev" "$new" "$KEEPER" "$killed_in" "$reason"
+  if [ -r "$DIR/old-generation" ]; then read -r replaced < "$DIR/old-generation" || :; fi
+  if [ -r "$DIR/committed-generation" ]; then read -r committed < "$DIR/committed-generation" || :; fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$STATUS_TAG" "$st" "$prev" "$new" "$KEEPER" "$killed_in" \
+    "$replaced" "$committed" "$reason"
 }
 
 log() { echo "[deploy-flake] $*" >> "$DIR/log"; }
@@ -33,15 +36,24 @@ set_state() {
   if is_final "$1"; then drop_gc_root; disarm_guard; fi
 }
 
-# The deployer's build result link kept the new system from garbage collection
-# until the transaction ended; the profile holds it if it was committed, and
-# the new generation's link is kept if the boot entry may still name it.
+# The deployer's GC root for the new system (GC_ROOTS/ID.system, made by root once it was
+# built) kept it from garbage collection until the transaction ended; the profile holds it
+# if it was committed, and the new generation's link is kept if the boot entry may still
+# name it.
 drop_gc_root() {
   gc=$(param GC_ROOT)
-  case $gc in
-    /tmp/deploy-flake-*.system) [ -L "$gc" ] && rm -f "$gc" ;;
-  esac
+  if [ "$gc" = "$GC_ROOTS/$ID.system" ] && [ -L "$gc" ]; then rm -f "$gc"; fi
   return 0
+}
+# Roots a deployer left when it lost the host before the transaction started (its own
+# removal is on every other path): gone at reboot (/run), and here once a day old, unless
+# their transaction is still going.
+forget_old_roots() {
+  find "$GC_ROOTS" -maxdepth 1 -name '*.system' -type l -mmin +"$ROOT_MAX_AGE_MIN" 2>/dev/null |
+    while IFS= read -r gc; do
+      id=${gc##*/}; id=${id%.system}
+      read_state "$BASE/$id"; case $STATE in none | pending) rm -f "$gc" ;; *) is_final "$STATE" && rm -f "$gc" ;; esac
+    done
 }
 
 # ---------------------------------------------------------------- settings
@@ -57,6 +69,7 @@ load_settings() {
   GENERATION=$(param GENERATION) RECOVERY_S=$(param RECOVERY_S) GUARD_S=$(param GUARD_S)
   SPECIALISATION=$(param SPECIALISATION)
   INSTALL_BOOTLOADER=0; [ "$(param INSTALL_BOOTLOADER)" = 1 ] && INSTALL_BOOTLOADER=1
+  EXPECT=$(param EXPECT)
 }
 active_system() {  # what `test` activates: NEW, or its specialisation SPECIALISATION
   if [ -n "$SPECIALISATION" ]; then readlink -f "$NEW/specialisation/$SPECIALISATION"; else echo "$NEW"; fi
@@ -86,6 +99,7 @@ settings_problem() {  # prints what is wrong with the settings; false when nothi
   if [ -n "$SPECIALISATION" ] && [ ! -x "$NEW/specialisation/$SPECIALISATION/bin/switch-to-configuration" ]; then
     echo "$NEW has no specialisation $SPECIALISATION"; return 0
   fi
-  case $(param GC_ROOT) in '' | /tmp/deploy-flake-*.system) ;; *) echo "GC_ROOT is not a deploy-flake result link"; return 0 ;; esac
+  case $EXPECT in '' | system-*-link) ;; *) echo "EXPECT must name a generation link (system-N-link), not '$EXPECT'"; return 0 ;; esac
+  case $(param GC_ROOT) in '' | "$GC_ROOTS/$ID.system") ;; *) echo "GC_ROOT is not this deploy's root ($GC_ROOTS/$ID.system)"; return 0 ;; esac
   return 1
 }

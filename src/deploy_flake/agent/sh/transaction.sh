@@ -123,13 +123,20 @@ run() {
   printf '%s (deploy %s, since %s)\n' "$HOLDER" "$ID" "$(date -u +%FT%TZ)" > "$BASE/holder"
   finish_earlier
   forget_old_runs
+  forget_old_roots
 
   PREV=$(readlink -f /run/current-system 2>/dev/null || true)
   use_tools_of "$PREV"
   printf '%s\n' "$PREV" > "$DIR/previous"
-  profile_generation > "$DIR/old-generation"
+  profile_generation > "$DIR/old-generation"  # the generation this transaction replaces
+  if [ -n "$EXPECT" ] && [ "$(profile_generation)" != "$EXPECT" ]; then
+    conclude_unchanged "the system profile moved on since deploy-flake looked at it (it was $EXPECT; $(changed_profile)): nothing was changed, so that change is kept"
+  fi
   [ -x "$NEW/bin/switch-to-configuration" ] || conclude_unchanged "$NEW has no bin/switch-to-configuration"
   if busy=$(other_switch); then conclude_unchanged "another switch is in progress on this host: $busy"; fi
+  if when=$(shutdown_scheduled); then
+    conclude_unchanged "$when: a deploy now would be cut short by it; wait until the host is back, or cancel it with \`shutdown -c\`"
+  fi
   snapshot_units
 
   if [ "$MODE" = boot ]; then commit; exit 0; fi
