@@ -17,7 +17,7 @@ import shlex
 import sys
 from importlib import resources
 
-from deploy_flake.agent.protocol import AGENT_DIR, LAST_DEPLOY_FILE, STATE_LINE, STATUS_TAG
+from deploy_flake.agent.protocol import AGENT_DIR, BOOT_ENTRY_MARK, LAST_DEPLOY_FILE, STATE_LINE, STATUS_TAG
 from deploy_flake.agent.settings import (
     CONFIRM_HOLD_MARGIN_S,
     CONFIRM_TAKEN_S,
@@ -51,6 +51,7 @@ SHARED: tuple[tuple[str, str | int], ...] = (
     ("LAST_DEPLOY", LAST_DEPLOY_FILE),
     ("STATUS_TAG", STATUS_TAG),
     ("STATE_LINE", STATE_LINE),
+    ("BOOT_ENTRY_MARK", BOOT_ENTRY_MARK),
     ("LOCK_WAIT_S", LOCK_WAIT_S),
     ("PROFILE_SET_S", PROFILE_SET_S),
     ("KILL_GRACE_S", KILL_GRACE_S),

@@ -63,6 +63,8 @@
 # unit, its ExecStopPost included), guard (the guard's service), none (nothing:
 # both were killed; a transaction in progress then needs `rescue`). KILLED_IN: the phase
 # in which the guard found the unit gone (its recovery moves the phase on at once), or empty.
+# $BASE/ID/$BOOT_ENTRY_MARK exists from the first write of NEW's boot entry until the
+# previous one was written again: without it, the boot entry is the one the deploy found.
 # The deployer computes the two budgets that span a whole transaction, from the
 # settings and the shared limits: RECOVERY_S, the longest recovery of a killed
 # transaction (the unit's stop timeout covers it, with STOP_MARGIN_S), and GUARD_S,
