@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from deploy_flake import process
-from deploy_flake.errors import UsageError
+from deploy_flake.errors import DeployError, UsageError
+from deploy_flake.host import target
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SUDO_PROMPT, SUDO_STARTED, Remote, SshSettings
+from tests.fake_remote import FakeHost, FakeRemote, Reply
 
 
 def _remote(arg: str, **kw: object) -> Remote:
@@ -128,3 +130,16 @@ def test_a_wrong_sudo_password_is_given_once_and_never_hangs() -> None:
     assert done.returncode == 1
     assert done.stderr == "Sorry, try again.\nsudo: no password was provided\n"
     assert done.stdout == ""
+
+
+def test_a_sudo_that_asks_with_a_prompt_of_its_own_is_named_not_waited_on_forever() -> None:
+    """PAM's own prompt (not 'Password:') is not replaced by -p: no password is sent, the
+    check runs out of time and says why."""
+    fake = FakeHost(
+        [("true", Reply(returncode=1, stderr="sudo: a password is required")), ("true", Reply(hangs=True))]
+    )
+    settings = SshSettings(control_dir=Path("/tmp/cm"), sudo_password=b"secret")
+    remote = FakeRemote(Destination.parse("deploy@web1"), settings, host=fake)
+    with pytest.raises(DeployError, match="replaces only PAM's usual 'Password:' prompt"):
+        asyncio.run(target.sudo_needs_password(remote))
+    assert fake.left == []

@@ -134,9 +134,17 @@ async def sudo_needs_password(remote: Remote) -> bool:
             f"({done.last_lines(1)}): allow NOPASSWD sudo, log in as root, or give the password "
             "with --ask-sudo-password"
         )
-    done = await run_checked(
-        remote.with_sudo(True, password=True), ["true"], "checking the sudo password", root=True, timeout=30
-    )
+    try:
+        done = await remote.with_sudo(True, password=True).run(["true"], root=True, timeout=30)
+    except ProcessTimeout:
+        # sudo asked with a prompt of its own, not -p's (a PAM prompt other than "Password:"):
+        # the password is only ever sent after -p's prompt, so it waited for it in vain
+        raise DeployError(
+            f"checking the sudo password on {remote.dest.host} did not finish within 30s: the "
+            "password is sent only after the prompt deploy-flake gives sudo (-p), which replaces "
+            "only PAM's usual 'Password:' prompt (unless sudoers sets passprompt_override); "
+            "nothing was changed"
+        ) from None
     if not done.ok:
         raise DeployError(f"sudo on {remote.dest.host} did not accept the password: {done.last_lines(1)}")
     return True
