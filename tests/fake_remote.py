@@ -131,7 +131,7 @@ class FakeRemote(Remote):
         what: str = "",
     ) -> Completed:
         argv = list(argv)
-        reply = self._host().answer(command_name(argv), argv, self.stdin(stdin, root=root))
+        reply = self._host().answer(command_name(argv), argv, stdin)  # what the command reads
         await asyncio.sleep(0)  # as a real command would, let the other tasks run
         done = reply.completed(argv)
         _stream(reply.stdout, on_stdout)

@@ -1,12 +1,14 @@
 """When the way back fails too: retried once, then reported unknown with the repair command.
 
 A failing rollback or boot-entry restore is tried again once; after that the host is
-reported unknown with the command that repairs it. The rollback runs the previous
-system's own tools, never the failed one's."""
+reported unknown with the command that repairs it, or, with --on-rollback-failure=reboot,
+rebooted into its untouched old boot entry (an nspawn reboot: a new boot id, the boot
+entry's system activated at boot). The rollback runs the previous system's own tools,
+never the failed one's."""
 
 from __future__ import annotations
 
-from tests.lab import Host, deploy
+from tests.lab import BOOT_ID, Host, deploy, notes
 
 
 def test_a_failed_rollback_is_retried_once(hosts: dict[str, Host]) -> None:
@@ -22,9 +24,11 @@ def test_a_failed_rollback_is_retried_once(hosts: dict[str, Host]) -> None:
 def test_a_rollback_that_fails_twice_is_unknown_with_the_commands(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     before = alpha.current_system()
+    boot = alpha.out(BOOT_ID)
     alpha.inject_fault("test", before, 2)
     r = deploy("nixos://alpha/fail-activation")
     assert r.returncode == 4, r.output
+    assert alpha.out(BOOT_ID) == boot, "the default (--on-rollback-failure=report) never reboots"
     res = r.host("nixos://alpha/fail-activation")
     assert res["outcome"] == "unknown" and res["previous_system"] == before
     command = f"{before}/bin/switch-to-configuration test"
@@ -32,6 +36,26 @@ def test_a_rollback_that_fails_twice_is_unknown_with_the_commands(hosts: dict[st
     assert alpha.boot_default() == before  # the boot entry was never touched
     alpha.ssh(command, check=False)
     alpha.ssh("systemctl reset-failed")
+    alpha.assert_clean_after(running=before, boot=before)
+
+
+def test_a_rollback_that_fails_twice_reboots_into_the_old_boot_entry_when_asked(
+    hosts: dict[str, Host],
+) -> None:
+    alpha = hosts["alpha"]
+    before, profile, boot = alpha.current_system(), alpha.profile(), alpha.out(BOOT_ID)
+    alpha.inject_fault("test", before, 2)
+    r = deploy("--on-rollback-failure=reboot", "nixos://alpha/fail-activation")
+    assert r.returncode == 3, r.output
+    res = r.host("nixos://alpha/fail-activation")
+    assert res["outcome"] == "rolled-back", res
+    err = str(res["error"])
+    assert err.startswith("rolled back by a reboot: switch-to-configuration test failed"), err
+    assert "failed (exit 1), twice" in err
+    assert any(n.startswith("rebooted into the previous system in") for n in notes(res)), res
+    assert alpha.out(BOOT_ID) != boot, "the host was rebooted"
+    assert alpha.out("readlink -f /run/booted-system") == before
+    assert alpha.profile() == profile and alpha.generations() == 1
     alpha.assert_clean_after(running=before, boot=before)
 
 

@@ -18,7 +18,16 @@ from deploy_flake.deploy import host as host_module
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.deploy.jobs import host_job
 from deploy_flake.deploy.run import Run
-from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage, Timeouts
+from deploy_flake.models import (
+    DeployOptions,
+    HostResult,
+    Job,
+    Outcome,
+    RebootPolicy,
+    RollbackFailurePolicy,
+    Stage,
+    Timeouts,
+)
 from deploy_flake.nix import Flake
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
@@ -606,3 +615,116 @@ def test_install_bootloader_reaches_the_agents_settings(monkeypatch: pytest.Monk
     )
     assert result.outcome is Outcome.ACTIVATED, result
     assert "INSTALL_BOOTLOADER=1\n" in (fake.stdin["agent start"] or b"").decode()
+
+
+# ---- --on-rollback-failure: re-activating the previous system failed twice
+ROLLBACK_FAILED = status(
+    "rollback-failed",
+    "switch-to-configuration test failed (exit 4); re-activating the previous system failed (exit 1), twice",
+)
+REBOOTED = [
+    ("reboot", Reply("b00t\n", stderr="Connection to web closed by remote host.", lost=True)),
+    ("disconnect", Reply()),
+]
+
+
+def test_a_failed_rollback_is_reported_and_the_host_left_alone_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result, fake, _ = run_job(
+        monkeypatch, [*BEFORE, ("agent start", ROLLBACK_FAILED), ("disconnect", Reply())]
+    )
+    assert result.outcome is Outcome.UNKNOWN, result
+    assert f"{OLD}/bin/switch-to-configuration test" in str(result.error)
+    assert "reboot" not in fake.sent
+
+
+def test_a_failed_rollback_reboots_into_the_old_boot_entry_and_is_rolled_back_when_it_comes_back_healthy(
+    monkeypatch: pytest.MonkeyPatch, instant: list[float]
+) -> None:
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", ROLLBACK_FAILED),
+            ("sh", Reply("system-1-link\n")),  # the boot entry: the profile as found, never written
+            *REBOOTED,
+            ("facts", facts(boot_id="b00t")),  # not down yet: the same boot
+            ("facts", facts(boot_id="n3w")),  # back, on the previous system
+            ("connect", Reply()),
+            ("systemctl is-system-running", Reply("running\n")),
+            ("disconnect", Reply()),
+        ],
+        on_rollback_failure=RollbackFailurePolicy.REBOOT,
+    )
+    assert not fake.left, fake.mismatch
+    assert result.outcome is Outcome.ROLLED_BACK, result
+    assert str(result.error).startswith("rolled back by a reboot: switch-to-configuration test failed")
+    assert any(n.startswith("rebooted into the previous system in") for n in events.notes), events.notes
+
+
+def test_a_host_that_comes_back_on_another_system_after_the_last_resort_reboot_is_unknown(
+    monkeypatch: pytest.MonkeyPatch, instant: list[float]
+) -> None:
+    result, fake, _ = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", ROLLBACK_FAILED),
+            ("sh", Reply("system-1-link\n")),
+            *REBOOTED,
+            ("facts", facts(current=NEW, boot_id="n3w")),
+            ("disconnect", Reply()),
+        ],
+        on_rollback_failure=RollbackFailurePolicy.REBOOT,
+    )
+    assert not fake.left, fake.mismatch
+    assert result.outcome is Outcome.UNKNOWN, result
+    assert f"came back running {NEW}" in str(result.error) and f"not the previous system {OLD}" in str(
+        result.error
+    )
+
+
+def test_a_degraded_previous_system_after_the_last_resort_reboot_is_unknown(
+    monkeypatch: pytest.MonkeyPatch, instant: list[float]
+) -> None:
+    result, fake, _ = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", ROLLBACK_FAILED),
+            ("sh", Reply("system-1-link\n")),
+            *REBOOTED,
+            ("facts", facts(boot_id="n3w")),
+            ("connect", Reply()),
+            ("systemctl is-system-running", Reply("degraded\n")),
+            ("systemctl list-units", Reply("app.service loaded failed failed app\n")),
+            ("disconnect", Reply()),
+        ],
+        on_rollback_failure=RollbackFailurePolicy.REBOOT,
+    )
+    assert not fake.left, fake.mismatch
+    assert result.outcome is Outcome.UNKNOWN, result
+    assert "came back on the previous system" in str(result.error) and "app.service" in str(result.error)
+
+
+@pytest.mark.parametrize(
+    ("seen", "why"),
+    [
+        ("system-1-link\nchanged\n", "wrote the new system's boot entry"),
+        ("system-2-link\n", "the system profile is system-2-link, not system-1-link"),
+    ],
+)
+def test_no_last_resort_reboot_when_the_boot_entry_may_name_the_new_system(
+    monkeypatch: pytest.MonkeyPatch, seen: str, why: str
+) -> None:
+    result, fake, _ = run_job(
+        monkeypatch,
+        [*BEFORE, ("agent start", ROLLBACK_FAILED), ("sh", Reply(seen)), ("disconnect", Reply())],
+        on_rollback_failure=RollbackFailurePolicy.REBOOT,
+    )
+    assert not fake.left, fake.mismatch
+    assert "reboot" not in fake.sent
+    assert result.outcome is Outcome.UNKNOWN, result
+    assert f"{OLD}/bin/switch-to-configuration test" in str(result.error)  # what to do by hand
+    assert "Not rebooted (--on-rollback-failure=reboot)" in str(result.error) and why in str(result.error)

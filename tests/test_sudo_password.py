@@ -101,6 +101,26 @@ def test_no_or_a_wrong_password_changes_nothing(delta: Host, tmp_path: Path) -> 
     delta.assert_clean_after(running=before, boot=before)
 
 
+def test_the_password_never_reaches_a_command_sudo_runs_without_one(delta: Host, tmp_path: Path) -> None:
+    """A NOPASSWD rule for sh (but not for `true`): sudo asks for no password for the
+    commands deploy-flake runs, so the password must not be written to them; before, it
+    became the first line of the agent script and of the transaction's settings, executed
+    as root and logged."""
+    delta.ssh("echo 'deploy ALL=(ALL) NOPASSWD: /bin/sh' > /etc/sudoers.d/zz-nopasswd-sh")
+    assert delta.ssh("su deploy -c 'sudo -n true'", check=False).returncode != 0  # a password for true
+    delta.ssh("journalctl --rotate --vacuum-time=1s >/dev/null 2>&1; true")
+    before = delta.current_system()
+    rc, out, report, _ = run_with_password(tmp_path, PASSWORD, "--settle-time=0", "nixos://deploy@delta/good")
+    assert rc == 0, out
+    res = report["hosts"][0]  # type: ignore[index]
+    assert res["outcome"] == "activated", res
+    assert delta.current_system() == res["system"] != before
+    assert PASSWORD not in out
+    on_host = delta.out("cat /run/deploy-flake/agent* /run/deploy-flake/*/settings /run/deploy-flake/*/log")
+    assert on_host and PASSWORD not in on_host, "the password was written into the agent's files"
+    assert PASSWORD not in delta.out("journalctl -b --no-pager"), "the password is in the journal"
+
+
 def test_password_options_are_checked(tmp_path: Path) -> None:
     def refused(*args: str, **kw: object) -> str:
         done = subprocess.run(

@@ -29,6 +29,7 @@ from deploy_flake.models import (
     Job,
     Outcome,
     RebootPolicy,
+    RollbackFailurePolicy,
     exit_code,
 )
 from deploy_flake.nix import build_args
@@ -133,10 +134,14 @@ class RebootOptions:
 
     reboot: RebootPolicy
     reboot_timeout: int
+    on_rollback_failure: RollbackFailurePolicy
 
     def applied_to(self, options: DeployOptions) -> DeployOptions:
         return replace(
-            options, reboot=self.reboot, timeouts=replace(options.timeouts, reboot=self.reboot_timeout)
+            options,
+            reboot=self.reboot,
+            on_rollback_failure=self.on_rollback_failure,
+            timeouts=replace(options.timeouts, reboot=self.reboot_timeout),
         )
 
 

@@ -73,6 +73,13 @@ class RebootPolicy(StrEnum):
     ALWAYS = "always"
 
 
+class RollbackFailurePolicy(StrEnum):
+    """--on-rollback-failure: what is done when re-activating the previous system failed twice."""
+
+    REPORT = "report"  # the host is left as it is, its outcome unknown, with what to do
+    REBOOT = "reboot"  # the last resort: reboot into the untouched old boot entry, say what came back
+
+
 class Outcome(StrEnum):
     ACTIVATED = "activated"  # running the new system, confirmed, boot entry written
     UNCHANGED = "unchanged"  # looked at (status) or planned only: nothing was changed
@@ -155,6 +162,7 @@ class DeployOptions:
     max_failures: int = 0  # 0: no limit; else start no new host after this many did not end activated
     all_or_nothing: bool = False  # roll back the activated hosts if any host was not activated
     reboot: RebootPolicy = RebootPolicy.NEVER
+    on_rollback_failure: RollbackFailurePolicy = RollbackFailurePolicy.REPORT
     build_on: BuildOn = field(default_factory=BuildOn)
     # the new system's specialisation to activate: None follows the one the host runs, "" is
     # the system itself (nixos-rebuild --specialisation)

@@ -8,13 +8,36 @@ import os
 import signal
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from deploy_flake.completed import Completed
 from deploy_flake.errors import ProcessTimeout
 
-__all__ = ["Completed", "LineSink", "ProcessTimeout", "kill_all", "run", "run_detached"]
+__all__ = [
+    "Answer",
+    "Completed",
+    "Dialogue",
+    "LineSink",
+    "ProcessTimeout",
+    "kill_all",
+    "run",
+    "run_detached",
+]
 
 LineSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A line of a dialogue on the command's stderr (sudo's password prompt): the line is
+    neither kept nor shown; `data` is written to the command's stdin, closed after it if `close`."""
+
+    data: bytes = b""
+    close: bool = False
+
+
+# A stderr line -> the answer to it, or None for an ordinary line (kept and shown).
+Dialogue = Callable[[str], "Answer | None"]
 
 # How much of a stream is kept for error messages and parsing.
 _KEEP_BYTES = 4 * 1024 * 1024
@@ -38,17 +61,25 @@ async def run(
     timeout: float | None = None,
     on_stdout: LineSink | None = None,
     on_stderr: LineSink | None = None,
+    dialogue: Dialogue | None = None,
 ) -> Completed:
     """Run argv, stream its lines to the sinks, and return what it printed.
+
+    stdin: written at once, then closed. dialogue (instead of stdin): stdin stays open and
+    gets only what the dialogue answers to the command's stderr lines, until it closes it
+    (or stderr ends).
 
     The process gets its own session, so a timeout or a cancellation kills it
     and everything it started (an ssh ControlMaster it forks is not affected:
     ssh -f detaches into a session of its own).
     """
+    if stdin is not None and dialogue is not None:
+        raise ValueError("process.run: stdin or a dialogue, not both")
     full_env = None if env is None else {**os.environ, **env}
+    piped = stdin is not None or dialogue is not None
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE if piped else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
@@ -57,16 +88,39 @@ async def run(
     _LIVE.add(proc)
     out: list[bytes] = []
     err: list[bytes] = []
+    # what goes to stdin, in order: its end (close) is the last answer
+    answers: asyncio.Queue[Answer] = asyncio.Queue()
+    if stdin is not None:
+        answers.put_nowait(Answer(stdin, close=True))
 
     async def feed() -> None:
         assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(stdin or b"")
-            await proc.stdin.drain()
-        proc.stdin.close()
+        while True:
+            answer = await answers.get()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                if answer.data:
+                    proc.stdin.write(answer.data)
+                    await proc.stdin.drain()
+            if answer.close:
+                proc.stdin.close()
+                return
 
-    async def pump(stream: asyncio.StreamReader | None, keep: list[bytes], sink: LineSink | None) -> None:
+    async def pump(
+        stream: asyncio.StreamReader | None,
+        keep: list[bytes],
+        sink: LineSink | None,
+        dialogue: Dialogue | None = None,
+    ) -> None:
         assert stream is not None
+        try:
+            await _pump(stream, keep, sink, dialogue)
+        finally:
+            if dialogue is not None:  # no more questions: stdin ends
+                answers.put_nowait(Answer(close=True))
+
+    async def _pump(
+        stream: asyncio.StreamReader, keep: list[bytes], sink: LineSink | None, dialogue: Dialogue | None
+    ) -> None:
         size = 0
         while True:
             try:
@@ -77,6 +131,11 @@ async def run(
                 line = await stream.read(65536)
             if not line:
                 return
+            if dialogue is not None:
+                answer = dialogue(line.decode(errors="replace").rstrip("\r\n"))
+                if answer is not None:
+                    answers.put_nowait(answer)
+                    continue
             size += len(line)
             keep.append(line)
             while size > _KEEP_BYTES and len(keep) > 1:
@@ -86,9 +145,9 @@ async def run(
 
     tasks = [
         asyncio.ensure_future(pump(proc.stdout, out, on_stdout)),
-        asyncio.ensure_future(pump(proc.stderr, err, on_stderr)),
+        asyncio.ensure_future(pump(proc.stderr, err, on_stderr, dialogue)),
     ]
-    if stdin is not None:
+    if piped:
         tasks.append(asyncio.ensure_future(feed()))
 
     def result() -> Completed:

@@ -30,6 +30,10 @@ def gc_root(deploy_id: str) -> str:
 STATUS_TAG = "@@deploy-flake-state"  # begins every status line, followed by a tab
 STATUS_MARK = f"{STATUS_TAG}\t"
 STATE_LINE = "[deploy-flake] state: "  # the agent's log line for each new state
+# In a transaction's directory: present from the moment the transaction first writes the
+# new system's boot entry until the old one is written again (--on-rollback-failure=reboot
+# reboots only a host whose boot entry is still the old one).
+BOOT_ENTRY_MARK = "boot-entry-changed"
 
 
 class Phase(StrEnum):

@@ -19,6 +19,7 @@ from importlib import resources
 
 from deploy_flake.agent.protocol import (
     AGENT_DIR,
+    BOOT_ENTRY_MARK,
     GC_ROOT_MAX_AGE_MIN,
     GC_ROOTS_DIR,
     LAST_DEPLOY_FILE,
@@ -60,6 +61,7 @@ SHARED: tuple[tuple[str, str | int], ...] = (
     ("ROOT_MAX_AGE_MIN", GC_ROOT_MAX_AGE_MIN),
     ("STATUS_TAG", STATUS_TAG),
     ("STATE_LINE", STATE_LINE),
+    ("BOOT_ENTRY_MARK", BOOT_ENTRY_MARK),
     ("LOCK_WAIT_S", LOCK_WAIT_S),
     ("PROFILE_SET_S", PROFILE_SET_S),
     ("KILL_GRACE_S", KILL_GRACE_S),

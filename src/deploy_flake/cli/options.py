@@ -15,7 +15,7 @@ import click
 
 from deploy_flake import __version__
 from deploy_flake.cli import params
-from deploy_flake.models import SANITY_CHECKS, RebootPolicy
+from deploy_flake.models import SANITY_CHECKS, RebootPolicy, RollbackFailurePolicy
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
@@ -248,6 +248,16 @@ REBOOT = params.collected(
         "--reboot-timeout",
         "10m",
         "Time for a rebooted host to come back, booted and healthy; whole seconds, at least 1s.",
+    ),
+    click.option(
+        "--on-rollback-failure",
+        type=click.Choice([str(p) for p in RollbackFailurePolicy]),
+        callback=lambda ctx, param, value: RollbackFailurePolicy(value),
+        default=str(RollbackFailurePolicy.REPORT),
+        show_default=True,
+        help="When re-activating the previous system failed twice: report (the host stays as it "
+        "is, its state unknown), or reboot it into its boot entry, which still names the previous "
+        "system, within --reboot-timeout, and report what it came back on.",
     ),
 )
 

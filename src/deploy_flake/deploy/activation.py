@@ -30,11 +30,17 @@ class Activation:
         self.result = job.result
         self.agent: Agent | None = None  # the host's transaction, once it was asked for
         self.activates = ""  # the specialisation's toplevel, when one is activated
+        self.ended: Status | None = None  # how the host's transaction ended, once it did
 
     @property
     def started(self) -> bool:
         """The host's transaction was asked for: the host may be acting on it."""
         return self.agent is not None and self.agent.started
+
+    @property
+    def rollback_failed(self) -> bool:
+        """The transaction ended re-activating the previous system in vain, twice."""
+        return self.ended is not None and self.ended.phase is Phase.ROLLBACK_FAILED
 
     def _settings(self, toplevel: str, generation: int | None = None) -> Settings:
         t = self.job.t
@@ -135,6 +141,7 @@ class Activation:
         return status
 
     async def _conclude(self, agent: Agent, status: Status) -> None:
+        self.ended = status
         if status.phase is Phase.NONE:
             await self._transaction_vanished(agent)
             return

@@ -7,12 +7,13 @@ import functools
 
 from deploy_flake.deploy.activation import Activation
 from deploy_flake.deploy.host import DEFAULT_PRE_ACTIVATE, HostJob
+from deploy_flake.deploy.last_resort import reboot_to_previous
 from deploy_flake.deploy.plan import show_plan
 from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
-from deploy_flake.models import Outcome, Stage
+from deploy_flake.models import Outcome, RollbackFailurePolicy, Stage
 
 
 class TransactionJob(HostJob):
@@ -28,7 +29,14 @@ class TransactionJob(HostJob):
         return self.activation.started
 
     async def _interrupted(self) -> None:
-        if self.result.stage is Stage.REBOOT:
+        if self.result.stage is Stage.REBOOT and self.activation.rollback_failed:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                f"{self.result.error}; interrupted while the host rebooted into the previous "
+                "system's boot entry (--on-rollback-failure=reboot); check "
+                f"`deploy-flake status {self.dest.raw}`"
+            )
+        elif self.result.stage is Stage.REBOOT:
             self.result.outcome = Outcome.UNKNOWN
             self.result.error = (
                 "interrupted while the host rebooted into its new, committed system; "
@@ -68,6 +76,14 @@ class TransactionJob(HostJob):
 
         self.stage(Stage.ACTIVATE)
         await self.activation.activate(toplevel, generation, activates=seen.closure.activates)
+        ended = self.activation.ended
+        if (
+            ended is not None
+            and self.activation.rollback_failed
+            and self.opts.on_rollback_failure is RollbackFailurePolicy.REBOOT
+        ):
+            await reboot_to_previous(self, ended.reason)
+            return
         # the checks passed: what of the new system takes a reboot to use
         reasons = seen.closure.reboot_reasons
         if self.result.outcome is Outcome.ACTIVATED and reboot_wanted(

@@ -8,7 +8,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from deploy_flake.agent.protocol import LAST_DEPLOY_FILE  # written by the agent at each commit
+from deploy_flake.agent.protocol import (
+    AGENT_DIR,
+    BOOT_ENTRY_MARK,
+    LAST_DEPLOY_FILE,  # written by the agent at each commit
+)
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, WrongHost
 from deploy_flake.process import Completed, LineSink
 from deploy_flake.remote.ssh import Remote
@@ -191,12 +195,42 @@ async def sudo_needs_password(remote: Remote) -> bool:
             f"({done.last_lines(1)}): allow NOPASSWD sudo, log in as root, or give the password "
             "with --ask-sudo-password"
         )
-    done = await run_checked(
-        remote.with_sudo(True, password=True), ["true"], "checking the sudo password", root=True, timeout=30
-    )
+    try:
+        done = await remote.with_sudo(True, password=True).run(["true"], root=True, timeout=30)
+    except ProcessTimeout:
+        # sudo asked with a prompt of its own, not -p's (a PAM prompt other than "Password:"):
+        # the password is only ever sent after -p's prompt, so it waited for it in vain
+        raise DeployError(
+            f"checking the sudo password on {remote.dest.host} did not finish within 30s: the "
+            "password is sent only after the prompt deploy-flake gives sudo (-p), which replaces "
+            "only PAM's usual 'Password:' prompt (unless sudoers sets passprompt_override); "
+            "nothing was changed"
+        ) from None
     if not done.ok:
         raise DeployError(f"sudo on {remote.dest.host} did not accept the password: {done.last_lines(1)}")
     return True
+
+
+async def boot_entry_problem(remote: Remote, deploy_id: str, profile_link: str) -> str | None:
+    """Why the host's boot entry may not be the one the transaction deploy_id found (None:
+    it is): the system profile is not profile_link any more, or the transaction wrote the
+    new system's boot entry and did not write the old one again."""
+    script = 'readlink /nix/var/nix/profiles/system; if [ -e "$1" ]; then echo changed; fi'
+    mark = f"{AGENT_DIR}/{deploy_id}/{BOOT_ENTRY_MARK}"
+    done = await run_checked(
+        remote, ["sh", "-c", script, "sh", mark], "checking the boot entry", root=True, timeout=30
+    )
+    if not done.ok:
+        return f"it could not be checked ({done.last_lines(1)})"
+    lines = done.stdout.split()
+    if "changed" in lines:
+        return "the transaction wrote the new system's boot entry and could not write the old one again"
+    if not lines or lines[0] != profile_link:
+        return (
+            f"the system profile is {lines[0] if lines else 'gone'}, not {profile_link or 'the one'} "
+            "the deploy found"
+        )
+    return None
 
 
 async def system_health(remote: Remote, timeout: float) -> tuple[str, list[str]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from deploy_flake import process
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, UsageError
-from deploy_flake.process import Completed, LineSink
+from deploy_flake.process import Answer, Completed, Dialogue, LineSink
 from deploy_flake.remote.destination import Destination
 
 SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
@@ -32,6 +32,10 @@ DEFAULT_OPTIONS: tuple[str, ...] = (
     "ServerAliveCountMax=4",  # a dead connection is noticed within about 20 s
 )
 FRESH_CONNECTION: tuple[str, ...] = ("ControlMaster=no", "ControlPath=none")
+# sudo -S's prompt (a line of its own), and the line its command prints first: the two
+# points at which deploy-flake writes to the stdin of a command run through `sudo -S`.
+SUDO_PROMPT = "@@deploy-flake-sudo-password"
+SUDO_STARTED = "@@deploy-flake-sudo-started"
 
 
 def check_ssh_option(text: str) -> str:
@@ -47,7 +51,7 @@ class SshSettings:
     control_dir: Path
     config_file: Path | None = None
     options: tuple[str, ...] = ()
-    # --ask-sudo-password: only ever written to the stdin of `sudo -S`, never shown
+    # --ask-sudo-password: only ever written to the stdin of `sudo -S` once it asked, never shown
     sudo_password: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,7 +75,7 @@ class Remote:
 
     def with_sudo(self, sudo: bool, *, password: bool = False) -> Remote:
         """password: sudo needs one here (and the run has it): commands as root go through
-        `sudo -S`, which reads it as the first line of their stdin (see stdin)."""
+        `sudo -S`, which gets it on stdin when it asks for it (see sudo_dialogue)."""
         return Remote(self.dest, self.settings, sudo, sudo and password)
 
     # ------------------------------------------------------------ options
@@ -98,21 +102,55 @@ class Remote:
         """
         remote = list(argv)
         if root and self.sudo_with_password:
-            # -k: always ask, so the password line is always read (never left to the command);
-            # -p '': no prompt in the output
-            remote = ["sudo", "-S", "-k", "-p", "", "--", *remote]
+            # sudo -S reads a password from stdin only when it asks for one, and a rule
+            # (NOPASSWD for some commands) may let it ask for none: so stdin waits for the
+            # prompt (SUDO_PROMPT, then the password is sent) or for the command itself
+            # (SUDO_STARTED, printed as root: then the command's own stdin), see sudo_dialogue.
+            # -k: ignore a cached credential, so that the prompt comes whenever it is needed.
+            started = f'echo {SUDO_STARTED} >&2 && exec "$@"'
+            remote = [
+                "sudo",
+                "-S",
+                "-k",
+                "-p",
+                f"{SUDO_PROMPT}\n",
+                "--",
+                "/bin/sh",
+                "-c",
+                started,
+                "sh",
+                *remote,
+            ]
         elif root and self.sudo:
             remote = ["sudo", "-n", "--", *remote]
         opts = self._options(first=FRESH_CONNECTION, multiplex=False) if fresh else self._options()
         return ["ssh", *opts, "-T", "--", self.dest.host, shlex.join(remote)]
 
-    def stdin(self, data: bytes | None = None, *, root: bool = True) -> bytes | None:
-        """The stdin for a command built with command(argv, root=root): the sudo password
-        first when sudo reads one (so every root command must be run with this stdin)."""
-        if root and self.sudo_with_password:
-            assert self.settings.sudo_password is not None
-            return self.settings.sudo_password + b"\n" + (data or b"")
-        return data
+    def sudo_dialogue(self, data: bytes | None) -> Dialogue:
+        """The stdin of a command built with command(argv, root=True) where sudo may ask for
+        the password: the password only once sudo asked for it (its prompt, SUDO_PROMPT, on
+        stderr), and the command's own stdin (data) only once the command runs (SUDO_STARTED).
+        A second prompt (a wrong password) is not answered: stdin is closed, sudo fails."""
+        password = self.settings.sudo_password
+        assert password is not None
+        asked = ended = False
+
+        def answer(line: str) -> Answer | None:
+            nonlocal asked, ended
+            if ended:
+                return None  # the command's own output from here on
+            if line == SUDO_PROMPT:
+                if asked:
+                    ended = True
+                    return Answer(close=True)
+                asked = True
+                return Answer(password + b"\n")
+            if line == SUDO_STARTED:
+                ended = True
+                return Answer(data or b"", close=True)
+            return None
+
+        return answer
 
     def master_command(self, persist_s: int = 120) -> list[str]:
         """Opens the shared connection in the background (ssh -f), detached from our pipes."""
@@ -153,14 +191,16 @@ class Remote:
     ) -> Completed:
         """Runs argv on the host and returns what it printed, whatever its exit status.
 
-        The one place that pairs a command with its stdin (the sudo password first when
-        sudo reads one) and reads ssh's own failure: exit status 255 (no connection, or a
+        The one place that pairs a command with its stdin (the sudo password only where
+        sudo asks for it: sudo_dialogue) and reads ssh's own failure: exit status 255 (no connection, or a
         lost one) raises ConnectionLost, saying `what` was being done. A command that runs
         past `timeout` is killed: ProcessTimeout.
         """
+        asks = root and self.sudo_with_password
         done = await process.run(
             self.command(argv, root=root, fresh=fresh),
-            stdin=self.stdin(stdin, root=root),
+            stdin=None if asks else stdin,
+            dialogue=self.sudo_dialogue(stdin) if asks else None,
             timeout=timeout,
             on_stdout=on_stdout,
             on_stderr=on_stderr,

@@ -25,6 +25,7 @@ restore_profile() {
     RESTORE_PROBLEM="writing the previous boot entry again failed: the boot loader may still default to $NEW; run \`$PROFILE/bin/switch-to-configuration boot\` on the host"
     return 1
   fi
+  rm -f "$DIR/$BOOT_ENTRY_MARK"
   if [ -n "$new" ] && [ "$new" != "$old" ]; then rm -f "${PROFILE%/*}/$new"; fi
   log "the system profile and the boot entry are back on $old"
   return 0
@@ -63,6 +64,7 @@ commit() {  # profile generation + boot entry, undone if either step fails
     conclude_unchanged "$why"
   fi
   await_other_switch
+  : > "$DIR/$BOOT_ENTRY_MARK"  # from here on the boot loader may name NEW, until restore_profile
   # --install-bootloader: the boot loader itself is installed again (NixOS's hooks read it)
   if ! NIXOS_INSTALL_BOOTLOADER=$INSTALL_BOOTLOADER timeout -k "$KILL_GRACE_S" "$BOOT_S" \
       "$NEW/bin/switch-to-configuration" boot 8>&-; then

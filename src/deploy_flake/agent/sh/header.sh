@@ -73,6 +73,8 @@
 # lock, the one it replaces; COMMITTED: the one it left the profile at once committed.
 # The status line is the last line of a verb's answer, and only that line is one: the log
 # shown before it may hold anything (an activation's output too).
+# $BASE/ID/$BOOT_ENTRY_MARK exists from the first write of NEW's boot entry until the
+# previous one was written again: without it, the boot entry is the one the deploy found.
 # The deployer computes the two budgets that span a whole transaction, from the
 # settings and the shared limits: RECOVERY_S, the longest recovery of a killed
 # transaction (the unit's stop timeout covers it, with STOP_MARGIN_S), and GUARD_S,

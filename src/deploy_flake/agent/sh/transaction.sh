@@ -54,7 +54,7 @@ rollback() {  # REASON
     fi
     log "$why"
     if [ "$attempt" -ge 2 ]; then
-      set_reason "$1; $why, twice"
+      set_reason "$1; $why, twice${RESTORE_PROBLEM:+; $RESTORE_PROBLEM}"
       set_state rollback-failed; exit 1
     fi
     attempt=2
