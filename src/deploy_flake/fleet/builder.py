@@ -48,7 +48,7 @@ class Builder:
             self.remote = Remote(build_on.builder, SshSettings(control, ssh.config_file, ssh.options))
         self._prepared: asyncio.Task[None] | None = None
         self._builds: dict[str, asyncio.Task[str]] = {}
-        self._roots: list[str] = []
+        self._root_dir = ""  # on a builder host: this run's private directory of result links
 
     @property
     def where(self) -> str:
@@ -72,6 +72,14 @@ class Builder:
             await remote.connect(self.t.connect)
         except DeployError as e:
             raise DeployError(f"the builder (--build-on): {e}") from None
+        # the result links in a directory of the run's own (mktemp: mode 700, a name nobody
+        # can guess or take first), not under a predictable name in the shared /tmp
+        made = await remote.run(
+            ["mktemp", "-d", "/tmp/deploy-flake-build.XXXXXXXXXX"], timeout=self.t.connect, what="mktemp"
+        )
+        if not made.ok or not made.stdout.strip():
+            raise DeployError(f"the builder (--build-on): cannot make a directory in /tmp: {made.last_error}")
+        self._root_dir = made.stdout.strip()
         await nix.retry_copy(
             f"copying the flake to the builder {remote.dest.host}",
             lambda: nix.flake_archive(remote, self.flake_dir, timeout=self.t.copy, on_line=on_line),
@@ -87,8 +95,7 @@ class Builder:
             if self._prepared is None:
                 self._prepared = asyncio.create_task(self._prepare(note, on_line))
             await asyncio.shield(self._prepared)
-            root = f"/tmp/deploy-flake-{self.run_id}-build-{config}.system"
-            self._roots.append(root)
+            root = f"{self._root_dir}/{config}.system"
         note(f"building {config} {self.where}, once for every host that runs it")
         toplevel = await nix.build_toplevel(
             remote,
@@ -118,6 +125,6 @@ class Builder:
         await asyncio.gather(*tasks, return_exceptions=True)  # retrieved: each host reported it
         if self.remote is not None and self._prepared is not None:
             with contextlib.suppress(Exception):
-                if self._roots:
-                    await self.remote.run(["rm", "-f", *self._roots], timeout=15)
+                if self._root_dir:
+                    await self.remote.run(["rm", "-rf", "--", self._root_dir], timeout=15)
                 await self.remote.disconnect()
