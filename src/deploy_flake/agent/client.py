@@ -193,13 +193,20 @@ class Agent:
         """Runs a verb that ends like `watch`: the agent's log from self._log_offset on, then
         the status line. Keeps track of how much of the log was shown."""
         start = self._log_offset
+        # A line like a status line is the log's only when another line follows it: the last
+        # line of an answer is the agent's status, not log, even if the call then failed or
+        # was cut (counted as log, the next call would start inside a line of the log).
+        unsure = 0
 
         def show(text: str) -> None:
-            # what was shown stays shown, even if this call is cut off or cancelled (a line
-            # like a status line is log text here: only a whole answer's last line is one)
-            self._log_offset += len(text.encode()) + 1
+            nonlocal unsure
+            # what was shown stays shown, even if this call is cut off or cancelled
+            self._log_offset += unsure
+            unsure = 0
             if text.startswith(STATUS_MARK):
+                unsure = len(text.encode()) + 1
                 return
+            self._log_offset += len(text.encode()) + 1
             if text.startswith(STATE_LINE):  # where it is, should the stream be cut
                 with contextlib.suppress(ValueError):
                     logged = Phase(text.removeprefix(STATE_LINE).strip())
