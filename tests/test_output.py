@@ -165,3 +165,31 @@ def test_a_sink_that_raises_never_leaves_its_process_stuck(tmp_path: Path) -> No
         )
     assert marker.exists(), "the process was not read to its end"
     assert not process._LIVE, "a process was left behind"
+
+
+def test_a_run_that_ends_in_an_internal_error_still_writes_the_report_and_summary(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bug in the fleet after one host finished and while another was at work: the report
+    and the summary give every host as far as known, the exit code is the worst of them."""
+    from click.testing import CliRunner
+
+    from deploy_flake import app
+    from deploy_flake.cli import deploy_flake
+
+    async def deploy_all(targets: object, options: object, *, events: Steady, **_: object) -> None:
+        events.stage("a", Stage.CONNECT)
+        events.finished("a", HostResult(destination="a", host="a", outcome=Outcome.ACTIVATED))
+        events.stage("b", Stage.ACTIVATE)
+        raise RuntimeError("a bug in the fleet")
+
+    monkeypatch.setattr(app, "deploy_all", deploy_all)
+    (tmp_path / "flake.nix").write_text("{}")
+    report = tmp_path / "report.json"
+    args = ["--flake", str(tmp_path), "--report", str(report), "--log-dir", str(tmp_path / "logs")]
+    result = CliRunner().invoke(deploy_flake, [*args, "a", "b", "c"])
+    assert result.exit_code == 4, result.output
+    assert "internal error: RuntimeError: a bug in the fleet" in result.output
+    assert "deploy-flake summary:" in result.output and "Traceback" not in result.output
+    outcomes = {h["destination"]: h["outcome"] for h in json.loads(report.read_text())["hosts"]}
+    assert outcomes == {"a": "activated", "b": "unknown", "c": "failed"}
