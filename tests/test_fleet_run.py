@@ -26,7 +26,7 @@ def test_default_jobs_follows_the_open_file_limit(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
     monkeypatch.setattr(resource, "setrlimit", lambda _, v: limits.update(soft=v[0]))
     assert fleet.default_jobs(4) == 4
-    assert fleet.default_jobs(500) == (1024 - 64) // 8  # 120 at a time
+    assert fleet.default_jobs(500) == (1024 - 64) // 9  # 106 at a time: 8 fds each, and its log
     limits["hard"] = 65536  # the soft limit is raised first
     assert fleet.default_jobs(500) == 500
     assert limits["soft"] == 65536

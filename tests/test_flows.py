@@ -29,6 +29,7 @@ from deploy_flake.models import (
     Timeouts,
 )
 from deploy_flake.nix import Flake
+from deploy_flake.output.events import Events
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
 from tests.fake_remote import Answer, FakeHost, FakeRemote, Reply
@@ -41,22 +42,30 @@ OLDER = "/nix/store/2222222222222222222222222222222c-nixos-system-web-0"
 class Recorded:
     """The run's events: what a user would have seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: Events | None = None) -> None:
         self.stages: list[Stage] = []
         self.notes: list[str] = []
         self.lines: list[str] = []
+        self.then = then
 
     def stage(self, label: str, stage: Stage) -> None:
         self.stages.append(stage)
+        if self.then is not None:
+            self.then.stage(label, stage)
 
     def line(self, label: str, text: str) -> None:
         self.lines.append(text)
+        if self.then is not None:
+            self.then.line(label, text)
 
     def note(self, label: str, text: str) -> None:
         self.notes.append(text)
+        if self.then is not None:
+            self.then.note(label, text)
 
     def finished(self, label: str, result: HostResult) -> None:
-        pass
+        if self.then is not None:
+            self.then.finished(label, result)
 
 
 def facts(
@@ -128,12 +137,14 @@ def run_job(
     *,
     job: Job = Job.DEPLOY,
     dest: str = "nixos://web/web",
+    shown: Events | None = None,
     **options: object,
 ) -> tuple[HostResult, FakeHost, Recorded]:
-    """One host's job against a scripted host; its result, the host (what was sent), the events."""
+    """One host's job against a scripted host; its result, the host (what was sent), the events.
+    shown: where the events go as well (a display, a run log), after they are recorded."""
     fake = FakeHost(table)
     monkeypatch.setattr(host_module, "Remote", lambda d, s: FakeRemote(d, s, host=fake))
-    events = Recorded()
+    events = Recorded(shown)
     options.setdefault("timeouts", FAST)
     opts = DeployOptions(flake_dir=Path("/flake"), job=job, **options)  # type: ignore[arg-type]
     run = Run(

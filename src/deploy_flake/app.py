@@ -8,13 +8,12 @@ said, typed. The deploy layer reads DeployOptions, made from it here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
-
-import click
 
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.fleet.inventory import load_inventory, select
@@ -43,9 +42,10 @@ from deploy_flake.output.display import (
     plain_summary,
     status_document,
 )
-from deploy_flake.output.events import Events
-from deploy_flake.output.report import ReportError, check_report_path, write_report
+from deploy_flake.output.events import Events, Steady
+from deploy_flake.output.report import check_report_path, write_report_or_say
 from deploy_flake.output.run_log import RunLog, default_log_dir, new_run_dir
+from deploy_flake.output.stream import STDOUT
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import check_ssh_option
 from deploy_flake.remote.ssh_config import check_distinct_destinations
@@ -237,22 +237,27 @@ def run(command: Command) -> int:
     if tty:  # rich only for a terminal: its import is a good part of a short run's start-up
         from deploy_flake.output import display_live
 
-    def logged(events: Events) -> Events:
-        return events if checked.run_dir is None else RunLog(checked.run_dir, events)
-
     instrumentation = checked.common.instrumentation
+    display: Events
+    live = None
+    if checked.job is Job.STATUS and instrumentation != "json":  # its table comes at the end
+        display = QuietEvents()
+    elif instrumentation == "json":
+        display = JsonEvents()
+    elif tty and not checked.options.ask:  # --ask: plain lines, so the question stays readable
+        display = live = display_live.LiveEvents([t.dest.label for t in checked.targets])
+    else:
+        display = PlainEvents()
+    log = None if checked.run_dir is None else RunLog(checked.run_dir, display)
+    # Nothing the display or the log does can end a host's deploy; and whatever ends the
+    # run, every host's result is known as far as it was told.
+    events = Steady(log or display)
+    dests = [t.dest for t in checked.targets]
     try:
-        if checked.job is Job.STATUS and instrumentation != "json":  # its table comes at the end
-            results = _run(checked, QuietEvents())
-        elif instrumentation == "json":
-            results = _run(checked, logged(JsonEvents()))
-        elif tty and not checked.options.ask:  # --ask: plain lines, so the question stays readable
-            with display_live.LiveEvents([t.dest.label for t in checked.targets]) as live:
-                results = _run(checked, logged(live))
-        else:
-            results = _run(checked, logged(PlainEvents()))
+        with live or contextlib.nullcontext():
+            results = _run(checked, events)
     except InterruptedTwice as e:  # a DeployError, but no usage error: first
-        _write_report(checked.common.report_path, e.results)
+        write_report_or_say(checked.common.report_path, e.results)
         if checked.run_dir is not None:
             messages.note(f"every host's output so far is in {checked.run_dir}")
         messages.note(
@@ -260,13 +265,19 @@ def run(command: Command) -> int:
             "previous system by themselves once the confirmation timeout passes"
         )
         return EXIT_INTERRUPTED
-    except DeployError as e:
+    except DeployError as e:  # before any host was started (the flake could not be read)
         messages.error(str(e))
+        write_report_or_say(checked.common.report_path, events.as_far_as_known(dests, str(e)))
         return EXIT_USAGE
-    except Exception as e:  # a bug before any host was started: one line, never a traceback
-        messages.note(f"internal error: {type(e).__name__}: {e}")
-        return EXIT_FAILED
-    return _report(checked, results, tty)
+    except Exception as e:  # a bug in the deployer: one line, never a traceback
+        why = f"internal error: {type(e).__name__}: {e}"
+        messages.note(why)
+        results = events.as_far_as_known(dests, f"the deployer stopped: {why}")
+        return max(_report(checked, results, tty, events), EXIT_FAILED)
+    finally:
+        if log is not None:
+            log.close()
+    return _report(checked, results, tty, events)
 
 
 def _validate(command: Command) -> _Checked:
@@ -334,26 +345,31 @@ def _deploy_options(command: Command) -> DeployOptions:
     return options
 
 
-def _report(checked: _Checked, results: list[HostResult], tty: bool) -> int:
-    """The report file, the table or summary, the notes; the exit code."""
+def _report(checked: _Checked, results: list[HostResult], tty: bool, events: Steady | None = None) -> int:
+    """The report file, the table or summary, the notes; the exit code. Output that cannot
+    be written any more (output/stream.py) changes none of it."""
     if tty:
         from deploy_flake.output import display_live  # already imported by run()
-    report_error = _write_report(checked.common.report_path, results)
+    report_error = write_report_or_say(checked.common.report_path, results)
     instrumentation = checked.common.instrumentation
     if checked.job is Job.STATUS and (checked.status_json or instrumentation != "json"):
         if checked.status_json:
-            click.echo(json.dumps(status_document(results), indent=2))
+            STDOUT.print(json.dumps(status_document(results), indent=2))
         elif tty:
             display_live.print_table(display_live.status_table(results))
         else:
-            click.echo(plain_status(results))
+            STDOUT.print(plain_status(results))
     elif instrumentation != "json":
         if checked.job is Job.PLAN:
-            click.echo(plain_plan(results))
+            STDOUT.print(plain_plan(results))
         if tty:
             display_live.print_table(display_live.summary_table(results))
         else:
-            click.echo(plain_summary(results))
+            STDOUT.print(plain_summary(results))
+    if STDOUT.lost is not None:
+        messages.note(f"stdout could not be written any more ({STDOUT.lost}): printing to it stopped there")
+    if events is not None and events.failure is not None:
+        messages.note(f"showing the hosts' output failed ({events.failure}); the hosts went on")
     if checked.run_dir is not None:
         messages.note(f"every host's whole output is in {checked.run_dir}")
     skipped = [r.destination for r in results if r.outcome is Outcome.SKIPPED]
@@ -380,17 +396,6 @@ def _targets(
             "with --on (--on '*' for all)"
         )
     return targets
-
-
-def _write_report(path: Path | None, results: list[HostResult]) -> str | None:
-    """Writes --report; what went wrong, if it could not be written."""
-    if path is None:
-        return None
-    try:
-        write_report(path, results)
-    except ReportError as e:
-        return str(e)
-    return None
 
 
 def _check_no_repeats(dests: list[Destination]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -39,8 +40,12 @@ class Answer:
 # A stderr line -> the answer to it, or None for an ordinary line (kept and shown).
 Dialogue = Callable[[str], "Answer | None"]
 
-# How much of a stream is kept for error messages and parsing.
-_KEEP_BYTES = 4 * 1024 * 1024
+# How much of a stream is kept in memory. One that goes to a sink (a build log, the agent's
+# log: shown, and kept whole in the run log) keeps only its tail, for error messages and the
+# agent's last status line (Nix's last error block is a few KiB); one without a sink is read
+# by the caller (JSON, the host's facts) and is kept up to KEEP_BYTES.
+KEEP_BYTES = 4 * 1024 * 1024
+TAIL_BYTES = 64 * 1024
 # Every process started here and not yet reaped, for kill_all.
 _LIVE: set[asyncio.subprocess.Process] = set()
 
@@ -86,8 +91,7 @@ async def run(
         start_new_session=True,
     )
     _LIVE.add(proc)
-    out: list[bytes] = []
-    err: list[bytes] = []
+    out, err = _Kept(on_stdout), _Kept(on_stderr)
     # what goes to stdin, in order: its end (close) is the last answer
     answers: asyncio.Queue[Answer] = asyncio.Queue()
     if stdin is not None:
@@ -106,22 +110,16 @@ async def run(
                 return
 
     async def pump(
-        stream: asyncio.StreamReader | None,
-        keep: list[bytes],
-        sink: LineSink | None,
-        dialogue: Dialogue | None = None,
+        stream: asyncio.StreamReader | None, kept: _Kept, dialogue: Dialogue | None = None
     ) -> None:
         assert stream is not None
         try:
-            await _pump(stream, keep, sink, dialogue)
+            await _pump(stream, kept, dialogue)
         finally:
             if dialogue is not None:  # no more questions: stdin ends
                 answers.put_nowait(Answer(close=True))
 
-    async def _pump(
-        stream: asyncio.StreamReader, keep: list[bytes], sink: LineSink | None, dialogue: Dialogue | None
-    ) -> None:
-        size = 0
+    async def _pump(stream: asyncio.StreamReader, kept: _Kept, dialogue: Dialogue | None) -> None:
         while True:
             try:
                 line = await stream.readuntil(b"\n")
@@ -136,16 +134,11 @@ async def run(
                 if answer is not None:
                     answers.put_nowait(answer)
                     continue
-            size += len(line)
-            keep.append(line)
-            while size > _KEEP_BYTES and len(keep) > 1:
-                size -= len(keep.pop(0))
-            if sink is not None:
-                sink(line.decode(errors="replace").rstrip("\r\n"))
+            kept.add(line)
 
     tasks = [
-        asyncio.ensure_future(pump(proc.stdout, out, on_stdout)),
-        asyncio.ensure_future(pump(proc.stderr, err, on_stderr, dialogue)),
+        asyncio.ensure_future(pump(proc.stdout, out)),
+        asyncio.ensure_future(pump(proc.stderr, err, dialogue)),
     ]
     if piped:
         tasks.append(asyncio.ensure_future(feed()))
@@ -154,9 +147,9 @@ async def run(
         return Completed(
             argv=tuple(argv),
             returncode=proc.returncode if proc.returncode is not None else -1,
-            stdout=b"".join(out).decode(errors="replace"),
-            stdout_size=sum(len(b) for b in out),
-            stderr=b"".join(err).decode(errors="replace"),
+            stdout=out.text(),
+            stdout_size=out.size,
+            stderr=err.text(),
         )
 
     try:
@@ -172,7 +165,42 @@ async def run(
     finally:
         if proc.returncode is not None:
             _LIVE.discard(proc)
+    for kept in (out, err):
+        if kept.sink_error is not None:  # the process ran to its end all the same
+            raise kept.sink_error
     return result()
+
+
+class _Kept:
+    """One stream of a process: each line to its sink, and what is kept of it in memory.
+
+    A sink that raises (a bug: the display and the run log never do) is called no more, but
+    the stream is still read to its end, so the process never blocks on a full pipe; run()
+    raises the error once the process has ended.
+    """
+
+    def __init__(self, sink: LineSink | None) -> None:
+        self.sink = sink
+        self.limit = KEEP_BYTES if sink is None else TAIL_BYTES
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.kept = 0  # bytes in self.lines
+        self.size = 0  # every byte read
+        self.sink_error: Exception | None = None
+
+    def add(self, line: bytes) -> None:
+        self.size += len(line)
+        self.kept += len(line)
+        self.lines.append(line)
+        while self.kept > self.limit and len(self.lines) > 1:
+            self.kept -= len(self.lines.popleft())
+        if self.sink is not None:
+            try:
+                self.sink(line.decode(errors="replace").rstrip("\r\n"))
+            except Exception as e:
+                self.sink, self.sink_error = None, e
+
+    def text(self) -> str:
+        return b"".join(self.lines).decode(errors="replace")
 
 
 async def run_detached(argv: Sequence[str], *, timeout: float) -> Completed:

@@ -162,8 +162,9 @@ async def _run_all(
 
 
 # Descriptors a host at work may hold here (pipes of its current step, its ControlMaster's
-# socket), with room to spare; and what the run itself keeps open.
-FDS_PER_HOST = 8
+# socket, with room to spare; and its run log, open until it finishes); and what the run
+# itself keeps open.
+FDS_PER_HOST = 9
 FDS_RESERVED = 64
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from typing import IO
 
@@ -45,9 +46,13 @@ class Gate:
         from deploy_flake.output.display import plain_plan  # display imports models only
 
         names = ", ".join(r.destination for r in self.arrived)
-        self.out.write(plain_plan(self.arrived) + "\n")
-        self.out.write(f"Activate on {len(self.arrived)} host(s) ({names})? [y/N] ")
-        self.out.flush()
+        try:
+            self.out.write(plain_plan(self.arrived) + "\n")
+            self.out.write(f"Activate on {len(self.arrived)} host(s) ({names})? [y/N] ")
+            self.out.flush()
+        except (OSError, ValueError):  # a question nobody can read is answered no
+            self.decision.set_result(False)
+            return
         loop = asyncio.get_running_loop()
         fd = self.answers.fileno()
 
@@ -55,8 +60,9 @@ class Gate:
             loop.remove_reader(fd)
             line = self.answers.readline()
             if not self.answers.isatty():  # show what was answered, as a terminal would
-                self.out.write(f"{line.strip()}\n")
-                self.out.flush()
+                with contextlib.suppress(OSError, ValueError):
+                    self.out.write(f"{line.strip()}\n")
+                    self.out.flush()
             if not self.decision.done():
                 self.decision.set_result(line.strip().lower() in ("y", "yes"))
 

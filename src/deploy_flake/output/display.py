@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import IO
 
 from deploy_flake.durations import format_duration
 from deploy_flake.models import HostResult, Stage
+from deploy_flake.output.stream import STDOUT, Stream
 
 
 class QuietEvents:
@@ -28,13 +28,14 @@ class QuietEvents:
 
 
 class PlainEvents:
-    """One line per event, each prefixed with its host: readable in logs and CI."""
+    """One line per event, each prefixed with its host: readable in logs and CI. Once stdout
+    cannot be written (its reader is gone), nothing more is printed and nothing raised."""
 
     def __init__(self, out: IO[str] | None = None) -> None:
-        self.out = out or sys.stdout
+        self.out = STDOUT if out is None else Stream("stdout", out)
 
     def _print(self, label: str, text: str) -> None:
-        print(f"[{label}] {text}", file=self.out, flush=True)
+        self.out.print(f"[{label}] {text}")
 
     def stage(self, label: str, stage: Stage) -> None:
         self._print(label, f"== {stage}")
@@ -51,13 +52,13 @@ class PlainEvents:
 
 
 class JsonEvents:
-    """One JSON object per line: {"event", "host", ...}."""
+    """One JSON object per line: {"event", "host", ...}; like PlainEvents, never raises."""
 
     def __init__(self, out: IO[str] | None = None) -> None:
-        self.out = out or sys.stdout
+        self.out = STDOUT if out is None else Stream("stdout", out)
 
     def _emit(self, **fields: object) -> None:
-        print(json.dumps({"time": round(time.time(), 3), **fields}), file=self.out, flush=True)
+        self.out.print(json.dumps({"time": round(time.time(), 3), **fields}))
 
     def stage(self, label: str, stage: Stage) -> None:
         self._emit(event="stage", host=label, stage=str(stage))

@@ -4,6 +4,7 @@ Imported only when the output is a terminal (rich takes a while to import)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -13,6 +14,7 @@ from rich.text import Text
 from deploy_flake.durations import format_duration
 from deploy_flake.models import HostResult, Outcome, Stage
 from deploy_flake.output.display import STATUS_COLUMNS, status_fields
+from deploy_flake.output.stream import STDOUT
 
 OUTCOME_STYLE = {
     Outcome.ACTIVATED: "green",
@@ -25,7 +27,8 @@ OUTCOME_STYLE = {
 
 
 class LiveEvents:
-    """A live table (host, stage, elapsed) under the hosts' prefixed output."""
+    """A live table (host, stage, elapsed) under the hosts' prefixed output. A terminal that
+    cannot be written any more ends the printing, never a host (output/stream.py)."""
 
     def __init__(self, labels: list[str], console: Console | None = None) -> None:
         self.console = console or Console(stderr=False)
@@ -37,11 +40,23 @@ class LiveEvents:
         )
 
     def __enter__(self) -> LiveEvents:
-        self.live.start()
+        self._guarded(self.live.start)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.stop()
+        self._guarded(self.live.stop)
+
+    def _print(self, text: Text) -> None:
+        self._guarded(lambda: self.console.print(text))
+
+    @staticmethod
+    def _guarded(write: Callable[[], None]) -> None:
+        if STDOUT.lost is not None:
+            return
+        try:
+            write()
+        except (OSError, ValueError) as e:
+            STDOUT.stop(e)
 
     def _render(self) -> Group:
         table = Table(box=None, show_header=False, padding=(0, 1))
@@ -61,10 +76,10 @@ class LiveEvents:
         self.rows[label] = (str(stage), since, "")
 
     def line(self, label: str, text: str) -> None:
-        self.console.print(Text.assemble((f"[{label}] ", "cyan"), text))
+        self._print(Text.assemble((f"[{label}] ", "cyan"), text))
 
     def note(self, label: str, text: str) -> None:
-        self.console.print(Text.assemble((f"[{label}] ", "cyan"), ("deploy-flake: ", "bold"), text))
+        self._print(Text.assemble((f"[{label}] ", "cyan"), ("deploy-flake: ", "bold"), text))
 
     def finished(self, label: str, result: HostResult) -> None:
         stage, since, _ = self.rows.get(label, ("", time.monotonic(), ""))
@@ -99,4 +114,4 @@ def status_table(results: list[HostResult]) -> Table:
 
 
 def print_table(table: Table) -> None:
-    Console().print(table)
+    LiveEvents._guarded(lambda: Console().print(table))

@@ -1,14 +1,15 @@
-"""The deployer's own lines on stderr, beside the hosts' output: errors and notes."""
+"""The deployer's own lines on stderr, beside the hosts' output: errors and notes. A stderr
+nobody reads any more is dropped (output/stream.py), never raised from."""
 
 from __future__ import annotations
 
-import click
+from deploy_flake.output.stream import STDERR
 
 
 def error(message: str) -> None:
     """Bad usage or input, or a run that could not go on: one line."""
-    click.echo(f"deploy-flake: error: {message}", err=True)
+    STDERR.print(f"deploy-flake: error: {message}")
 
 
 def note(message: str) -> None:
-    click.echo(f"deploy-flake: {message}", err=True)
+    STDERR.print(f"deploy-flake: {message}")

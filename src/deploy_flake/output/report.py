@@ -61,7 +61,19 @@ def write_report(path: Path, results: list[HostResult]) -> None:
         raise
 
 
+def write_report_or_say(path: Path | None, results: list[HostResult]) -> str | None:
+    """Writes --report, if given; what went wrong, if it could not be written."""
+    if path is None:
+        return None
+    try:
+        write_report(path, results)
+    except ReportError as e:
+        return str(e)
+    return None
+
+
 def _create_tmp(path: Path) -> tuple[int, Path]:
-    """A new, uniquely named file in path's directory (mode as the umask allows, like any file)."""
+    """A new, uniquely named file in path's directory, only its owner may read (0600): the
+    report names the hosts, their systems and what went wrong on them."""
     tmp = path.parent / f".{path.name[:64]}.{secrets.token_hex(6)}.tmp"
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp

@@ -3,6 +3,7 @@ run directory, so the live view can stay short and nothing is lost with the term
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -34,20 +35,49 @@ def new_run_dir(base: Path) -> Path:
 
 
 class RunLog:
-    """Events that go to one file per host in the run directory, and on to `inner`."""
+    """Events that go to one file per host in the run directory, and on to `inner`.
+
+    A host's file is open only while the host is at work (closed when it finishes), and
+    only its owner may read it (0600, in a 0700 run directory: build logs can hold
+    secrets). A write that fails (a full disk, the open-file limit) never ends the host's
+    deploy: that host's log stops there, the display says so at once and the host's
+    result (the report) carries a note.
+    """
 
     def __init__(self, directory: Path, inner: Events) -> None:
         self.directory = directory
         self.inner = inner
         self.files: dict[str, IO[str]] = {}
+        self.failed: dict[str, str] = {}  # label -> the note that says its log is incomplete
+
+    def path(self, label: str) -> Path:
+        name = re.sub(r"[^A-Za-z0-9_.@-]+", "_", label).strip("._") or "host"
+        return self.directory / f"{name}.log"
 
     def _write(self, label: str, text: str) -> None:
-        f = self.files.get(label)
-        if f is None:
-            name = re.sub(r"[^A-Za-z0-9_.@-]+", "_", label).strip("._") or "host"
-            f = self.files[label] = (self.directory / f"{name}.log").open("a", encoding="utf-8")
-        f.write(f"{time.strftime('%H:%M:%S')} {text}\n")
-        f.flush()
+        if label in self.failed:
+            return
+        try:
+            f = self.files.get(label)
+            if f is None:
+                fd = os.open(self.path(label), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                f = self.files[label] = os.fdopen(fd, "a", encoding="utf-8")
+            f.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+            f.flush()
+        except OSError as e:
+            self._close(label)
+            why = e.strerror or str(e)
+            self.failed[label] = (
+                f"the run log {self.path(label)} is incomplete: writing it failed at "
+                f"{time.strftime('%H:%M:%S')} ({why}); the deploy went on"
+            )
+            self.inner.note(label, self.failed[label])
+
+    def _close(self, label: str) -> None:
+        f = self.files.pop(label, None)
+        if f is not None:
+            with contextlib.suppress(OSError):  # what could not be flushed is lost, the file closed
+                f.close()
 
     def stage(self, label: str, stage: Stage) -> None:
         self._write(label, f"== {stage}")
@@ -63,9 +93,12 @@ class RunLog:
 
     def finished(self, label: str, result: HostResult) -> None:
         self._write(label, f"== {result.outcome}" + (f": {result.error}" if result.error else ""))
+        self._close(label)  # a host at work holds one descriptor for its log, not the whole run
+        failed = self.failed.pop(label, None)  # a later job on the host (--all-or-nothing) tries again
+        if failed is not None:
+            result.notes.append(failed)
         self.inner.finished(label, result)
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        self.files.clear()
+        for label in list(self.files):
+            self._close(label)
