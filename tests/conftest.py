@@ -49,6 +49,7 @@ _BESIDE_FILES = frozenset(
         "test_agent_protocol.py",
         "test_agent_script_parts.py",
         "test_flows.py",
+        "test_rollout_waves.py",
         "test_host_decisions.py",
         # hosts of their own (trixie1, sid1, vm-sid); the sid deployer root they share with
         # test_modern_nix.py is installed once, under a lock (`lab deployer install`)
