@@ -301,7 +301,8 @@ ROLLOUT = _group(
     click.option(
         "--ask",
         is_flag=True,
-        help="Show every host's plan, then ask once (on stdin) before activating any.",
+        help="Show the hosts' plans, then ask (a line on stdin) before activating any: once, or "
+        "with --canary once for the canaries and once for the others. Not with --dry-activate.",
     ),
     click.option(
         "--canary",
@@ -314,7 +315,8 @@ ROLLOUT = _group(
         "--max-failures",
         type=click.IntRange(min=1),
         metavar="K",
-        help="Start no new host once K hosts did not end activated (the rest are skipped).",
+        help="Start no new host once K hosts did not end activated (the rest are skipped; with "
+        "--ask, also those not yet activating).",
     ),
     click.option(
         "--all-or-nothing",
