@@ -53,6 +53,7 @@ _BESIDE_FILES = frozenset(
         "test_inventory_ssh.py",
         "test_flows_safety.py",
         "test_output.py",
+        "test_rollout_waves.py",
         "test_host_decisions.py",
         # hosts of their own (trixie1, sid1, vm-sid); the sid deployer root they share with
         # test_modern_nix.py is installed once, under a lock (`lab deployer install`)

@@ -218,8 +218,10 @@ def deploy(
     report: Path | None = None,
     timeout: float = 600,
     deployer: Sequence[str] = LOCAL_DEPLOYER,
+    input: str | None = None,
 ) -> Deploy:
-    """Runs deploy-flake as a user would, and reads its --report."""
+    """Runs deploy-flake as a user would (input: its stdin, e.g. --ask's answers), and reads
+    its --report."""
     report_path = report or Path(f"/tmp/deploy-flake-test-report-{os.getpid()}-{time.monotonic_ns()}.json")
     cmd = args[:1] if args and args[0] in COMMANDS else ()
     argv = deploy_argv(
@@ -231,7 +233,7 @@ def deploy(
         flake=flake,
         deployer=deployer,
     )
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, input=input)
     data: dict[str, object] = {}
     if report_path.exists():
         data = json.loads(report_path.read_text())

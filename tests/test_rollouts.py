@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
-from tests.lab import Host, deploy, deploy_argv, run_cli
+from tests.lab import CONFIRM, Background, Host, deploy, deploy_argv, run_cli, system_of, wait_for
 
 
 def _untouched(host: Host, base: str) -> None:
@@ -93,3 +94,47 @@ def test_the_default_log_dir_and_an_unwritable_one(hosts: dict[str, Host], tmp_p
     bad = run_cli("--log-dir", str(blocked / "x"), "beta")
     assert bad.returncode == 2 and "--log-dir" in bad.stderr and "Traceback" not in bad.stderr
     assert hosts["beta"].current_system() == before
+
+
+def test_interrupted_twice_during_the_all_or_nothing_undo_reports_every_host(
+    hosts: dict[str, Host],
+) -> None:
+    """A second Ctrl-C while --all-or-nothing rolls alpha back: the report still has beta (rolled
+    back by its own deploy), not only the host being undone; alpha ends on a confirmed system,
+    the one the report names."""
+    alpha, beta = hosts["alpha"], hosts["beta"]
+    base = alpha.current_system()
+    # the undo's transaction (its id ends in u-N) takes a while to start: a window for the
+    # two Ctrl-Cs, while the deployer waits for the host's answer to the first
+    wrapper = (
+        'case "$*" in *--unit=deploy-flake-*u-[0-9]" "*) touch /run/fixture-undo-starting; sleep 6;; esac; '
+        'exec /usr/bin/systemd-run "$@"'
+    )
+    alpha.ssh(
+        f"printf '#!/bin/sh\\n%s\\n' '{wrapper}' > /usr/local/sbin/systemd-run"
+        " && chmod 755 /usr/local/sbin/systemd-run"
+    )
+    bg = Background(
+        CONFIRM, "--settle-time=0", "--all-or-nothing", "nixos://alpha/good", "nixos://beta/fail-activation"
+    )
+    starting = "test -e /run/fixture-undo-starting"
+    assert wait_for(lambda: alpha.ssh(starting, check=False).returncode == 0, 180), bg.output()
+    bg.signal(signal.SIGINT)
+    bg.wait_output("interrupted: asking the host to roll back")
+    bg.signal(signal.SIGINT)
+    r = bg.finish(timeout=120)
+    assert r.returncode == 130, r.output
+    assert "Traceback" not in r.output
+    assert sorted(str(h["destination"]) for h in r.hosts) == [
+        "nixos://alpha/good",
+        "nixos://beta/fail-activation",
+    ], r.report
+    assert r.host("nixos://beta/fail-activation")["outcome"] == "rolled-back"
+    a = r.host("nixos://alpha/good")
+    assert a["outcome"] == "unknown" and "--all-or-nothing was rolling it back" in str(a["error"]), a
+    # the hosts finish on their own: alpha back on the system this run activated
+    assert wait_for(lambda: not alpha.deploy_units() and alpha.lock_free(), 60), alpha.deploy_units()
+    new = system_of(a)
+    alpha.assert_clean_after(running=new, boot=new)
+    assert alpha.profile() == new
+    beta.assert_clean_after(running=base, boot=base)

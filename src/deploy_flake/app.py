@@ -299,6 +299,11 @@ def _validate(command: Command) -> _Checked:
             "--specialisation picks what is activated now, and --test=skip activates nothing: the boot "
             "entry is always the system itself"
         )
+    if isinstance(command, DeployCommand) and command.dry_activate and command.rollout.ask:
+        raise UsageError(
+            "--ask asks before activating and --dry-activate activates nothing: "
+            "drop --ask (the plans are shown either way)"
+        )
     for opt in common.ssh_options:
         check_ssh_option(opt)
     if common.ssh_config is not None and not common.ssh_config.is_file():

@@ -96,7 +96,8 @@ def plan(*, common: app.CommonOptions, build: app.BuildOptions, activation: app.
     stopped, restarted, reloaded and started (switch-to-configuration dry-activate),
     whether a reboot would be needed, and the sanity checks' verdict. Nothing is
     activated, no profile generation or boot entry is written. Takes every option a
-    deploy takes.
+    deploy takes but --reboot and the rollout options; `deploy-flake --dry-activate`
+    takes --canary, --max-failures and --all-or-nothing, and plans in the deploy's waves.
     """
     from deploy_flake import app  # here: see _run
 

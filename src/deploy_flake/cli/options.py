@@ -289,7 +289,8 @@ ROLLOUT = params.collected(
     click.option(
         "--ask",
         is_flag=True,
-        help="Show every host's plan, then ask once (on stdin) before activating any.",
+        help="Show the hosts' plans, then ask (a line on stdin) before activating any: once, or "
+        "with --canary once for the canaries and once for the others. Not with --dry-activate.",
     ),
     click.option(
         "--canary",
@@ -302,7 +303,8 @@ ROLLOUT = params.collected(
         "--max-failures",
         type=click.IntRange(min=1),
         metavar="K",
-        help="Start no new host once K hosts did not end activated (the rest are skipped).",
+        help="Start no new host once K hosts did not end activated (the rest are skipped; with "
+        "--ask, also those not yet activating).",
     ),
     click.option(
         "--all-or-nothing",

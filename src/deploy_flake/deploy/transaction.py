@@ -14,6 +14,7 @@ from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import Outcome, RollbackFailurePolicy, Stage
+from deploy_flake.output.ask import Passage
 
 
 class TransactionJob(HostJob):
@@ -65,14 +66,13 @@ class TransactionJob(HostJob):
         await self._pre_activate(toplevel, seen.pre_activate)
         if gate is not None:
             self.arrived_at_gate = True
-            # hosts waiting for the answer give their --jobs slot to those still building
-            self.run.limit.release()
-            try:
-                go_on = await gate.arrive(self.result)
-            finally:
-                await self.run.limit.acquire()
-            if not go_on:
+            passage = await gate.wait(self.result, self.run.limit)
+            if passage is Passage.DECLINED:
                 raise DeployError("not confirmed at the --ask prompt: nothing was changed")
+            if passage is Passage.HALTED:  # --max-failures, reached while it waited
+                self.result.outcome = Outcome.SKIPPED
+                self.result.error = gate.halted
+                return
 
         self.stage(Stage.ACTIVATE)
         await self.activation.activate(toplevel, generation, activates=seen.closure.activates)

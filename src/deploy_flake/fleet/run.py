@@ -10,7 +10,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,8 +20,8 @@ from deploy_flake.deploy.jobs import host_job
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError
 from deploy_flake.fleet.builder import Builder
+from deploy_flake.fleet.rollout import Rollout, wave_runs
 from deploy_flake.models import BuildPlace, DeployOptions, HostResult, Job, Outcome
-from deploy_flake.output.ask import Gate
 from deploy_flake.output.events import Events
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
@@ -76,7 +76,6 @@ async def deploy_all(
             run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3),
             holder=f"{getpass.getuser()}@{socket.gethostname()}",
             limit=asyncio.Semaphore(options.jobs or default_jobs(len(targets))),
-            gate=Gate(len(targets)) if options.ask and options.job is Job.DEPLOY else None,
         )
         builder = None
         if options.build_on.place is not BuildPlace.TARGET and options.job in (Job.DEPLOY, Job.PLAN):
@@ -103,10 +102,10 @@ async def _run_all(
 ) -> list[HostResult]:
     """Every host of the run, as the rollout options say (canary, max failures, all or nothing)."""
     options = run.options
-    limit = run.limit
+    runs = wave_runs(run, len(targets))  # with --ask, each wave's gate
     deploys = [
         host_job(
-            run,
+            runs[i],
             t.dest,
             i,
             options=t.options,
@@ -114,47 +113,10 @@ async def _run_all(
         )
         for i, t in enumerate(targets)
     ]
-
-    failures = 0
-    stop: str | None = None  # why hosts not yet started are skipped
-    canaries = min(options.canary, len(deploys))
-    canaries_left = canaries
-    canary_verdict: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-    if not canaries:
-        canary_verdict.set_result(None)
-
-    async def one(i: int, deploy: HostJob) -> HostResult:
-        nonlocal failures, stop, canaries_left
-        try:
-            if i >= canaries:
-                stop = stop or await asyncio.shield(canary_verdict)
-            await limit.acquire()
-        except asyncio.CancelledError:  # interrupted while waiting for its turn
-            return deploy.skipped("interrupted before it started; nothing was changed")
-        if stop is not None:
-            limit.release()
-            return deploy.skipped(stop, Outcome.SKIPPED)
-        try:
-            result = await deploy.perform()
-        finally:
-            limit.release()
-            if run.gate is not None and not deploy.arrived_at_gate:
-                run.gate.leave()
-        if result.outcome is not Outcome.ACTIVATED and options.job is Job.DEPLOY:
-            failures += 1
-            if options.max_failures and failures >= options.max_failures and stop is None:
-                stop = f"skipped: {failures} host(s) did not end activated (--max-failures {failures})"
-        if i < canaries:
-            canaries_left -= 1
-            if result.outcome is not Outcome.ACTIVATED and not canary_verdict.done():
-                canary_verdict.set_result(f"skipped: canary {deploy.dest.raw} ended {result.outcome}")
-            if canaries_left == 0 and not canary_verdict.done():
-                canary_verdict.set_result(None)
-        return result
-
-    tasks = [asyncio.create_task(one(i, d)) for i, d in enumerate(deploys)]
+    rollout = Rollout(run, deploys)
+    tasks = [asyncio.create_task(rollout.one(i, d)) for i, d in enumerate(deploys)]
     hard_stop = asyncio.Event()
-    _cancel_on_signals(tasks, hard_stop)
+    _cancel_on_signals(tasks, hard_stop, rollout.interrupted)
     results = await _all_or_hard_stop(tasks, deploys, hard_stop)
     if options.all_or_nothing and options.job is Job.DEPLOY:
         await _undo_activated(run, deploys, results, tasks, hard_stop)
@@ -247,7 +209,18 @@ async def _undo_activated(
 
     new_tasks = [asyncio.create_task(undo(d)) for _, d, _ in undos]
     tasks.extend(new_tasks)  # the first Ctrl-C reaches them too
-    undone = await _all_or_hard_stop(new_tasks, [d for _, d, _ in undos], hard_stop)
+    try:
+        undone = await _all_or_hard_stop(new_tasks, [d for _, d, _ in undos], hard_stop)
+    except InterruptedTwice as e:  # every host of the run is in the report, not only these
+        _record_undos(undos, e.results, others)
+        raise InterruptedTwice(results) from None
+    _record_undos(undos, undone, others)
+
+
+def _record_undos(
+    undos: list[tuple[HostResult, HostJob, int]], undone: list[HostResult], others: list[str]
+) -> None:
+    """Each undone host's result, from what its rollback did (as far as it is known)."""
     why = ", ".join(others)
     for (result, _, generation), back in zip(undos, undone, strict=True):
         if back.outcome is Outcome.ACTIVATED:
@@ -256,8 +229,14 @@ async def _undo_activated(
                 f"rolled back by --all-or-nothing to generation {generation}, because {why} "
                 "did not end activated"
             )
+        elif back.outcome is Outcome.UNKNOWN:
+            result.outcome = Outcome.UNKNOWN
+            result.error = (
+                f"--all-or-nothing was rolling it back to generation {generation} ({back.error}; "
+                f"its previous system there is the one this run activated); {why} did not end activated"
+            )
         else:
-            result.outcome = Outcome.UNKNOWN if back.outcome is Outcome.UNKNOWN else Outcome.ACTIVATED
+            result.outcome = Outcome.ACTIVATED
             result.error = (
                 f"--all-or-nothing could not roll it back ({back.error}); {why} did not end activated"
             )
@@ -275,8 +254,11 @@ async def _wait_event(event: asyncio.Event) -> list[HostResult]:
     return []
 
 
-def _cancel_on_signals(tasks: list[asyncio.Task[HostResult]], hard_stop: asyncio.Event) -> None:
-    """The first Ctrl-C or SIGTERM lets every host roll back cleanly; a second one ends at once."""
+def _cancel_on_signals(
+    tasks: list[asyncio.Task[HostResult]], hard_stop: asyncio.Event, on_first: Callable[[], None]
+) -> None:
+    """The first Ctrl-C or SIGTERM lets every host roll back cleanly (on_first: no more
+    questions); a second one ends at once."""
     loop = asyncio.get_running_loop()
     hits = 0
 
@@ -286,6 +268,7 @@ def _cancel_on_signals(tasks: list[asyncio.Task[HostResult]], hard_stop: asyncio
         if hits > 1:
             hard_stop.set()
             return
+        on_first()
         for t in tasks:
             t.cancel()
 
