@@ -401,7 +401,7 @@ def test_status_reads_the_facts_and_changes_nothing(monkeypatch: pytest.MonkeyPa
         monkeypatch, [("connect", Reply()), ("facts", facts()), ("disconnect", Reply())], job=Job.STATUS
     )
     assert result.outcome is Outcome.UNCHANGED and result.system == OLD
-    assert result.details["generation"] == 1 and result.details["state"] == "running"
+    assert result.status is not None and result.status.generation == 1 and result.status.state == "running"
     assert fake.sent == ["connect", "facts", "disconnect"]
 
 
@@ -423,8 +423,8 @@ def test_a_plan_builds_inspects_and_dry_activates_without_changing_anything(
     )
     assert result.outcome is Outcome.UNCHANGED, result
     assert not any(name.startswith("agent") for name in fake.sent)
-    plan = result.details["plan"]
-    assert isinstance(plan, dict) and plan["checks"] == "ok" and plan["reboot_needed"] is False, plan
+    plan = result.plan
+    assert plan is not None and plan.checks == "ok" and not plan.reboot_needed, plan
 
 
 def _cancelled(answer: Reply) -> Answer:

@@ -4,8 +4,10 @@ installing the boot loader again. On lab hosts, whose fixture models each (lab/R
 
 from __future__ import annotations
 
+import json
+
 from deploy_flake.agent.script import script, script_path
-from tests.lab import Host, deploy, notes, system_of, wait_for
+from tests.lab import Host, deploy, notes, run_cli, system_of, wait_for
 
 
 def _switches(host: Host, verb: str) -> int:
@@ -125,6 +127,14 @@ def test_a_host_on_a_specialisation_stays_on_it_or_is_refused(hosts: dict[str, H
     r = deploy("rollback", "alpha")
     assert r.returncode == 0, r.output
     alpha.assert_clean_after(running=foo1, boot=first)
+
+    # status says which specialisation runs
+    shown = run_cli("status", "--json", "alpha")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    (row,) = json.loads(shown.stdout)["hosts"]
+    assert row["specialisation"] == "foo" and row["current_system"] == foo1, row
+    table = run_cli("status", "alpha")
+    assert "(specialisation foo)" in table.stdout, table.stdout
 
     # a system without foo is refused, nothing changed
     generations = alpha.generations()

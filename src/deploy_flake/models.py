@@ -170,6 +170,65 @@ class DeployOptions:
     install_bootloader: bool = False  # NIXOS_INSTALL_BOOTLOADER=1 for the boot entry's writing
 
 
+@dataclass(frozen=True)
+class HostStatus:
+    """What `status` found on a host that answered (`status --json`'s keys, and the report's)."""
+
+    state: str  # systemctl is-system-running, or "unknown"
+    failed_units: tuple[str, ...] = ()
+    current_system: str | None = None
+    booted_system: str | None = None
+    profile_system: str | None = None
+    generation: int | None = None
+    reboot_reasons: tuple[str, ...] = ()  # what of the running system differs from the booted one
+    last_deploy: dict[str, str] | None = None  # recorded by the agent at each commit
+    specialisation: str | None = None  # the committed system's specialisation the host runs
+
+    @property
+    def reboot_needed(self) -> bool:
+        return bool(self.reboot_reasons)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "reachable": True,
+            "state": self.state,
+            "failed_units": list(self.failed_units),
+            "current_system": self.current_system,
+            "booted_system": self.booted_system,
+            "profile_system": self.profile_system,
+            "generation": self.generation,
+            "reboot_needed": self.reboot_needed,
+            "reboot_reasons": list(self.reboot_reasons),
+            "last_deploy": self.last_deploy,
+            "specialisation": self.specialisation,
+        }
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """What activating a new system would change on a host, and the checks' verdict."""
+
+    closure_changes: tuple[str, ...] = ()  # nix store diff-closures' lines
+    units: dict[str, tuple[str, ...]] = field(default_factory=dict)  # action -> units (dry-activate)
+    reboot_reasons: tuple[str, ...] = ()
+    checks: str = "ok"  # "ok", or why a deploy would refuse the system
+    specialisation: str | None = None  # the new system's specialisation a deploy would activate
+
+    @property
+    def reboot_needed(self) -> bool:
+        return bool(self.reboot_reasons)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "closure_changes": list(self.closure_changes),
+            "units": {action: list(names) for action, names in self.units.items()},
+            "reboot_needed": self.reboot_needed,
+            "reboot_reasons": list(self.reboot_reasons),
+            "checks": self.checks,
+            "specialisation": self.specialisation,
+        }
+
+
 @dataclass
 class HostResult:
     destination: str
@@ -182,7 +241,8 @@ class HostResult:
     error: str | None = None
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
-    details: dict[str, object] = field(default_factory=dict)  # what a plan or status found
+    status: HostStatus | None = None  # what `status` found, on a host that answered
+    plan: HostPlan | None = None  # what a plan found
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -196,5 +256,6 @@ class HostResult:
             "error": self.error,
             "duration_s": round(self.duration_s, 3),
             "notes": self.notes,
-            **self.details,
+            **(self.status.as_json() if self.status is not None else {}),
+            **({"plan": self.plan.as_json()} if self.plan is not None else {}),
         }

@@ -7,7 +7,7 @@ from deploy_flake.deploy.host import HostJob
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host.target import HostFacts
-from deploy_flake.models import Outcome, Stage
+from deploy_flake.models import HostPlan, Outcome, Stage
 
 
 async def show_plan(
@@ -30,16 +30,13 @@ async def show_plan(
         activated = seen.closure.activates or toplevel  # its specialisation, when one is activated
         units = await target.dry_activate(job.remote, activated, timeout=job.t.activation)
     reboot = seen.closure.reboot_reasons
-    job.result.details = {
-        "plan": {
-            "closure_changes": changes,
-            "units": units,
-            "reboot_needed": bool(reboot),
-            "reboot_reasons": list(reboot),
-            "checks": verdict,
-            "specialisation": job.specialisation or None,
-        }
-    }
+    job.result.plan = HostPlan(
+        closure_changes=tuple(changes),
+        units={action: tuple(names) for action, names in units.items()},
+        reboot_reasons=tuple(reboot),
+        checks=verdict,
+        specialisation=job.specialisation or None,
+    )
     for change in changes:
         job.line(f"change: {change}")
     for action, names in units.items():

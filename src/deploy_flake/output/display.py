@@ -7,7 +7,7 @@ import time
 from typing import IO
 
 from deploy_flake.durations import format_duration
-from deploy_flake.models import HostResult, Stage
+from deploy_flake.models import HostResult, HostStatus, Stage
 from deploy_flake.output.stream import STDOUT, Stream
 
 
@@ -85,37 +85,26 @@ def plain_summary(results: list[HostResult]) -> str:
 
 
 # ---------------------------------------------------------------- status
-STATUS_KEYS = (
-    "reachable",
-    "state",
-    "failed_units",
-    "current_system",
-    "booted_system",
-    "profile_system",
-    "generation",
-    "reboot_needed",
-    "reboot_reasons",
-    "last_deploy",
-)
-
-
 def status_document(results: list[HostResult]) -> dict[str, object]:
     """`status --json`: one document, a record per host with the same keys, reachable or not."""
+    unreachable: dict[str, object] = {k: None for k in HostStatus(state="").as_json()} | {
+        "reachable": False,
+        "failed_units": [],
+        "reboot_needed": False,
+        "reboot_reasons": None,
+    }
     hosts = []
     for r in results:
         row: dict[str, object] = {"destination": r.destination, "host": r.host}
-        row.update({k: r.details.get(k) for k in STATUS_KEYS})
-        row["reachable"] = bool(r.details.get("reachable"))
-        row["failed_units"] = r.details.get("failed_units") or []
-        row["reboot_needed"] = bool(r.details.get("reboot_needed"))
+        row.update(r.status.as_json() if r.status is not None else unreachable)
         row["error"] = r.error
         hosts.append(row)
     return {"hosts": hosts}
 
 
-def _short(path: object) -> str:
+def _short(path: str | None) -> str:
     """/nix/store/<hash>-nixos-system-web-1 -> nixos-system-web-1"""
-    if not isinstance(path, str) or not path:
+    if not path:
         return "-"
     name = path.rsplit("/", 1)[-1]
     return name.split("-", 1)[1] if "-" in name else name
@@ -132,30 +121,28 @@ def _short_flake(flake: str) -> str:
     return flake or "-"
 
 
-def _last_deploy(value: object) -> str:
-    if not isinstance(value, dict) or not value:
+def _last_deploy(value: dict[str, str] | None) -> str:
+    if not value:
         return "-"
     return f"{value.get('time', '?')} by {value.get('by', '?')}: {_short_flake(str(value.get('flake', '')))}"
 
 
 def status_fields(r: HostResult) -> list[str]:
-    d = r.details
-    if not d.get("reachable"):
+    d = r.status
+    if d is None:
         return ["unreachable", "-", "-", "-", "-", "-", r.error or ""]
-    failed = d.get("failed_units") or []
-    state = str(d.get("state"))
-    if isinstance(failed, list) and failed:
-        state += f" ({', '.join(map(str, failed))})"
-    current, booted, profile = d.get("current_system"), d.get("booted_system"), d.get("profile_system")
-    reasons = d.get("reboot_reasons")
-    reasons = reasons if isinstance(reasons, list) else []
+    state = d.state
+    if d.failed_units:
+        state += f" ({', '.join(d.failed_units)})"
+    current = _short(d.current_system) + (f" (specialisation {d.specialisation})" if d.specialisation else "")
     return [
         state,
-        _short(current),
-        str(d.get("generation") or "-") + ("" if profile == current else f" ({_short(profile)})"),
-        "same" if booted == current else _short(booted),
-        ("yes: " + ", ".join(map(str, reasons))) if d.get("reboot_needed") else "no",
-        _last_deploy(d.get("last_deploy")),
+        current,
+        str(d.generation or "-")
+        + ("" if d.profile_system == d.current_system else f" ({_short(d.profile_system)})"),
+        "same" if d.booted_system == d.current_system else _short(d.booted_system),
+        ("yes: " + ", ".join(d.reboot_reasons)) if d.reboot_needed else "no",
+        _last_deploy(d.last_deploy),
         "",
     ]
 
@@ -175,18 +162,14 @@ def plain_status(results: list[HostResult]) -> str:
 def plain_plan(results: list[HostResult]) -> str:
     lines = ["deploy-flake plan:"]
     for r in results:
-        plan = r.details.get("plan")
-        if not isinstance(plan, dict):
+        plan = r.plan
+        if plan is None:
             lines.append(f"  {r.destination}: no plan ({r.error or r.outcome})")
             continue
-        units = plan.get("units") or {}
-        actions = ""
-        if isinstance(units, dict):
-            actions = "; ".join(f"{a} {', '.join(n)}" for a, n in units.items())
-        changes = plan.get("closure_changes") or []
+        actions = "; ".join(f"{a} {', '.join(n)}" for a, n in plan.units.items())
         lines.append(
-            f"  {r.destination}: {len(changes) if isinstance(changes, list) else 0} package changes; "
-            f"units: {actions or 'none'}; reboot: {'yes' if plan.get('reboot_needed') else 'no'}; "
-            f"checks: {plan.get('checks')}"
+            f"  {r.destination}: {len(plan.closure_changes)} package changes; "
+            f"units: {actions or 'none'}; reboot: {'yes' if plan.reboot_needed else 'no'}; "
+            f"checks: {plan.checks}"
         )
     return "\n".join(lines)
