@@ -21,22 +21,9 @@ from deploy_flake.fleet.rollout import Rollout, wave_runs
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome
 from deploy_flake.nix import Flake
 from deploy_flake.output.ask import Answers, Passage
+from deploy_flake.output.display import QuietEvents
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
-
-
-class Quiet:
-    def stage(self, label: str, stage: object) -> None:
-        pass
-
-    def line(self, label: str, text: str) -> None:
-        pass
-
-    def note(self, label: str, text: str) -> None:
-        pass
-
-    def finished(self, label: str, result: HostResult) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -114,7 +101,7 @@ def rollout(
             flake=Flake(url="", store_path=""),
             options=opts,
             ssh=SshSettings(control_dir=Path("/nonexistent")),
-            events=Quiet(),
+            events=QuietEvents(),
             run_id="t",
             holder="tester",
             limit=asyncio.Semaphore(opts.jobs or len(scripts)),
