@@ -302,19 +302,16 @@ for u in "${!ACTIVE[@]}"; do ACTIVE_BEFORE[$u]=1; done
 # A template's instance (NAME@INSTANCE.TYPE, e.g. sshd.socket's Accept=yes connections
 # sshd@0-127.0.0.1:22-127.0.0.1:40000.service) without a unit file of its own is judged
 # by its template's file, NAME@.TYPE, in both systems.
-base_unit() {  # UNIT: the unit whose files stand for it
-  local u=$1 name inst
-  if [[ $u == *@*.* ]] && [ ! -e "$olddir/$u" ] && [ ! -e "$newdir/$u" ]; then
-    name=${u%%@*}; inst=${u#*@}
-    printf '%s@.%s\n' "$name" "${inst##*.}"
-  else
-    printf '%s\n' "$u"
+base_unit() {  # UNIT: sets b to the unit whose files stand for it (no subshell: once per unit)
+  b=$1
+  if [[ $b == *@*.* ]] && [ ! -e "$olddir/$b" ] && [ ! -e "$newdir/$b" ]; then
+    b=${b%%@*}@.${b##*.}
   fi
 }
 
 for u in "${!ACTIVE[@]}"; do
   case ${ACTIVE[$u]} in active | activating) ;; *) continue ;; esac
-  b=$(base_unit "$u")
+  base_unit "$u"
   [ -e "$olddir/$b" ] || continue
   if [ ! -e "$newdir/$b" ] || [ "$(readlink -f "$newdir/$b")" = /dev/null ]; then
     unit_bool "$olddir/$b" Unit X-StopOnRemoval true && STOP[$u]=1
@@ -409,7 +406,8 @@ if [ -r "$ACT_RESTART_LIST" ]; then
   while IFS= read -r u; do
     [ -n "$u" ] || continue
     if [ -z "${ACTIVE_BEFORE[$u]:-}" ]; then START[$u]=1; record "$START_LIST" "$u"; continue; fi
-    handle_modified "$u" restart "$(base_unit "$u")"
+    base_unit "$u"
+    handle_modified "$u" restart "$b"
   done < "$ACT_RESTART_LIST"
 fi
 rm -f "$ACT_RESTART_LIST"
