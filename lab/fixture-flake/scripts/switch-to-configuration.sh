@@ -16,7 +16,8 @@
 # loader (switch, boot); then, for the units of the old system
 # (/run/current-system) against the new one, ng's unit keys X-StopOnRemoval,
 # X-ReloadIfChanged, X-RestartIfChanged, X-StopIfChanged, X-NotSocketActivated,
-# X-Reload-Triggers and its socket activation, with the start/restart/reload list
+# X-Reload-Triggers, its socket activation and template instances (an active
+# sshd@N-….service is judged by sshd@.service), with the start/restart/reload list
 # files under /run/nixos that let the next switch finish an interrupted one.
 # Exit codes: 1 usage, lock file, pre-switch check or boot loader; 11 lock busy;
 # 2 not NixOS (ng: errno of the failed stat) or activation script failed;
