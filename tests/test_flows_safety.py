@@ -28,6 +28,7 @@ def test_a_status_line_printed_by_the_activation_is_no_outcome_when_the_stream_i
         [
             *BEFORE,
             ("agent start", cut),
+            ("connect", Reply()),  # the shared connection went with the cut: opened again
             ("agent watch", status("rolled-back", "switch-to-configuration test failed (exit 4)")),
             ("readlink", Reply(f"{OLD}\n")),
             ("disconnect", Reply()),
@@ -36,7 +37,36 @@ def test_a_status_line_printed_by_the_activation_is_no_outcome_when_the_stream_i
     assert result.outcome is Outcome.ROLLED_BACK, result
     assert result.error == "rolled back: switch-to-configuration test failed (exit 4)"
     assert not any(line.startswith(STATUS_TAG) for line in events.lines), "shown as the host's log"
-    assert fake.sent[-4:] == ["agent start", "agent watch", "readlink", "disconnect"]
+    assert fake.sent[-5:] == ["agent start", "connect", "agent watch", "readlink", "disconnect"]
+
+
+def test_an_activation_that_cuts_its_own_stream_is_followed_over_a_new_shared_connection(
+    monkeypatch: pytest.MonkeyPatch, instant: list[float]
+) -> None:
+    """A socket-activated sshd (NixOS's services.openssh.startWhenNeeded) whose sshd@.service
+    changed: switch-to-configuration restarts the running sshd@ instances, the deployer's
+    shared connection among them, mid-activation (nixops#460). The cut is no verdict: the
+    shared connection is opened again at once, and the activation followed to its end."""
+    cut = Reply(
+        "[deploy-flake] state: activating\nactivating the configuration...\n"
+        "restarting the following units: sshd@2-127.0.0.1:22-127.0.0.1:53936.service\n",
+        stderr="ssh_dispatch_run_fatal: Connection to web: Connection corrupted",
+        lost=True,
+    )
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", cut),
+            ("connect", Reply()),
+            ("agent watch", status("awaiting-confirmation")),
+            ("agent confirm", status("activated")),
+            ("disconnect", Reply()),
+        ],
+    )
+    assert result.outcome is Outcome.ACTIVATED, result
+    assert fake.sent[-5:] == ["agent start", "connect", "agent watch", "agent confirm", "disconnect"]
+    assert any("was cut while it was activating" in note for note in events.notes), events.notes
 
 
 def test_a_status_line_in_a_whole_answers_log_is_not_its_status(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -127,6 +127,16 @@
         fail-after-activation = mkSystem { hostName = "fail-after-activation"; extraUnits = [ units.failsLater ]; };
         # activation stops sshd (Conflicts=sshd.service): new logins fail
         lockout = mkSystem { hostName = "lockout"; extraUnits = [ units.lockout ]; };
+        # sshd by socket (services.openssh.startWhenNeeded), and the same with a changed
+        # sshd@.service ExecStart: switching to -v2 restarts the running sshd@ instances,
+        # the deployer's own connections among them (nixops#460)
+        sshd-socket = mkSystem { hostName = "sshd-socket"; sshd = false; extraUnits = [ units.sshdSocket (units.sshdAt 1) ]; };
+        sshd-socket-v2 = mkSystem {
+          hostName = "sshd-socket";
+          version = "2";
+          sshd = false;
+          extraUnits = [ units.sshdSocket (units.sshdAt 2) ];
+        };
         # sshd is not part of the configuration at all
         no-sshd = mkSystem { hostName = "no-sshd"; sshd = false; };
         # `switch-to-configuration boot` fails (the boot loader cannot be installed)

@@ -9,9 +9,10 @@ let
   } // env);
 
   # one systemd unit file in its own store path, like NixOS's unit-*.drv
+  # (a store path name has no "@": a template sshd@.service is unit-sshd-.service, as in NixOS)
   # (wantedBy = null: wanted by nothing, like a socket-activated service)
   mkUnit = { name, text, version ? "1.0", wantedBy ? "multi-user.target" }:
-    (runSh "unit-${name}-${version}" { unitName = name; unitText = text; } ''
+    (runSh "unit-${builtins.replaceStrings [ "@" ] [ "-" ] name}-${version}" { unitName = name; unitText = text; } ''
       mkdir -p "$out"
       printf '%s\n' "$unitText" > "$out/$unitName"
     '') // { unitName = name; inherit wantedBy; };
@@ -149,6 +150,42 @@ let
         ExecStart=/bin/true
         [Install]
         WantedBy=multi-user.target
+      '';
+    };
+    # services.openssh.startWhenNeeded: sshd.socket (Accept=yes) starts one sshd@.service
+    # instance per connection (sshd -i on the socket); sshd.nix sets stopIfChanged = false,
+    # so switch-to-configuration restarts the running instances when the template changes
+    sshdSocket = mkUnit {
+      name = "sshd.socket";
+      wantedBy = "sockets.target";
+      text = ''
+        [Unit]
+        Description=SSH Socket
+        Conflicts=sshd.service
+        [Socket]
+        ListenStream=22
+        Accept=yes
+        [Install]
+        WantedBy=sockets.target
+      '';
+    };
+    # GEN changes the template's ExecStart (its log level): every running instance restarts
+    sshdAt = gen: mkUnit {
+      name = "sshd@.service";
+      version = toString gen;
+      wantedBy = null;
+      text = ''
+        [Unit]
+        Description=SSH Daemon
+        After=network.target lab-hostkey.service
+        [Service]
+        ExecStart=-/usr/sbin/sshd -i -e -o LogLevel=${if gen == 1 then "INFO" else "VERBOSE"}
+        KillMode=process
+        StandardInput=socket
+        StandardError=journal
+        RuntimeDirectory=sshd
+        RuntimeDirectoryPreserve=yes
+        X-StopIfChanged=false
       '';
     };
   };

@@ -16,7 +16,8 @@
 # loader (switch, boot); then, for the units of the old system
 # (/run/current-system) against the new one, ng's unit keys X-StopOnRemoval,
 # X-ReloadIfChanged, X-RestartIfChanged, X-StopIfChanged, X-NotSocketActivated,
-# X-Reload-Triggers and its socket activation, with the start/restart/reload list
+# X-Reload-Triggers, its socket activation and template instances (an active
+# sshd@N-….service is judged by sshd@.service), with the start/restart/reload list
 # files under /run/nixos that let the next switch finish an interrupted one.
 # Exit codes: 1 usage, lock file, pre-switch check or boot loader; 11 lock busy;
 # 2 not NixOS (ng: errno of the failed stat) or activation script failed;
@@ -248,8 +249,9 @@ unit_bool() {  # FILE SECTION KEY DEFAULT(true|false)
 }
 
 # A changed unit (or one the activation script asked to restart): what to do with it.
-handle_modified() {  # UNIT [restart-instead-of-stop-start]
-  local u=$1 via_restart=${2:-} f=$newdir/$1 base=${1%.*} sockets s activated
+handle_modified() {  # UNIT [restart-instead-of-stop-start] [ITS UNIT FILE'S NAME: a template's]
+  local u=$1 via_restart=${2:-} f=$newdir/${3:-$1} base=${3:-$1} sockets s activated
+  base=${base%.*}
   case $u in
     sysinit.target | basic.target | multi-user.target | graphical.target | *.unit | *.slice) return 0 ;;
     *.socket) return 0 ;;  # ng leaves changed sockets alone
@@ -298,19 +300,30 @@ done < <(sc list-units --all --plain --no-legend --full 2>/dev/null)
 declare -A ACTIVE_BEFORE=()
 for u in "${!ACTIVE[@]}"; do ACTIVE_BEFORE[$u]=1; done
 
+# A template's instance (NAME@INSTANCE.TYPE, e.g. sshd.socket's Accept=yes connections
+# sshd@0-127.0.0.1:22-127.0.0.1:40000.service) without a unit file of its own is judged
+# by its template's file, NAME@.TYPE, in both systems.
+base_unit() {  # UNIT: sets b to the unit whose files stand for it (no subshell: once per unit)
+  b=$1
+  if [[ $b == *@*.* ]] && [ ! -e "$olddir/$b" ] && [ ! -e "$newdir/$b" ]; then
+    b=${b%%@*}@.${b##*.}
+  fi
+}
+
 for u in "${!ACTIVE[@]}"; do
   case ${ACTIVE[$u]} in active | activating) ;; *) continue ;; esac
-  [ -e "$olddir/$u" ] || continue
-  if [ ! -e "$newdir/$u" ] || [ "$(readlink -f "$newdir/$u")" = /dev/null ]; then
-    unit_bool "$olddir/$u" Unit X-StopOnRemoval true && STOP[$u]=1
+  base_unit "$u"
+  [ -e "$olddir/$b" ] || continue
+  if [ ! -e "$newdir/$b" ] || [ "$(readlink -f "$newdir/$b")" = /dev/null ]; then
+    unit_bool "$olddir/$b" Unit X-StopOnRemoval true && STOP[$u]=1
   elif [[ $u == *.target ]]; then
-    if ! unit_bool "$newdir/$u" Unit RefuseManualStart false && ! unit_bool "$newdir/$u" Unit X-OnlyManualStart false; then
+    if ! unit_bool "$newdir/$b" Unit RefuseManualStart false && ! unit_bool "$newdir/$b" Unit X-OnlyManualStart false; then
       START[$u]=1; record "$START_LIST" "$u"; FILTER[$u]=1
     fi
-    unit_bool "$newdir/$u" Unit X-StopOnReconfiguration false && STOP[$u]=1
+    unit_bool "$newdir/$b" Unit X-StopOnReconfiguration false && STOP[$u]=1
   else
-    case $(compare_units "$olddir/$u" "$newdir/$u") in
-      restart) handle_modified "$u" ;;
+    case $(compare_units "$olddir/$b" "$newdir/$b") in
+      restart) handle_modified "$u" "" "$b" ;;
       reload) if [ -z "${RESTART[$u]:-}" ]; then RELOAD[$u]=1; record "$RELOAD_LIST" "$u"; fi ;;
     esac
   fi
@@ -394,7 +407,8 @@ if [ -r "$ACT_RESTART_LIST" ]; then
   while IFS= read -r u; do
     [ -n "$u" ] || continue
     if [ -z "${ACTIVE_BEFORE[$u]:-}" ]; then START[$u]=1; record "$START_LIST" "$u"; continue; fi
-    handle_modified "$u" restart
+    base_unit "$u"
+    handle_modified "$u" restart "$b"
   done < "$ACT_RESTART_LIST"
 fi
 rm -f "$ACT_RESTART_LIST"

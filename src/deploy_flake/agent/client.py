@@ -118,9 +118,19 @@ class Agent:
                 f"cannot install the deploy agent on {self.remote.dest.host}: {done.last_lines(2)}"
             )
 
-    async def start(self, on_line: LineSink, *, stop: Phase | None = None) -> Status:
+    async def start(
+        self,
+        on_line: LineSink,
+        *,
+        stop: Phase | None = None,
+        reconnect: Callable[[], object] | None = None,
+        on_contact: LineSink | None = None,
+    ) -> Status:
         """Asks the host to start the transaction in its own unit, then shows its log (like
         watch, in the same round trip) until it needs the deployer, ends, or reaches `stop`.
+        `reconnect`: opens the shared connection again after the stream was cut (by the
+        activation itself: a restarted sshd takes its sessions along, the shared one too);
+        `on_contact` is told so.
 
         `started` is set before the request leaves: from then on, only the agent's
         own answer can say that nothing was changed.
@@ -148,13 +158,22 @@ class Agent:
                 )
             await self.install()
             self._installed = True
-            return await self.start(on_line, stop=stop)
+            return await self.start(on_line, stop=stop, reconnect=reconnect, on_contact=on_contact)
         if status is not None:
             return status
         if self._log_offset > 0:
             # its log was coming: the transaction runs, and the stream was cut (a restarted
-            # sshd that takes its sessions along); following it takes over from here
+            # sshd that takes its sessions along, the shared connection among them: opened
+            # again here, or every later command would log in anew); following it takes over
             self.last = Status(self._logged_phase or Phase.STARTING)
+            if on_contact is not None:
+                on_contact(
+                    f"the connection to {self.remote.dest.host} was cut while it was {self.last.phase} "
+                    "(a restarted sshd takes its sessions along): the transaction goes on by itself; "
+                    "connecting again to follow it"
+                )
+            if reconnect is not None:
+                await _quietly(reconnect)
             return self.last
         # the answer was lost: ask what the host did
         why = done.last_lines(1) if done is not None else f"no answer within {120 + STREAM_S}s"

@@ -78,7 +78,9 @@ class Activation:
         stop = Phase.CHECKING if early else None
         handoff = (Phase.CHECKING, Phase.AWAITING_CONFIRMATION) if early else (Phase.AWAITING_CONFIRMATION,)
         # installs the agent first when the host does not have it
-        status = await agent.start(self.job.line, stop=stop)
+        status = await agent.start(
+            self.job.line, stop=stop, reconnect=self._reconnect, on_contact=self.job.note
+        )
         self._saw(status)
         self._on_phase(status.phase)
         if not status.phase.final and status.phase is not Phase.NONE:
