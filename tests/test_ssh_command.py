@@ -16,7 +16,8 @@ from deploy_flake import process
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.host import target
 from deploy_flake.remote.destination import Destination
-from deploy_flake.remote.ssh import SUDO_PROMPT, SUDO_STARTED, Remote, SshSettings
+from deploy_flake.remote.elevate import SUDO_PROMPT, SUDO_STARTED
+from deploy_flake.remote.ssh import Remote, SshSettings
 from tests.fake_remote import FakeHost, FakeRemote, Reply
 
 

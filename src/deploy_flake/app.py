@@ -47,6 +47,7 @@ from deploy_flake.output.report import check_report_path, write_report_or_say
 from deploy_flake.output.run_log import RunLog, default_log_dir, new_run_dir
 from deploy_flake.output.stream import STDOUT
 from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.elevate import Elevate
 from deploy_flake.remote.ssh import check_ssh_option
 from deploy_flake.remote.ssh_config import check_distinct_destinations
 from deploy_flake.remote.sudo_password import sudo_password
@@ -66,6 +67,7 @@ class CommonOptions:
     ssh_config: Path | None
     ssh_options: tuple[str, ...]
     sudo: bool | None
+    elevate: Elevate
     report_path: Path | None
     log_dir: Path | None
 
@@ -333,7 +335,13 @@ def _deploy_options(command: Command) -> DeployOptions:
     """What the deploy layer reads. An option a command does not take keeps DeployOptions'
     default, which is the command line's."""
     common = command.common
-    options = DeployOptions(flake_dir=common.flake_dir, sudo=common.sudo, jobs=common.jobs, job=command.job)
+    options = DeployOptions(
+        flake_dir=common.flake_dir,
+        sudo=common.sudo,
+        elevate=common.elevate,
+        jobs=common.jobs,
+        job=command.job,
+    )
     groups: tuple[_Group, ...]
     match command:
         case DeployCommand():

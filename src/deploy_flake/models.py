@@ -8,6 +8,7 @@ from pathlib import Path
 
 from deploy_flake.errors import UsageError
 from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.elevate import Elevate
 
 
 class Stage(StrEnum):
@@ -149,6 +150,7 @@ class DeployOptions:
     test: bool = True
     build_args: tuple[str, ...] = ()
     sudo: bool | None = None  # None: when the login user is not root
+    elevate: Elevate = Elevate.SUDO  # how: sudo or doas
     skip_checks: frozenset[str] = frozenset()
     timeouts: Timeouts = field(default_factory=Timeouts)
     jobs: int | None = None

@@ -16,6 +16,7 @@ import click
 from deploy_flake import __version__
 from deploy_flake.cli import params
 from deploy_flake.models import SANITY_CHECKS, RebootPolicy, RollbackFailurePolicy
+from deploy_flake.remote.elevate import Elevate
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
@@ -88,7 +89,16 @@ COMMON = params.collected(
         "--sudo/--no-sudo",
         default=None,
         help="Run system commands through sudo (sudo -n; sudo -S where it needs the password "
-        "given with --ask-sudo-password).  [default: when the login user is not root]",
+        "given with --ask-sudo-password), or doas (--elevate).  [default: when the login user is not root]",
+    ),
+    click.option(
+        "--elevate",
+        type=click.Choice([e.value for e in Elevate]),
+        callback=params.elevation,
+        default=Elevate.SUDO.value,
+        show_default=True,
+        help="How system commands get root where the login user is not root: sudo (sudo-rs too) "
+        "or doas (doas -n: a doas rule must not ask for a password, as doas reads it only from a terminal).",
     ),
     click.option(
         "--report",

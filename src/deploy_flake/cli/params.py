@@ -17,6 +17,7 @@ from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import UsageError
 from deploy_flake.models import EXIT_USAGE
 from deploy_flake.output import messages
+from deploy_flake.remote.elevate import Elevate
 
 if TYPE_CHECKING:
     from deploy_flake import app
@@ -66,6 +67,10 @@ def _app() -> Any:
 
 def run_or_skip(ctx: click.Context, param: click.Parameter, value: str) -> bool:
     return value == "run"
+
+
+def elevation(ctx: click.Context, param: click.Parameter, value: str) -> Elevate:
+    return Elevate(value)
 
 
 def seconds(ctx: click.Context, param: click.Parameter, value: str, minimum: int) -> int:

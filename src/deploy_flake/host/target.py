@@ -15,6 +15,7 @@ from deploy_flake.agent.protocol import (
 )
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, WrongHost
 from deploy_flake.process import Completed, LineSink
+from deploy_flake.remote.elevate import WHICH_SCRIPT, Elevate, password_problem
 from deploy_flake.remote.ssh import Remote
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -184,11 +185,18 @@ async def check_reused_connection(remote: Remote, expected: HostIdentity | None)
 
 
 async def sudo_needs_password(remote: Remote) -> bool:
-    """Whether sudo asks this login for a password (False: it works without one).
+    """Whether the elevation (sudo, or doas: remote.elevate) asks this login for a password
+    (False: it works without one). A host without it fails here, before anything changes.
     A password given with --ask-sudo-password is tried once here: a wrong one stops the host."""
-    done = await run_checked(remote.with_sudo(True), ["true"], "checking sudo", root=True, timeout=30)
+    tool = remote.elevate
+    done = await run_checked(remote.with_sudo(True), ["true"], f"checking {tool}", root=True, timeout=30)
     if done.ok:
         return False
+    if done.returncode == 127:
+        raise DeployError(await _missing_elevation(remote))
+    problem = password_problem(tool, remote.dest.host)
+    if problem is not None:
+        raise DeployError(f"{problem} ({done.last_lines(1)}); nothing was changed")
     if remote.settings.sudo_password is None:
         raise DeployError(
             f"sudo does not work without a password for this user on {remote.dest.host} "
@@ -209,6 +217,23 @@ async def sudo_needs_password(remote: Remote) -> bool:
     if not done.ok:
         raise DeployError(f"sudo on {remote.dest.host} did not accept the password: {done.last_lines(1)}")
     return True
+
+
+async def _missing_elevation(remote: Remote) -> str:
+    """The message for a host whose login has no `remote.elevate` on its PATH: which other
+    elevation it has, if any."""
+    tool, host = remote.elevate, remote.dest.host
+    others = [e.value for e in Elevate if e is not tool]
+    done = await run_checked(remote, ["sh", "-c", WHICH_SCRIPT, "sh", *others], "looking for sudo and doas")
+    found = [line for line in done.stdout.split() if line in others]
+    if found:
+        hint = f'it has {found[0]}: use --elevate={found[0]} (or the inventory\'s elevate = "{found[0]}")'
+    else:
+        hint = f"it has neither sudo nor doas: install one ({tool.nixos_option}) or log in as root"
+    return (
+        f"{tool} is not installed for this user on {host} (not on the login's PATH): {hint}; "
+        "nothing was changed"
+    )
 
 
 async def boot_entry_problem(remote: Remote, deploy_id: str, profile_link: str) -> str | None:

@@ -21,6 +21,7 @@ from deploy_flake import process
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, UsageError
 from deploy_flake.process import Answer, Completed, Dialogue, LineSink
 from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.elevate import SUDO_PROMPT, SUDO_STARTED, Elevate, elevated
 
 SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
 
@@ -32,10 +33,6 @@ DEFAULT_OPTIONS: tuple[str, ...] = (
     "ServerAliveCountMax=4",  # a dead connection is noticed within about 20 s
 )
 FRESH_CONNECTION: tuple[str, ...] = ("ControlMaster=no", "ControlPath=none")
-# sudo -S's prompt (a line of its own), and the line its command prints first: the two
-# points at which deploy-flake writes to the stdin of a command run through `sudo -S`.
-SUDO_PROMPT = "@@deploy-flake-sudo-password"
-SUDO_STARTED = "@@deploy-flake-sudo-started"
 
 
 def check_ssh_option(text: str) -> str:
@@ -65,8 +62,9 @@ class Remote:
 
     dest: Destination
     settings: SshSettings
-    sudo: bool = False
+    sudo: bool = False  # root's commands are elevated (through `elevate`)
     sudo_with_password: bool = False  # sudo asks this host's user for a password (sudo -S)
+    elevate: Elevate = Elevate.SUDO
     control_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,7 +74,7 @@ class Remote:
     def with_sudo(self, sudo: bool, *, password: bool = False) -> Remote:
         """password: sudo needs one here (and the run has it): commands as root go through
         `sudo -S`, which gets it on stdin when it asks for it (see sudo_dialogue)."""
-        return Remote(self.dest, self.settings, sudo, sudo and password)
+        return Remote(self.dest, self.settings, sudo, sudo and password, self.elevate)
 
     # ------------------------------------------------------------ options
     def _options(self, *, first: Sequence[str] = (), multiplex: bool = True) -> list[str]:
@@ -97,32 +95,13 @@ class Remote:
     def command(self, argv: Sequence[str], *, root: bool = False, fresh: bool = False) -> list[str]:
         """ssh argv that runs argv on the host (quoted for the remote shell).
 
-        root: run through `sudo -n` when the login user is not root (never prompts).
+        root: run through `sudo -n` or `doas -n` (elevate) when the login user is not root (never
+        prompts), or `sudo -S` where sudo needs the password (see elevate.elevated).
         fresh: a brand-new connection, not the shared ControlMaster.
         """
         remote = list(argv)
-        if root and self.sudo_with_password:
-            # sudo -S reads a password from stdin only when it asks for one, and a rule
-            # (NOPASSWD for some commands) may let it ask for none: so stdin waits for the
-            # prompt (SUDO_PROMPT, then the password is sent) or for the command itself
-            # (SUDO_STARTED, printed as root: then the command's own stdin), see sudo_dialogue.
-            # -k: ignore a cached credential, so that the prompt comes whenever it is needed.
-            started = f'echo {SUDO_STARTED} >&2 && exec "$@"'
-            remote = [
-                "sudo",
-                "-S",
-                "-k",
-                "-p",
-                f"{SUDO_PROMPT}\n",
-                "--",
-                "/bin/sh",
-                "-c",
-                started,
-                "sh",
-                *remote,
-            ]
-        elif root and self.sudo:
-            remote = ["sudo", "-n", "--", *remote]
+        if root and self.sudo:
+            remote = elevated(remote, self.elevate, password=self.sudo_with_password)
         opts = self._options(first=FRESH_CONNECTION, multiplex=False) if fresh else self._options()
         return ["ssh", *opts, "-T", "--", self.dest.host, shlex.join(remote)]
 
