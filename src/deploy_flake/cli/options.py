@@ -98,7 +98,8 @@ COMMON = params.collected(
         default=Elevate.SUDO.value,
         show_default=True,
         help="How system commands get root where the login user is not root: sudo (sudo-rs too) "
-        "or doas (doas -n: a doas rule must not ask for a password, as doas reads it only from a terminal).",
+        "or doas (doas -n; where it needs the password given with --ask-sudo-password, doas in a "
+        "terminal of its own on the host).",
     ),
     click.option(
         "--report",
@@ -122,8 +123,8 @@ ACTIVATION = params.collected(
     click.option(
         "--ask-sudo-password",
         is_flag=True,
-        help="Ask once, on the terminal, for the password of sudo on hosts where it needs one; "
-        "it reaches them only on sudo's stdin.",
+        help="Ask once, on the terminal, for the password of sudo (or doas, --elevate) on hosts "
+        "where it needs one; it reaches them only on sudo's stdin (doas's terminal).",
     ),
     click.option(
         "--sudo-password-fd",

@@ -15,7 +15,7 @@ from deploy_flake.agent.protocol import (
 )
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, WrongHost
 from deploy_flake.process import Completed, LineSink
-from deploy_flake.remote.elevate import WHICH_SCRIPT, Elevate, password_problem
+from deploy_flake.remote.elevate import WHICH_SCRIPT, Elevate
 from deploy_flake.remote.ssh import Remote
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -188,34 +188,36 @@ async def sudo_needs_password(remote: Remote) -> bool:
     """Whether the elevation (sudo, or doas: remote.elevate) asks this login for a password
     (False: it works without one). A host without it fails here, before anything changes.
     A password given with --ask-sudo-password is tried once here: a wrong one stops the host."""
-    tool = remote.elevate
+    tool, host = remote.elevate, remote.dest.host
     done = await run_checked(remote.with_sudo(True), ["true"], f"checking {tool}", root=True, timeout=30)
     if done.ok:
         return False
     if done.returncode == 127:
         raise DeployError(await _missing_elevation(remote))
-    problem = password_problem(tool, remote.dest.host)
-    if problem is not None:
-        raise DeployError(f"{problem} ({done.last_lines(1)}); nothing was changed")
     if remote.settings.sudo_password is None:
+        rule = "a nopass rule (doas.conf)" if tool is Elevate.DOAS else "NOPASSWD sudo"
         raise DeployError(
-            f"sudo does not work without a password for this user on {remote.dest.host} "
-            f"({done.last_lines(1)}): allow NOPASSWD sudo, log in as root, or give the password "
+            f"{tool} does not work without a password for this user on {host} "
+            f"({done.last_lines(1)}): allow {rule}, log in as root, or give the password "
             "with --ask-sudo-password"
         )
     try:
         done = await remote.with_sudo(True, password=True).run(["true"], root=True, timeout=30)
     except ProcessTimeout:
-        # sudo asked with a prompt of its own, not -p's (a PAM prompt other than "Password:"):
-        # the password is only ever sent after -p's prompt, so it waited for it in vain
+        # it asked with a prompt deploy-flake does not know (for sudo: a PAM prompt other
+        # than "Password:"): the password is only ever sent after a known prompt
+        known = (
+            "the prompt deploy-flake gives sudo (-p), which replaces only PAM's usual 'Password:' "
+            "prompt (unless sudoers sets passprompt_override)"
+            if tool is Elevate.SUDO
+            else "a prompt that ends in 'password:'"
+        )
         raise DeployError(
-            f"checking the sudo password on {remote.dest.host} did not finish within 30s: the "
-            "password is sent only after the prompt deploy-flake gives sudo (-p), which replaces "
-            "only PAM's usual 'Password:' prompt (unless sudoers sets passprompt_override); "
-            "nothing was changed"
+            f"checking the {tool} password on {host} did not finish within 30s: the password is "
+            f"sent only after {known}; nothing was changed"
         ) from None
     if not done.ok:
-        raise DeployError(f"sudo on {remote.dest.host} did not accept the password: {done.last_lines(1)}")
+        raise DeployError(f"{tool} on {host} did not accept the password: {done.last_lines(1).strip()}")
     return True
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from deploy_flake import process
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, UsageError
-from deploy_flake.process import Answer, Completed, Dialogue, LineSink
+from deploy_flake.process import Completed, Dialogue, LineSink
 from deploy_flake.remote.destination import Destination
-from deploy_flake.remote.elevate import SUDO_PROMPT, SUDO_STARTED, Elevate, elevated
+from deploy_flake.remote.elevate import Elevate, elevated, password_dialogue
 
 SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
 
@@ -63,7 +63,7 @@ class Remote:
     dest: Destination
     settings: SshSettings
     sudo: bool = False  # root's commands are elevated (through `elevate`)
-    sudo_with_password: bool = False  # sudo asks this host's user for a password (sudo -S)
+    sudo_with_password: bool = False  # sudo or doas asks this host's user for a password
     elevate: Elevate = Elevate.SUDO
     control_path: Path = field(init=False)
 
@@ -106,30 +106,11 @@ class Remote:
         return ["ssh", *opts, "-T", "--", self.dest.host, shlex.join(remote)]
 
     def sudo_dialogue(self, data: bytes | None) -> Dialogue:
-        """The stdin of a command built with command(argv, root=True) where sudo may ask for
-        the password: the password only once sudo asked for it (its prompt, SUDO_PROMPT, on
-        stderr), and the command's own stdin (data) only once the command runs (SUDO_STARTED).
-        A second prompt (a wrong password) is not answered: stdin is closed, sudo fails."""
+        """The stdin of a command built with command(argv, root=True) where sudo or doas may ask
+        for the password: see elevate.password_dialogue."""
         password = self.settings.sudo_password
         assert password is not None
-        asked = ended = False
-
-        def answer(line: str) -> Answer | None:
-            nonlocal asked, ended
-            if ended:
-                return None  # the command's own output from here on
-            if line == SUDO_PROMPT:
-                if asked:
-                    ended = True
-                    return Answer(close=True)
-                asked = True
-                return Answer(password + b"\n")
-            if line == SUDO_STARTED:
-                ended = True
-                return Answer(data or b"", close=True)
-            return None
-
-        return answer
+        return password_dialogue(self.elevate, password, data)
 
     def master_command(self, persist_s: int = 120) -> list[str]:
         """Opens the shared connection in the background (ssh -f), detached from our pipes."""
