@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import suite_host
 from tests.lab import Host, deploy
 from tests.test_sudo_password import run_with_password
 
@@ -88,3 +91,40 @@ def test_a_host_without_the_chosen_elevation_fails_at_connect(hosts: dict[str, H
     for h in (beta, gamma):
         assert r.host(f"nixos://deploy@{h.name}/good")["stage"] == "connect"
         h.assert_clean_after(running=before[h.name], boot=before[h.name])
+
+
+# ---- sudo-rs (NixOS's security.sudo-rs, installed as its `sudo`): Debian has it from trixie on
+@pytest.fixture
+def sid_rs() -> Host:
+    """A clean sid host whose `sudo` is sudo-rs."""
+    host = suite_host("sid")
+    host.ssh("mv /usr/bin/sudo /usr/bin/sudo.orig && ln -s /usr/lib/cargo/bin/sudo /usr/bin/sudo")
+    assert host.out("sudo -V | head -n 1").startswith("sudo-rs "), "sudo is not sudo-rs"
+    return host
+
+
+@pytest.mark.lab  # its host is started by its fixture, not a lab fixture
+def test_sudo_rs_deploys_without_and_with_a_password(sid_rs: Host, tmp_path: Path) -> None:
+    dest = f"nixos://deploy@{sid_rs.name}/good"
+    before = sid_rs.current_system()
+    r = deploy("--settle-time=0", dest)  # the image's NOPASSWD rule: sudo-rs -n
+    assert r.returncode == 0, r.output
+    good = r.host(dest)["system"]
+    assert r.host(dest)["outcome"] == "activated" and sid_rs.current_system() == good != before
+    # a rule with a password: sudo-rs -S -k -p, the password only after its prompt
+    sid_rs.ssh(
+        f"echo 'deploy:{PASSWORD}' | chpasswd && echo 'deploy ALL=(ALL:ALL) ALL' > /etc/sudoers.d/deploy"
+    )
+    rc, out, report, processes = run_with_password(
+        tmp_path, PASSWORD, "--settle-time=0", f"nixos://deploy@{sid_rs.name}/base", watch=sid_rs
+    )
+    assert rc == 0, out
+    res = report["hosts"][0]  # type: ignore[index]
+    assert res["outcome"] == "activated", res
+    assert sid_rs.current_system() == res["system"] != good
+    for where, text in (("output, events and logs", out), ("report", json.dumps(report)), ("ps", processes)):
+        assert PASSWORD not in text, f"the password appears in the {where}"
+    rc, out, report, _ = run_with_password(tmp_path, "not-the-password", f"nixos://deploy@{sid_rs.name}/good")
+    assert rc == 1, out
+    assert "did not accept the password" in str(report["hosts"][0]["error"])  # type: ignore[index]
+    sid_rs.assert_clean_after(running=res["system"], boot=res["system"])

@@ -13,8 +13,7 @@ import pytest
 from deploy_flake import nix, process
 from deploy_flake.errors import UsageError
 from deploy_flake.fleet.inventory import InventoryHost, load_inventory, parse_inventory, select
-from deploy_flake.models import DeployOptions, Timeouts
-from deploy_flake.remote.elevate import Elevate
+from deploy_flake.models import DeployOptions, Elevate, Timeouts
 from tests.lab import FIXTURE_FLAKE
 
 

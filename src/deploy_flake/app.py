@@ -24,6 +24,7 @@ from deploy_flake.models import (
     EXIT_USAGE,
     BuildOn,
     DeployOptions,
+    Elevate,
     HostResult,
     Job,
     Outcome,
@@ -47,7 +48,6 @@ from deploy_flake.output.report import check_report_path, write_report_or_say
 from deploy_flake.output.run_log import RunLog, default_log_dir, new_run_dir
 from deploy_flake.output.stream import STDOUT
 from deploy_flake.remote.destination import Destination
-from deploy_flake.remote.elevate import Elevate
 from deploy_flake.remote.ssh import check_ssh_option
 from deploy_flake.remote.ssh_config import check_distinct_destinations
 from deploy_flake.remote.sudo_password import sudo_password

@@ -8,7 +8,27 @@ from pathlib import Path
 
 from deploy_flake.errors import UsageError
 from deploy_flake.remote.destination import Destination
-from deploy_flake.remote.elevate import Elevate
+
+
+class Elevate(StrEnum):
+    """How a login that is not root runs root's commands (remote/elevate.py)."""
+
+    SUDO = "sudo"
+    DOAS = "doas"
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> Elevate:
+        try:
+            return cls(text)
+        except ValueError:
+            raise UsageError(f"{where}: {text!r} is not an elevation: sudo or doas") from None
+
+    @property
+    def nixos_option(self) -> str:
+        """The NixOS option that installs it, for the messages."""
+        if self is Elevate.DOAS:
+            return "security.doas.enable"
+        return "security.sudo.enable or security.sudo-rs.enable"
 
 
 class Stage(StrEnum):

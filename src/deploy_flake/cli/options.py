@@ -15,8 +15,7 @@ import click
 
 from deploy_flake import __version__
 from deploy_flake.cli import params
-from deploy_flake.models import SANITY_CHECKS, RebootPolicy, RollbackFailurePolicy
-from deploy_flake.remote.elevate import Elevate
+from deploy_flake.models import SANITY_CHECKS, Elevate, RebootPolicy, RollbackFailurePolicy
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 

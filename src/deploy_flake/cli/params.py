@@ -15,9 +15,8 @@ import click
 
 from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import UsageError
-from deploy_flake.models import EXIT_USAGE
+from deploy_flake.models import EXIT_USAGE, Elevate
 from deploy_flake.output import messages
-from deploy_flake.remote.elevate import Elevate
 
 if TYPE_CHECKING:
     from deploy_flake import app

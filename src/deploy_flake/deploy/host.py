@@ -12,7 +12,7 @@ from deploy_flake.agent.protocol import gc_root
 from deploy_flake.deploy import checks
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError, WrongHost
-from deploy_flake.host import target
+from deploy_flake.host import elevation, target
 from deploy_flake.host.target import HostFacts, HostIdentity
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
 from deploy_flake.remote.destination import Destination
@@ -179,7 +179,7 @@ class HostJob(ABC):
         (or doas, --elevate)."""
         sudo = facts.uid != 0 if self.opts.sudo is None else self.opts.sudo
         if sudo:
-            password = await target.sudo_needs_password(self.remote)
+            password = await elevation.sudo_needs_password(self.remote)
             self.remote = self.remote.with_sudo(True, password=password)
 
     async def _inspect(self, toplevel: str, facts: HostFacts, *, preflight: bool) -> target.Inspection:

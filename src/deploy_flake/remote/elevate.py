@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from enum import StrEnum
 from importlib import resources
 
-from deploy_flake.errors import UsageError
+from deploy_flake.models import Elevate
 from deploy_flake.process import Answer, Dialogue
 
 # sudo -S's prompt (a line of its own), and the line its command prints first: the two
@@ -17,25 +16,6 @@ from deploy_flake.process import Answer, Dialogue
 SUDO_PROMPT = "@@deploy-flake-sudo-password"
 SUDO_STARTED = "@@deploy-flake-sudo-started"
 DOAS_PASSWORD_SCRIPT = resources.files("deploy_flake.host").joinpath("doas_password.sh").read_text()
-
-
-class Elevate(StrEnum):
-    SUDO = "sudo"
-    DOAS = "doas"
-
-    @classmethod
-    def parse(cls, text: str, where: str) -> Elevate:
-        try:
-            return cls(text)
-        except ValueError:
-            raise UsageError(f"{where}: {text!r} is not an elevation: sudo or doas") from None
-
-    @property
-    def nixos_option(self) -> str:
-        """The NixOS option that installs it, for the messages."""
-        if self is Elevate.DOAS:
-            return "security.doas.enable"
-        return "security.sudo.enable or security.sudo-rs.enable"
 
 
 def elevated(argv: Sequence[str], elevate: Elevate, *, password: bool) -> list[str]:
@@ -55,11 +35,12 @@ def elevated(argv: Sequence[str], elevate: Elevate, *, password: bool) -> list[s
 
 
 def _asks(elevate: Elevate, line: str) -> bool:
-    """Whether a line of the command's stderr, before it started, is the password prompt: sudo's
-    is ours (-p); doas's is PAM's ("Password:") or its own ("doas (user@host) password:"),
-    cut at its ':' by doas_password.sh."""
+    """Whether a line of the command's stderr, before it started, is the password prompt:
+    sudo's is ours (-p), which sudo-rs shows inside a frame of its own; doas's is PAM's
+    ("Password:") or its own ("doas (user@host) password:"), cut at its ':' by
+    doas_password.sh."""
     if elevate is Elevate.SUDO:
-        return line == SUDO_PROMPT
+        return line.endswith(SUDO_PROMPT)  # sudo-rs frames it: "[sudo: PROMPT] Password: "
     return line.strip().lower().endswith("password")
 
 
@@ -82,6 +63,8 @@ def password_dialogue(elevate: Elevate, password: bytes, data: bytes | None) -> 
             return Answer(password + b"\n")
         if elevate is Elevate.DOAS and not line.strip():
             return Answer()  # what is left of the terminal's line after a prompt: not shown
+        if elevate is Elevate.SUDO and asked and line.startswith("] "):
+            return Answer()  # the end of sudo-rs's frame around our prompt: not shown
         if line == SUDO_STARTED:
             ended = True
             first = b"\n" if elevate is Elevate.DOAS and not asked else b""

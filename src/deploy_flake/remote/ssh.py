@@ -19,9 +19,10 @@ from pathlib import Path
 
 from deploy_flake import process
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, UsageError
+from deploy_flake.models import Elevate
 from deploy_flake.process import Completed, Dialogue, LineSink
 from deploy_flake.remote.destination import Destination
-from deploy_flake.remote.elevate import Elevate, elevated, password_dialogue
+from deploy_flake.remote.elevate import elevated, password_dialogue
 
 SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
 
