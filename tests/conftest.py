@@ -56,6 +56,7 @@ _BESIDE_FILES = frozenset(
         "test_output.py",
         "test_rollout_waves.py",
         "test_host_decisions.py",
+        "test_elevate.py",
         # hosts of their own (trixie1, sid1, vm-sid); the sid deployer root they share with
         # test_modern_nix.py is installed once, under a lock (`lab deployer install`)
         "test_matrix.py",
@@ -78,6 +79,7 @@ _SECOND_HALF_FILES = frozenset(
         "test_build_once.py",
         "test_sudo_password.py",
         "test_concurrent_changes.py",
+        "test_elevate_lab.py",
     }
 )
 

@@ -116,7 +116,7 @@ class FakeRemote(Remote):
         return self.host
 
     def with_sudo(self, sudo: bool, *, password: bool = False) -> Remote:
-        return FakeRemote(self.dest, self.settings, sudo, sudo and password, host=self.host)
+        return FakeRemote(self.dest, self.settings, sudo, sudo and password, self.elevate, host=self.host)
 
     async def run(
         self,

@@ -143,7 +143,7 @@ def run_job(
     """One host's job against a scripted host; its result, the host (what was sent), the events.
     shown: where the events go as well (a display, a run log), after they are recorded."""
     fake = FakeHost(table)
-    monkeypatch.setattr(host_module, "Remote", lambda d, s: FakeRemote(d, s, host=fake))
+    monkeypatch.setattr(host_module, "Remote", lambda d, s, **kw: FakeRemote(d, s, **kw, host=fake))
     events = Recorded(shown)
     options.setdefault("timeouts", FAST)
     opts = DeployOptions(flake_dir=Path("/flake"), job=job, **options)  # type: ignore[arg-type]
@@ -501,7 +501,7 @@ def test_interrupted_twice_after_the_start_is_unknown_and_says_what_to_check(
         return status("checking")
 
     fake = FakeHost([*BEFORE, ("agent start", abandon)])
-    monkeypatch.setattr(host_module, "Remote", lambda d, s: FakeRemote(d, s, host=fake))
+    monkeypatch.setattr(host_module, "Remote", lambda d, s, **kw: FakeRemote(d, s, **kw, host=fake))
     run = Run(
         flake=Flake(url="path:/flake", store_path="/nix/store/f-source"),
         options=DeployOptions(flake_dir=Path("/flake"), timeouts=FAST),

@@ -13,7 +13,7 @@ import pytest
 from deploy_flake import nix, process
 from deploy_flake.errors import UsageError
 from deploy_flake.fleet.inventory import InventoryHost, load_inventory, parse_inventory, select
-from deploy_flake.models import DeployOptions, Timeouts
+from deploy_flake.models import DeployOptions, Elevate, Timeouts
 from tests.lab import FIXTURE_FLAKE
 
 
@@ -39,6 +39,7 @@ def test_full_host() -> None:
             "tags": ["web", "eu", "web"],
             "ssh_options": ["ConnectTimeout=5", "IdentityFile=/k"],
             "sudo": False,
+            "elevate": "doas",
             "timeouts": {"build": "2h", "settle": 0, "confirm": 45, "copy": "1m30s"},
             "skip_checks": ["system-type", "sshd"],
         }
@@ -50,6 +51,7 @@ def test_full_host() -> None:
     assert h.tags == {"web", "eu"}
     assert h.ssh_options == ("ConnectTimeout=5", "IdentityFile=/k")
     assert h.sudo is False
+    assert h.elevate is Elevate.DOAS
     assert h.timeouts == {"build": 7200, "settle": 0, "confirm": 45, "copy": 90}
     assert h.skip_checks == {"system-type", "sshd"}
 
@@ -165,6 +167,14 @@ def test_hosts_are_sorted_by_name() -> None:
             "inventory host 'web1': 'sudo' must be true or false, not the string 'yes'",
         ),
         (
+            {"web1": {"elevate": "su"}},
+            "inventory host 'web1': 'elevate': 'su' is not an elevation: sudo or doas",
+        ),
+        (
+            {"web1": {"elevate": True}},
+            "inventory host 'web1': 'elevate' must be \"sudo\" or \"doas\", not",
+        ),
+        (
             {"web1": {"timeouts": ["5m"]}},
             "inventory host 'web1': 'timeouts' must be an attribute set of durations, not a list",
         ),
@@ -219,9 +229,16 @@ def test_settle_may_be_zero_and_others_one() -> None:
 
 def test_deploy_options_with_a_host_settings() -> None:
     base = DeployOptions(flake_dir=Path("."), sudo=None, skip_checks=frozenset({"sshd"}))
-    h = parse_one({"sudo": True, "timeouts": {"build": "2h", "settle": 0}, "skip_checks": ["system-type"]})
+    h = parse_one(
+        {
+            "sudo": True,
+            "elevate": "doas",
+            "timeouts": {"build": "2h", "settle": 0},
+            "skip_checks": ["system-type"],
+        }
+    )
     o = h.deploy_options(base)
-    assert o.sudo is True
+    assert o.sudo is True and o.elevate is Elevate.DOAS
     assert o.skip_checks == {"sshd", "system-type"}
     assert o.timeouts == Timeouts(build=7200, settle=0)
     # nothing set: the run's options as they are

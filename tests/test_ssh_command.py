@@ -14,9 +14,10 @@ import pytest
 
 from deploy_flake import process
 from deploy_flake.errors import DeployError, UsageError
-from deploy_flake.host import target
+from deploy_flake.host import elevation
 from deploy_flake.remote.destination import Destination
-from deploy_flake.remote.ssh import SUDO_PROMPT, SUDO_STARTED, Remote, SshSettings
+from deploy_flake.remote.elevate import SUDO_PROMPT, SUDO_STARTED
+from deploy_flake.remote.ssh import Remote, SshSettings
 from tests.fake_remote import FakeHost, FakeRemote, Reply
 
 
@@ -141,5 +142,25 @@ def test_a_sudo_that_asks_with_a_prompt_of_its_own_is_named_not_waited_on_foreve
     settings = SshSettings(control_dir=Path("/tmp/cm"), sudo_password=b"secret")
     remote = FakeRemote(Destination.parse("deploy@web1"), settings, host=fake)
     with pytest.raises(DeployError, match="replaces only PAM's usual 'Password:' prompt"):
-        asyncio.run(target.sudo_needs_password(remote))
+        asyncio.run(elevation.sudo_needs_password(remote))
     assert fake.left == []
+
+
+def test_sudo_rs_frames_the_prompt_and_still_gets_the_password_once() -> None:
+    """sudo-rs shows -p's prompt as `[sudo: PROMPT] Password: `: the password follows the
+    prompt, and the end of the frame is not shown."""
+    fake = f"""
+printf '[sudo: {SUDO_PROMPT}\\n] Password: ' >&2
+IFS= read -r pw || exit 1
+printf '\\n' >&2
+[ "$pw" = secret ] || {{ echo 'sudo: Authentication failed' >&2; exit 1; }}
+echo '{SUDO_STARTED}' >&2
+exec cat
+"""
+    settings = SshSettings(control_dir=Path("/tmp/cm"), sudo_password=b"secret")
+    remote = Remote(Destination.parse("web1"), settings, sudo=True, sudo_with_password=True)
+    done = asyncio.run(
+        process.run(["sh", "-c", fake], dialogue=remote.sudo_dialogue(b"the agent script\n"), timeout=20)
+    )
+    assert done.ok and done.stdout == "the agent script\n", done
+    assert done.stderr == "", done.stderr

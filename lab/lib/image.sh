@@ -5,7 +5,7 @@
 #   DIR/stage0/    debootstrap output (kept; redone only when the suite's package list changes)
 #   DIR/rootfs/    stage0 + lab configuration + the initial NixOS-like generation
 #   DIR/base.raw   ext4 image of rootfs for the VM; vmlinuz, initrd.img beside it
-IMAGE_PKGS=systemd-sysv,udev,dbus,libpam-systemd,libnss-myhostname,openssh-server,sudo,nix-bin,nix-setup-systemd,libdbi-perl,linux-image-amd64,initramfs-tools,zstd,iproute2,procps,less,ca-certificates,xz-utils,kmod
+IMAGE_PKGS=systemd-sysv,udev,dbus,libpam-systemd,libnss-myhostname,openssh-server,sudo,opendoas,nix-bin,nix-setup-systemd,libdbi-perl,linux-image-amd64,initramfs-tools,zstd,iproute2,procps,less,ca-certificates,xz-utils,kmod
 NIXF=(--extra-experimental-features 'nix-command flakes' --option build-users-group '')
 LAB_SUITES=(bookworm trixie sid)
 
@@ -16,11 +16,13 @@ valid_suite() {  # SUITE
 image_dir() {  # SUITE
   if [ "$1" = bookworm ]; then echo "$LAB"; else echo "$LAB/images/$1"; fi
 }
-# The suite's package list. sid's kernel packages pull in dracut (debootstrap fails with
+# The suite's package list (opendoas and, where Debian has it, sudo-rs: the elevations
+# other than sudo that NixOS offers, --elevate). sid's kernel packages pull in dracut (debootstrap fails with
 # initramfs-tools there); its initrd is made as small as initramfs-tools' (image_initrd).
 image_pkgs() {  # SUITE
   case $1 in
-    sid) echo "${IMAGE_PKGS/initramfs-tools/dracut}" ;;
+    sid) echo "${IMAGE_PKGS/initramfs-tools/dracut},sudo-rs" ;;
+    trixie) echo "$IMAGE_PKGS,sudo-rs" ;;
     *) echo "$IMAGE_PKGS" ;;
   esac
 }

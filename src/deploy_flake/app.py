@@ -24,6 +24,7 @@ from deploy_flake.models import (
     EXIT_USAGE,
     BuildOn,
     DeployOptions,
+    Elevate,
     HostResult,
     Job,
     Outcome,
@@ -66,6 +67,7 @@ class CommonOptions:
     ssh_config: Path | None
     ssh_options: tuple[str, ...]
     sudo: bool | None
+    elevate: Elevate
     report_path: Path | None
     log_dir: Path | None
 
@@ -333,7 +335,13 @@ def _deploy_options(command: Command) -> DeployOptions:
     """What the deploy layer reads. An option a command does not take keeps DeployOptions'
     default, which is the command line's."""
     common = command.common
-    options = DeployOptions(flake_dir=common.flake_dir, sudo=common.sudo, jobs=common.jobs, job=command.job)
+    options = DeployOptions(
+        flake_dir=common.flake_dir,
+        sudo=common.sudo,
+        elevate=common.elevate,
+        jobs=common.jobs,
+        job=command.job,
+    )
     groups: tuple[_Group, ...]
     match command:
         case DeployCommand():

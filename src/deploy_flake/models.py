@@ -10,6 +10,27 @@ from deploy_flake.errors import UsageError
 from deploy_flake.remote.destination import Destination
 
 
+class Elevate(StrEnum):
+    """How a login that is not root runs root's commands (remote/elevate.py)."""
+
+    SUDO = "sudo"
+    DOAS = "doas"
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> Elevate:
+        try:
+            return cls(text)
+        except ValueError:
+            raise UsageError(f"{where}: {text!r} is not an elevation: sudo or doas") from None
+
+    @property
+    def nixos_option(self) -> str:
+        """The NixOS option that installs it, for the messages."""
+        if self is Elevate.DOAS:
+            return "security.doas.enable"
+        return "security.sudo.enable or security.sudo-rs.enable"
+
+
 class Stage(StrEnum):
     CONNECT = "connect"
     COPY = "copy"
@@ -149,6 +170,7 @@ class DeployOptions:
     test: bool = True
     build_args: tuple[str, ...] = ()
     sudo: bool | None = None  # None: when the login user is not root
+    elevate: Elevate = Elevate.SUDO  # how: sudo or doas
     skip_checks: frozenset[str] = frozenset()
     timeouts: Timeouts = field(default_factory=Timeouts)
     jobs: int | None = None

@@ -15,7 +15,7 @@ import click
 
 from deploy_flake import __version__
 from deploy_flake.cli import params
-from deploy_flake.models import SANITY_CHECKS, RebootPolicy, RollbackFailurePolicy
+from deploy_flake.models import SANITY_CHECKS, Elevate, RebootPolicy, RollbackFailurePolicy
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
@@ -88,7 +88,17 @@ COMMON = params.collected(
         "--sudo/--no-sudo",
         default=None,
         help="Run system commands through sudo (sudo -n; sudo -S where it needs the password "
-        "given with --ask-sudo-password).  [default: when the login user is not root]",
+        "given with --ask-sudo-password), or doas (--elevate).  [default: when the login user is not root]",
+    ),
+    click.option(
+        "--elevate",
+        type=click.Choice([e.value for e in Elevate]),
+        callback=params.elevation,
+        default=Elevate.SUDO.value,
+        show_default=True,
+        help="How system commands get root where the login user is not root: sudo (sudo-rs too) "
+        "or doas (doas -n; where it needs the password given with --ask-sudo-password, doas in a "
+        "terminal of its own on the host).",
     ),
     click.option(
         "--report",
@@ -112,8 +122,8 @@ ACTIVATION = params.collected(
     click.option(
         "--ask-sudo-password",
         is_flag=True,
-        help="Ask once, on the terminal, for the password of sudo on hosts where it needs one; "
-        "it reaches them only on sudo's stdin.",
+        help="Ask once, on the terminal, for the password of sudo (or doas, --elevate) on hosts "
+        "where it needs one; it reaches them only on sudo's stdin (doas's terminal).",
     ),
     click.option(
         "--sudo-password-fd",

@@ -15,7 +15,7 @@ import click
 
 from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import UsageError
-from deploy_flake.models import EXIT_USAGE
+from deploy_flake.models import EXIT_USAGE, Elevate
 from deploy_flake.output import messages
 
 if TYPE_CHECKING:
@@ -66,6 +66,10 @@ def _app() -> Any:
 
 def run_or_skip(ctx: click.Context, param: click.Parameter, value: str) -> bool:
     return value == "run"
+
+
+def elevation(ctx: click.Context, param: click.Parameter, value: str) -> Elevate:
+    return Elevate(value)
 
 
 def seconds(ctx: click.Context, param: click.Parameter, value: str, minimum: int) -> int:

@@ -12,7 +12,7 @@ from deploy_flake.agent.protocol import gc_root
 from deploy_flake.deploy import checks
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError, WrongHost
-from deploy_flake.host import target
+from deploy_flake.host import elevation, target
 from deploy_flake.host.target import HostFacts, HostIdentity
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
 from deploy_flake.remote.destination import Destination
@@ -43,7 +43,7 @@ class HostJob(ABC):
         self.t = self.opts.timeouts
         self.dest = dest
         self.label = dest.label
-        self.remote = Remote(dest, ssh or run.ssh)
+        self.remote = Remote(dest, ssh or run.ssh, elevate=self.opts.elevate)
         self.result = HostResult(destination=dest.raw, host=dest.host, config=dest.config)
         self.deploy_id = f"{run.run_id}-{index}"
         self.gc_root = gc_root(self.deploy_id)  # made by root once the system is on the host
@@ -175,10 +175,11 @@ class HostJob(ABC):
         return facts
 
     async def _use_sudo(self, facts: HostFacts) -> None:
-        """--sudo, or by default when the login user is not root: root's commands through sudo."""
+        """--sudo, or by default when the login user is not root: root's commands through sudo
+        (or doas, --elevate)."""
         sudo = facts.uid != 0 if self.opts.sudo is None else self.opts.sudo
         if sudo:
-            password = await target.sudo_needs_password(self.remote)
+            password = await elevation.sudo_needs_password(self.remote)
             self.remote = self.remote.with_sudo(True, password=password)
 
     async def _inspect(self, toplevel: str, facts: HostFacts, *, preflight: bool) -> target.Inspection:

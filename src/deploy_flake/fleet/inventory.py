@@ -10,6 +10,7 @@ The flake's output `deployFlake.hosts` maps a name to a host:
       ssh_options = [ "ProxyJump=bastion" ];  # KEY=VALUE, for this host: only where and how
                                              # to log in (remote/inventory_options.py)
       sudo = true;
+      elevate = "doas";                      # how: "sudo" (sudo-rs too) or "doas"
       timeouts = { build = "2h"; settle = 0; };  # durations or whole seconds
       skip_checks = [ "system-type" ];
     };
@@ -34,7 +35,7 @@ from typing import Any
 from deploy_flake import nix
 from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import UsageError
-from deploy_flake.models import SANITY_CHECKS, DeployOptions
+from deploy_flake.models import SANITY_CHECKS, DeployOptions, Elevate
 from deploy_flake.remote.destination import CONFIG_NAME, USER_NAME, Destination
 from deploy_flake.remote.inventory_options import inventory_option_problem
 from deploy_flake.remote.ssh import SSH_OPTION
@@ -52,7 +53,17 @@ TIMEOUT_MINIMUMS: Mapping[str, int] = {
     "boot": 1,
     "reboot": 1,
 }
-HOST_KEYS = ("destination", "tags", "user", "port", "ssh_options", "sudo", "timeouts", "skip_checks")
+HOST_KEYS = (
+    "destination",
+    "tags",
+    "user",
+    "port",
+    "ssh_options",
+    "sudo",
+    "elevate",
+    "timeouts",
+    "skip_checks",
+)
 _GLOB_CHARS = frozenset("*?[")
 _LISTED = 20  # names shown in a "no match" message
 
@@ -66,16 +77,18 @@ class InventoryHost:
     tags: frozenset[str] = frozenset()
     ssh_options: tuple[str, ...] = ()
     sudo: bool | None = None
+    elevate: Elevate | None = None
     timeouts: Mapping[str, float] = field(default_factory=dict, hash=False)
     skip_checks: frozenset[str] = frozenset()
 
     def deploy_options(self, options: DeployOptions) -> DeployOptions:
-        """The run's options with this host's settings: its sudo and timeouts win, its
+        """The run's options with this host's settings: its sudo, elevate and timeouts win, its
         skipped checks are added. (Its ssh_options go to the host's SshSettings.)"""
         timeouts: dict[str, Any] = dict(self.timeouts)
         return dataclasses.replace(
             options,
             sudo=options.sudo if self.sudo is None else self.sudo,
+            elevate=options.elevate if self.elevate is None else self.elevate,
             skip_checks=options.skip_checks | self.skip_checks,
             timeouts=dataclasses.replace(options.timeouts, **timeouts),
         )
@@ -110,6 +123,7 @@ def _parse_host(name: str, spec: object) -> InventoryHost:
         tags=frozenset(_tags(where, spec.get("tags", []))),
         ssh_options=tuple(_ssh_options(where, spec.get("ssh_options", []))),
         sudo=_optional_bool(where, "sudo", spec.get("sudo")),
+        elevate=_elevate(where, spec.get("elevate")),
         timeouts=_timeouts(where, spec.get("timeouts", {})),
         skip_checks=frozenset(_skip_checks(where, spec.get("skip_checks", []))),
     )
@@ -174,6 +188,14 @@ def _optional_bool(where: str, key: str, value: object) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise UsageError(f"{where}: {key!r} must be true or false, not {_kind(value)}")
     return value
+
+
+def _elevate(where: str, value: object) -> Elevate | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f'{where}: \'elevate\' must be "sudo" or "doas", not {_kind(value)}')
+    return Elevate.parse(value, f"{where}: 'elevate'")
 
 
 def _timeouts(where: str, value: object) -> dict[str, float]:

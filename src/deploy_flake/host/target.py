@@ -183,34 +183,6 @@ async def check_reused_connection(remote: Remote, expected: HostIdentity | None)
     return seen
 
 
-async def sudo_needs_password(remote: Remote) -> bool:
-    """Whether sudo asks this login for a password (False: it works without one).
-    A password given with --ask-sudo-password is tried once here: a wrong one stops the host."""
-    done = await run_checked(remote.with_sudo(True), ["true"], "checking sudo", root=True, timeout=30)
-    if done.ok:
-        return False
-    if remote.settings.sudo_password is None:
-        raise DeployError(
-            f"sudo does not work without a password for this user on {remote.dest.host} "
-            f"({done.last_lines(1)}): allow NOPASSWD sudo, log in as root, or give the password "
-            "with --ask-sudo-password"
-        )
-    try:
-        done = await remote.with_sudo(True, password=True).run(["true"], root=True, timeout=30)
-    except ProcessTimeout:
-        # sudo asked with a prompt of its own, not -p's (a PAM prompt other than "Password:"):
-        # the password is only ever sent after -p's prompt, so it waited for it in vain
-        raise DeployError(
-            f"checking the sudo password on {remote.dest.host} did not finish within 30s: the "
-            "password is sent only after the prompt deploy-flake gives sudo (-p), which replaces "
-            "only PAM's usual 'Password:' prompt (unless sudoers sets passprompt_override); "
-            "nothing was changed"
-        ) from None
-    if not done.ok:
-        raise DeployError(f"sudo on {remote.dest.host} did not accept the password: {done.last_lines(1)}")
-    return True
-
-
 async def boot_entry_problem(remote: Remote, deploy_id: str, profile_link: str) -> str | None:
     """Why the host's boot entry may not be the one the transaction deploy_id found (None:
     it is): the system profile is not profile_link any more, or the transaction wrote the

@@ -19,8 +19,10 @@ from pathlib import Path
 
 from deploy_flake import process
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, UsageError
-from deploy_flake.process import Answer, Completed, Dialogue, LineSink
+from deploy_flake.models import Elevate
+from deploy_flake.process import Completed, Dialogue, LineSink
 from deploy_flake.remote.destination import Destination
+from deploy_flake.remote.elevate import elevated, password_dialogue
 
 SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
 
@@ -32,10 +34,6 @@ DEFAULT_OPTIONS: tuple[str, ...] = (
     "ServerAliveCountMax=4",  # a dead connection is noticed within about 20 s
 )
 FRESH_CONNECTION: tuple[str, ...] = ("ControlMaster=no", "ControlPath=none")
-# sudo -S's prompt (a line of its own), and the line its command prints first: the two
-# points at which deploy-flake writes to the stdin of a command run through `sudo -S`.
-SUDO_PROMPT = "@@deploy-flake-sudo-password"
-SUDO_STARTED = "@@deploy-flake-sudo-started"
 
 
 def check_ssh_option(text: str) -> str:
@@ -65,8 +63,9 @@ class Remote:
 
     dest: Destination
     settings: SshSettings
-    sudo: bool = False
-    sudo_with_password: bool = False  # sudo asks this host's user for a password (sudo -S)
+    sudo: bool = False  # root's commands are elevated (through `elevate`)
+    sudo_with_password: bool = False  # sudo or doas asks this host's user for a password
+    elevate: Elevate = Elevate.SUDO
     control_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,7 +75,7 @@ class Remote:
     def with_sudo(self, sudo: bool, *, password: bool = False) -> Remote:
         """password: sudo needs one here (and the run has it): commands as root go through
         `sudo -S`, which gets it on stdin when it asks for it (see sudo_dialogue)."""
-        return Remote(self.dest, self.settings, sudo, sudo and password)
+        return Remote(self.dest, self.settings, sudo, sudo and password, self.elevate)
 
     # ------------------------------------------------------------ options
     def _options(self, *, first: Sequence[str] = (), multiplex: bool = True) -> list[str]:
@@ -97,60 +96,22 @@ class Remote:
     def command(self, argv: Sequence[str], *, root: bool = False, fresh: bool = False) -> list[str]:
         """ssh argv that runs argv on the host (quoted for the remote shell).
 
-        root: run through `sudo -n` when the login user is not root (never prompts).
+        root: run through `sudo -n` or `doas -n` (elevate) when the login user is not root (never
+        prompts), or `sudo -S` where sudo needs the password (see elevate.elevated).
         fresh: a brand-new connection, not the shared ControlMaster.
         """
         remote = list(argv)
-        if root and self.sudo_with_password:
-            # sudo -S reads a password from stdin only when it asks for one, and a rule
-            # (NOPASSWD for some commands) may let it ask for none: so stdin waits for the
-            # prompt (SUDO_PROMPT, then the password is sent) or for the command itself
-            # (SUDO_STARTED, printed as root: then the command's own stdin), see sudo_dialogue.
-            # -k: ignore a cached credential, so that the prompt comes whenever it is needed.
-            started = f'echo {SUDO_STARTED} >&2 && exec "$@"'
-            remote = [
-                "sudo",
-                "-S",
-                "-k",
-                "-p",
-                f"{SUDO_PROMPT}\n",
-                "--",
-                "/bin/sh",
-                "-c",
-                started,
-                "sh",
-                *remote,
-            ]
-        elif root and self.sudo:
-            remote = ["sudo", "-n", "--", *remote]
+        if root and self.sudo:
+            remote = elevated(remote, self.elevate, password=self.sudo_with_password)
         opts = self._options(first=FRESH_CONNECTION, multiplex=False) if fresh else self._options()
         return ["ssh", *opts, "-T", "--", self.dest.host, shlex.join(remote)]
 
     def sudo_dialogue(self, data: bytes | None) -> Dialogue:
-        """The stdin of a command built with command(argv, root=True) where sudo may ask for
-        the password: the password only once sudo asked for it (its prompt, SUDO_PROMPT, on
-        stderr), and the command's own stdin (data) only once the command runs (SUDO_STARTED).
-        A second prompt (a wrong password) is not answered: stdin is closed, sudo fails."""
+        """The stdin of a command built with command(argv, root=True) where sudo or doas may ask
+        for the password: see elevate.password_dialogue."""
         password = self.settings.sudo_password
         assert password is not None
-        asked = ended = False
-
-        def answer(line: str) -> Answer | None:
-            nonlocal asked, ended
-            if ended:
-                return None  # the command's own output from here on
-            if line == SUDO_PROMPT:
-                if asked:
-                    ended = True
-                    return Answer(close=True)
-                asked = True
-                return Answer(password + b"\n")
-            if line == SUDO_STARTED:
-                ended = True
-                return Answer(data or b"", close=True)
-            return None
-
-        return answer
+        return password_dialogue(self.elevate, password, data)
 
     def master_command(self, persist_s: int = 120) -> list[str]:
         """Opens the shared connection in the background (ssh -f), detached from our pipes."""
