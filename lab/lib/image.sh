@@ -168,6 +168,9 @@ image_initial_generation() {  # ROOTFS
         | sed 's/.*"out":"\([^"]*\)".*/\1/') || die "building the initial generation failed"
   chroot "$r" nix-env -p /nix/var/nix/profiles/system --set "$out"
   chroot "$r" "$out/bin/switch-to-configuration" boot 2>/dev/null || die "initial boot entry failed"
+  # its etc as its activation leaves it (sudoers, sshd_config, keys, wheel), before any boot
+  chroot "$r" "$out/activate" >/dev/null 2>&1 || die "activating the initial generation in the image failed"
+  rm -f "$r/run/current-system"
   say "initial generation: $out"
 }
 
