@@ -185,6 +185,10 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.5) -> bool:
 
 
 COMMANDS = ("deploy", "status", "plan", "rollback")
+# The lab's logins (lab/lib/image.sh, the fixture's sudoers): root; deploy, in wheel, whose
+# sudo needs no password; SUDO_USER, whose sudo asks for SUDO_PASSWORD.
+SUDO_USER = "sudopw"
+SUDO_PASSWORD = "Pw-7f3a9c-never-shown"
 # A confirmation window short enough for a test to wait out (the tests say "within 6s").
 CONFIRM = "--confirm-timeout=6s"
 # What a host answers anew after each boot.
@@ -219,21 +223,36 @@ def deploy(
     timeout: float = 600,
     deployer: Sequence[str] = LOCAL_DEPLOYER,
     input: str | None = None,
+    sudo_password: str | None = None,
 ) -> Deploy:
     """Runs deploy-flake as a user would (input: its stdin, e.g. --ask's answers), and reads
-    its --report."""
+    its --report. sudo_password: given on a pipe (--sudo-password-fd), as for SUDO_USER."""
     report_path = report or Path(f"/tmp/deploy-flake-test-report-{os.getpid()}-{time.monotonic_ns()}.json")
     cmd = args[:1] if args and args[0] in COMMANDS else ()
+    fds: tuple[int, ...] = ()
+    password_args: tuple[str, ...] = ()
+    if sudo_password is not None:
+        read_end, write_end = os.pipe()
+        os.write(write_end, sudo_password.encode() + b"\n")
+        os.close(write_end)
+        fds, password_args = (read_end,), ("--sudo-password-fd", str(read_end))
     argv = deploy_argv(
         *cmd,
         "--report",
         str(report_path),
+        *password_args,
         *args[len(cmd) :],
         ssh_config=ssh_config,
         flake=flake,
         deployer=deployer,
     )
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, input=input)
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, input=input, pass_fds=fds
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
     data: dict[str, object] = {}
     if report_path.exists():
         data = json.loads(report_path.read_text())

@@ -12,9 +12,21 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings, control_name
-from tests.lab import FIXTURE_FLAKE, HOSTS_DIR, SSH_CONFIG, Host, deploy, deploy_argv, lab
+from tests.lab import (
+    FIXTURE_FLAKE,
+    HOSTS_DIR,
+    SSH_CONFIG,
+    SUDO_PASSWORD,
+    SUDO_USER,
+    Host,
+    deploy,
+    deploy_argv,
+    lab,
+)
 
 
 def test_three_hosts_in_parallel(hosts: dict[str, Host]) -> None:
@@ -186,10 +198,15 @@ def test_two_long_aliases_with_one_prefix_each_reach_their_own_host(
         assert host.generations() == 2  # the image's and this deploy's: one transaction each
 
 
-def test_non_root_user_with_sudo(hosts: dict[str, Host]) -> None:
-    r = deploy("deploy@alpha")
+@pytest.mark.parametrize(
+    ("login", "password"), [("deploy", None), (SUDO_USER, SUDO_PASSWORD)], ids=["nopasswd", "sudo-password"]
+)
+def test_non_root_user_with_sudo(hosts: dict[str, Host], login: str, password: str | None) -> None:
+    """Both of the lab's sudo logins: deploy (wheel, NOPASSWD) and SUDO_USER, whose sudo asks
+    for its password (--sudo-password-fd)."""
+    r = deploy(f"{login}@alpha", sudo_password=password)
     assert r.returncode == 0, r.output
-    assert hosts["alpha"].profile() == r.host("deploy@alpha")["system"]
+    assert hosts["alpha"].profile() == r.host(f"{login}@alpha")["system"]
     # without sudo a non-root user cannot activate: a clear error, nothing changed
     r2 = deploy("--no-sudo", "nixos://deploy@beta/good")
     assert r2.returncode != 0

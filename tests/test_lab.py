@@ -9,7 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import FIXTURE_FLAKE, HOSTS_DIR, KNOWN_HOSTS, LAB_CMD, LAB_DIR, SSH_CONFIG, Host, deploy, lab
+from tests.lab import (
+    FIXTURE_FLAKE,
+    HOSTS_DIR,
+    KNOWN_HOSTS,
+    LAB_CMD,
+    LAB_DIR,
+    SSH_CONFIG,
+    SUDO_PASSWORD,
+    SUDO_USER,
+    Host,
+    deploy,
+    lab,
+)
 
 
 def test_hosts_come_up_healthy(hosts: dict[str, Host]) -> None:
@@ -24,6 +36,26 @@ def test_hosts_come_up_healthy(hosts: dict[str, Host]) -> None:
             "active",
             "active",
         ]
+
+
+def test_sudo_keys_and_sshd_belong_to_the_configuration(hosts: dict[str, Host]) -> None:
+    """As on NixOS: /etc/sudoers (a copy, no sudoers.d), the keys (/etc/ssh/authorized_keys.d/%u)
+    and /etc/ssh/sshd_config (a link into /etc/static) are the running system's."""
+    alpha = hosts["alpha"]
+    assert alpha.out("cmp /etc/sudoers /run/current-system/etc/sudoers && stat -c %a /etc/sudoers") == "440"
+    sudoers = alpha.out("cat /etc/sudoers")
+    assert "includedir" not in sudoers and "%wheel  ALL=(ALL:ALL) NOPASSWD:SETENV: ALL" in sudoers
+    assert alpha.out("readlink /etc/ssh/sshd_config") == "/etc/static/ssh/sshd_config"
+    assert alpha.out("systemctl show -p ExecStart sshd.service").count("-f /etc/ssh/sshd_config") == 1
+    assert alpha.out("ls /etc/ssh/authorized_keys.d").split() == ["deploy", "root", SUDO_USER]
+    assert alpha.out("ls /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys 2>/dev/null || true") == ""
+    assert alpha.out("id -nG deploy").split().count("wheel") == 1
+    # deploy's sudo needs no password, SUDO_USER's asks for the lab's
+    assert alpha.ssh("sudo -n true", user="deploy", check=False).returncode == 0
+    asked = alpha.ssh("sudo -n true", user=SUDO_USER, check=False)
+    assert asked.returncode == 1 and "password is required" in asked.stderr, asked.stderr
+    given = alpha.ssh("sudo -S -p '' id -u", user=SUDO_USER, input=SUDO_PASSWORD + "\n", check=False)
+    assert given.stdout.strip() == "0", given.stderr
 
 
 def test_strict_host_keys(hosts: dict[str, Host], tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 
-from tests.lab import CONFIRM, Host, clean_deploy_works, deploy
+import pytest
+
+from tests.lab import CONFIRM, SUDO_USER, Host, clean_deploy_works, deploy
 
 
 def test_lockout_rolls_back_by_itself(hosts: dict[str, Host]) -> None:
@@ -54,3 +56,36 @@ def test_a_configuration_that_breaks_sudo_is_rolled_back(hosts: dict[str, Host])
     assert res["outcome"] == "rolled-back" and "no confirmation" in str(res["error"]), res
     alpha.assert_clean_after(running=before, boot=before)
     assert alpha.ssh("sudo -n true", user="deploy", check=False).returncode == 0
+
+
+# Each configuration takes away, from the system's etc as NixOS would, one thing a fresh login
+# of the deployer needs; the login that needs it deploys it.
+TAKEN = [
+    ("no-key", "deploy", "test ! -e /etc/ssh/authorized_keys.d/deploy"),
+    ("no-wheel", "deploy", "! id -nG deploy | grep -qw wheel"),
+    ("no-root-login", "root", "grep -qx 'PermitRootLogin no' /etc/ssh/sshd_config"),
+    ("other-port", "root", "grep -qx 'Port 2222' /etc/ssh/sshd_config"),
+]
+
+
+@pytest.mark.parametrize(("config", "login", "taken"), TAKEN, ids=[t[0] for t in TAKEN])
+def test_a_configuration_that_takes_the_login_away_is_rolled_back(
+    hosts: dict[str, Host], config: str, login: str, taken: str
+) -> None:
+    alpha = hosts["alpha"]
+    before = alpha.current_system()
+    dest = f"nixos://{login}@alpha/{config}"
+    r = deploy(CONFIRM, dest)
+    assert r.returncode == 3, r.output
+    res = r.host(dest)
+    assert res["outcome"] == "rolled-back", res
+    assert "no confirmation over a new SSH connection" in str(res["error"]), res
+    activated = alpha.out(f"grep -c -- '-nixos-system-{config}-1$' /run/fixture-nixos/history || true")
+    assert activated != "0", "the configuration was never activated"
+    alpha.assert_clean_after(running=before, boot=before)
+    # the old system's etc is back: every login, its key, sudo and sshd's settings
+    assert alpha.ssh(taken, check=False).returncode != 0, f"{config}: the change is still there"
+    for user in ("root", "deploy", SUDO_USER):
+        assert alpha.ssh("true", user=user, check=False).returncode == 0, f"{user} cannot log in"
+    assert alpha.ssh("sudo -n true", user="deploy", check=False).returncode == 0
+    assert alpha.out("grep -x 'Port 22' /etc/ssh/sshd_config") == "Port 22"

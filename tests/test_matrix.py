@@ -19,7 +19,19 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import DEPLOYER_NIX, SID_VM_NAME, suite_host
-from tests.lab import BOOT_ID, CONFIRM, LOCAL_DEPLOYER, VM_SSH_CONFIG, Deploy, Host, deploy, lab, run_cli
+from tests.lab import (
+    BOOT_ID,
+    CONFIRM,
+    LOCAL_DEPLOYER,
+    SUDO_PASSWORD,
+    SUDO_USER,
+    VM_SSH_CONFIG,
+    Deploy,
+    Host,
+    deploy,
+    lab,
+    run_cli,
+)
 
 LOCAL_NIX = "2.8"  # this machine's (Debian 12) nix-bin: deploy-flake's local Nix calls
 
@@ -30,18 +42,22 @@ class Pair:
     suite: str
     target_nix: str
     systemd: str
+    login: str = "root"  # the good deploy's login: SUDO_USER gives sudo its password
 
     @property
     def id(self) -> str:
-        return f"deployer-nix-{self.deployer_nix}-target-nix-{self.target_nix}-systemd-{self.systemd}"
+        pair = f"deployer-nix-{self.deployer_nix}-target-nix-{self.target_nix}-systemd-{self.systemd}"
+        return pair if self.login == "root" else f"{pair}-{self.login}"
 
 
 # Every pair whose behaviour differs: the deployer's Nix writes the flake archive and the
 # copy's protocol end, the target's Nix builds and sets the profile (its CLI and warnings
 # changed between 2.8, 2.26 and 2.34), and the target's systemd runs the transaction.
+# The sid pair of this machine's Nix deploys as the lab's login whose sudo asks for a
+# password (--sudo-password-fd): the password path is one of the matrix's runs.
 PAIRS = [
     Pair(LOCAL_NIX, "trixie", "2.26", "257"),
-    Pair(LOCAL_NIX, "sid", "2.34", "262"),
+    Pair(LOCAL_NIX, "sid", "2.34", "262", login=SUDO_USER),
     Pair(DEPLOYER_NIX, "sid", "2.34", "262"),
 ]
 
@@ -52,9 +68,10 @@ class Target:
 
     host: Host
     deployer: Sequence[str]
+    login: str = "root"
 
-    def deploy(self, *args: str) -> Deploy:
-        return deploy(*args, deployer=self.deployer)
+    def deploy(self, *args: str, sudo_password: str | None = None) -> Deploy:
+        return deploy(*args, deployer=self.deployer, sudo_password=sudo_password)
 
     def cli(self, *args: str) -> tuple[int, str]:
         done = run_cli(*args, deployer=self.deployer)
@@ -85,16 +102,18 @@ def suite_target(request: pytest.FixtureRequest) -> Target:
     host = suite_host(pair.suite)
     _check_versions(host, pair)
     assert host.system_state() == "running", host.failed_units()
-    return Target(host, deployer)
+    return Target(host, deployer, pair.login)
 
 
 def test_matrix_a_good_deploy_commits_and_status_and_rollback_see_it(suite_target: Target) -> None:
     target = suite_target
     host, name = target.host, target.host.name
     base = host.current_system()
-    r = target.deploy("--settle-time=0", f"nixos://{name}/good")
+    dest = f"nixos://{target.login}@{name}/good"
+    password = SUDO_PASSWORD if target.login == SUDO_USER else None
+    r = target.deploy("--settle-time=0", dest, sudo_password=password)
     assert r.returncode == 0, r.output
-    res = r.host(f"nixos://{name}/good")
+    res = r.host(dest)
     assert res["outcome"] == "activated" and res["previous_system"] == base, res
     system = res["system"]
     assert isinstance(system, str) and system.endswith("nixos-system-good-1")

@@ -13,22 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import Host, deploy_argv
+from tests.lab import SUDO_PASSWORD, SUDO_USER, Host, deploy_argv
 
-PASSWORD = "Pw-7f3a9c-never-shown"
+PASSWORD = SUDO_PASSWORD
 WATCH_LOG = "/root/ps-watch.log"
 
 
 @pytest.fixture
 def delta(hosts: dict[str, Host]) -> Host:
-    """delta: the login `deploy`, whose sudo asks for its password."""
-    d = hosts["delta"]
-    d.ssh(
-        f"echo 'deploy:{PASSWORD}' | chpasswd && "
-        "echo 'deploy ALL=(ALL:ALL) ALL' > /etc/sudoers.d/deploy && "
-        "printf 'Defaults lecture=never\\n' > /etc/sudoers.d/zz-lab"
-    )
-    return d
+    """delta, whose lab login SUDO_USER's sudo asks for its password (the configuration's
+    sudoers: no sudoers.d, as on NixOS)."""
+    return hosts["delta"]
 
 
 def run_with_password(
@@ -75,7 +70,7 @@ def run_with_password(
 def test_a_sudo_password_is_used_and_never_shown(delta: Host, tmp_path: Path) -> None:
     before = delta.current_system()
     rc, out, report, processes = run_with_password(
-        tmp_path, PASSWORD, "--settle-time=0", "nixos://deploy@delta/good", watch=delta
+        tmp_path, PASSWORD, "--settle-time=0", f"nixos://{SUDO_USER}@delta/good", watch=delta
     )
     assert rc == 0, out
     res = report["hosts"][0]  # type: ignore[index]
@@ -90,11 +85,15 @@ def test_no_or_a_wrong_password_changes_nothing(delta: Host, tmp_path: Path) -> 
     before = delta.current_system()
     # without one: the message says how to give it
     done = subprocess.run(
-        deploy_argv("nixos://deploy@delta/good"), capture_output=True, text=True, timeout=300, check=False
+        deploy_argv(f"nixos://{SUDO_USER}@delta/good"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "--ask-sudo-password" in done.stdout + done.stderr
-    rc, out, report, _ = run_with_password(tmp_path, "not-the-password", "nixos://deploy@delta/good")
+    rc, out, report, _ = run_with_password(tmp_path, "not-the-password", f"nixos://{SUDO_USER}@delta/good")
     assert rc == 1, out
     assert "did not accept the password" in str(report["hosts"][0]["error"])  # type: ignore[index]
     assert "not-the-password" not in out
@@ -106,11 +105,14 @@ def test_the_password_never_reaches_a_command_sudo_runs_without_one(delta: Host,
     commands deploy-flake runs, so the password must not be written to them; before, it
     became the first line of the agent script and of the transaction's settings, executed
     as root and logged."""
-    delta.ssh("echo 'deploy ALL=(ALL) NOPASSWD: /bin/sh' > /etc/sudoers.d/zz-nopasswd-sh")
-    assert delta.ssh("su deploy -c 'sudo -n true'", check=False).returncode != 0  # a password for true
+    # the sudoers the activation copied, as an admin's edit of it (the next activation undoes it)
+    delta.ssh(f"echo '{SUDO_USER} ALL=(ALL) NOPASSWD: /bin/sh' >> /etc/sudoers")
+    assert delta.ssh(f"su {SUDO_USER} -c 'sudo -n true'", check=False).returncode != 0  # a password for true
     delta.ssh("journalctl --rotate --vacuum-time=1s >/dev/null 2>&1; true")
     before = delta.current_system()
-    rc, out, report, _ = run_with_password(tmp_path, PASSWORD, "--settle-time=0", "nixos://deploy@delta/good")
+    rc, out, report, _ = run_with_password(
+        tmp_path, PASSWORD, "--settle-time=0", f"nixos://{SUDO_USER}@delta/good"
+    )
     assert rc == 0, out
     res = report["hosts"][0]  # type: ignore[index]
     assert res["outcome"] == "activated", res

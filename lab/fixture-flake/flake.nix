@@ -94,14 +94,15 @@
         # a service crashes right after starting and is restarted every 2 s, forever:
         # it never enters "failed"
         crash-loop = mkSystem { hostName = "crash-loop"; extraUnits = [ units.crashLoop ]; };
-        # activation makes sudo ask the deploy user for a password
-        break-sudo = mkSystem {
-          hostName = "break-sudo";
-          activationExtra = ''
-            printf 'deploy ALL=(ALL) PASSWD: ALL\n' > /etc/sudoers.d/fixture-break
-            chmod 0440 /etc/sudoers.d/fixture-break
-          '';
-        };
+        # sudo asks the deploy user for a password (security.sudo.wheelNeedsPassword = true)
+        break-sudo = mkSystem { hostName = "break-sudo"; wheelNeedsPassword = true; };
+        # each takes away one thing a fresh login of the deployer needs, from the system's etc:
+        # deploy's key (/etc/ssh/authorized_keys.d/deploy), deploy's wheel membership (its
+        # sudo), root's login (PermitRootLogin no), sshd's port 22 (it listens on 2222)
+        no-key = mkSystem { hostName = "no-key"; keyUsers = [ "root" "sudopw" ]; };
+        no-wheel = mkSystem { hostName = "no-wheel"; wheel = [ ]; };
+        no-root-login = mkSystem { hostName = "no-root-login"; sshdSettings.PermitRootLogin = "no"; };
+        other-port = mkSystem { hostName = "other-port"; sshdSettings.Port = "2222"; };
         # a unit fails to start, and the system's sw/bin holds broken core tools: a
         # rollback that used the tools of the system it leaves would fail
         broken-tools = mkSystem {

@@ -27,20 +27,24 @@ let
   '';
 
   units = {
-    # sshd owned by the configuration, as on NixOS (services.openssh.enable)
-    sshd = mkUnit {
+    # sshd owned by the configuration, as on NixOS (services.openssh.enable): it reads
+    # /etc/ssh/sshd_config (the system's etc) and is restarted, not stopped, when that
+    # file changes (sshd.nix: restartTriggers, stopIfChanged = false)
+    sshd = sshdConfig: mkUnit {
       name = "sshd.service";
       text = ''
         [Unit]
         Description=SSH Daemon
         After=network.target lab-hostkey.service
+        X-Restart-Triggers=${sshdConfig}
         [Service]
-        ExecStartPre=/usr/sbin/sshd -t
-        ExecStart=/usr/sbin/sshd -D -e
+        ExecStartPre=/usr/sbin/sshd -t -f /etc/ssh/sshd_config
+        ExecStart=/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
         KillMode=process
         Restart=always
         RuntimeDirectory=sshd
         RuntimeDirectoryPreserve=yes
+        X-StopIfChanged=false
         [Install]
         WantedBy=multi-user.target
       '';
@@ -286,6 +290,52 @@ let
     echo "fixture initrd ${version} (not bootable)" > "$out/initrd"
   '';
 
+  # The lab's client key (a snakeoil key, like nixpkgs' nixos/tests/ssh-keys.nix: the lab
+  # is reached over loopback only); its private half is lab/image/lab-client-key.
+  labKey = builtins.replaceStrings [ "\n" ] [ "" ] (builtins.readFile ./lab-client-key.pub);
+
+  # /etc/sudoers as NixOS's security.sudo generates it (sudo.nix: no includedir, so no
+  # sudoers.d; the wheel rule from wheelNeedsPassword, then security.sudo.extraRules)
+  mkSudoers = { wheelNeedsPassword, extraRules }:
+    builtins.toFile "sudoers" (''
+      # Don't edit this file. Set the NixOS options 'security.sudo.configFile'
+      # or 'security.sudo.extraRules' instead.
+
+      # Keep SSH_AUTH_SOCK so that pam_ssh_agent_auth.so can do its magic.
+      Defaults env_keep+=SSH_AUTH_SOCK
+
+      # "root" is allowed to do anything.
+      root        ALL=(ALL:ALL) SETENV: ALL
+
+      # extraRules
+      %wheel  ALL=(ALL:ALL) ${if wheelNeedsPassword then "" else "NOPASSWD:"}SETENV: ALL
+    '' + builtins.concatStringsSep "" (map (r: "${r}\n") extraRules));
+
+  # /etc/ssh/sshd_config as NixOS's services.openssh writes it (sshd.nix: settings, the
+  # keys of /etc/ssh/authorized_keys.d/%u beside ~/.ssh/authorized_keys), plus the lab's
+  mkSshdConfig = settings:
+    let
+      all = {
+        Port = "22";
+        PermitRootLogin = "prohibit-password";
+        PasswordAuthentication = "no";
+        KbdInteractiveAuthentication = "no";
+        UseDNS = "no";
+        MaxStartups = "100:30:200";
+      } // settings;
+    in
+    builtins.toFile "sshd_config" (''
+      UsePAM yes
+      Banner none
+      AddressFamily any
+      X11Forwarding no
+      PrintMotd no
+      AuthorizedPrincipalsFile none
+      HostKey /etc/ssh/ssh_host_ed25519_key
+      AuthorizedKeysFile %h/.ssh/authorized_keys /etc/ssh/authorized_keys.d/%u
+      Subsystem sftp /usr/lib/openssh/sftp-server
+    '' + builtins.concatStringsSep "" (builtins.attrValues (builtins.mapAttrs (k: v: "${k} ${v}\n") all)));
+
   mkSystem =
     args@{ hostName
     , version ? "1"
@@ -304,11 +354,18 @@ let
     , preSwitchCheck ? "ok"        # "ok" | "fail": switch-to-configuration's pre-switch check
     , initInterface ? "2"          # what <toplevel>/init-interface-version says (after "systemd ")
     , specialisations ? { }        # NAME -> the arguments that differ from this system's
+    , wheelNeedsPassword ? false   # security.sudo.wheelNeedsPassword
+    , sudoRules ? [ "sudopw ALL=(ALL:ALL) SETENV: ALL" ]  # security.sudo.extraRules, as lines
+    , wheel ? [ "deploy" ]         # the members of group wheel (users.users.NAME.extraGroups)
+    , keyUsers ? [ "root" "deploy" "sudopw" ]  # users.users.NAME.openssh.authorizedKeys.keys: the lab's key
+    , sshdSettings ? { }           # services.openssh.settings over the lab's (Port, PermitRootLogin, ...)
     }:
     let
       app = mkApp appVersion;
       kernel = mkKernel kernelVersion;
-      defaultUnits = (if sshd then [ units.sshd ] else [ ]) ++ [ (units.app app) (units.oneshot app) ];
+      sshdConfig = mkSshdConfig sshdSettings;
+      sudoers = mkSudoers { inherit wheelNeedsPassword; extraRules = sudoRules; };
+      defaultUnits = (if sshd then [ (units.sshd sshdConfig) ] else [ ]) ++ [ (units.app app) (units.oneshot app) ];
       keep = u: !(builtins.elem u.unitName dropUnits);
       allUnits = builtins.filter keep defaultUnits ++ extraUnits;
       nixosVersion = "fixture-${version} (${hostName})";
@@ -319,7 +376,9 @@ let
         specialisations);
 
       etc = runSh "etc" {
-        inherit hostName nixosVersion;
+        inherit hostName nixosVersion keyUsers labKey sudoers;
+        sshdConfig = if sshd then sshdConfig else "";
+        wheel = builtins.concatStringsSep "," wheel;
         unitPaths = map (u: "${u}/${u.unitName}") allUnits;
         wants = map (u: "${u.wantedBy}/${u.unitName}") (builtins.filter (u: u.wantedBy != null) allUnits);
       } ''
@@ -333,6 +392,13 @@ let
         echo "$hostName" > "$out/etc/hostname"
         echo "$nixosVersion" > "$out/etc/fixture-nixos/version"
         : > "$out/etc/NIXOS"
+        # what security.sudo, services.openssh and users.users put in etc
+        cp "$sudoers" "$out/etc/sudoers"
+        mkdir -p "$out/etc/ssh/authorized_keys.d"
+        if [ -n "$sshdConfig" ]; then ln -s "$sshdConfig" "$out/etc/ssh/sshd_config"; fi
+        for u in $keyUsers; do printf '%s\n' "$labKey" > "$out/etc/ssh/authorized_keys.d/$u"; done
+        # the fixture's stand-in for update-users-groups.pl's spec: group wheel's members
+        printf '%s\n' "$wheel" > "$out/etc/fixture-nixos/wheel"
       '';
 
       sw = runSh "system-path" { inherit nixosVersion swExtra; } ''

@@ -5,6 +5,7 @@ LAB=${DEPLOY_FLAKE_LAB:-/var/tmp/deploy-flake-lab}
 LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
 KEY=$LAB/keys/id_ed25519
+LAB_SUDO_PASSWORD=Pw-7f3a9c-never-shown  # the lab user sudopw's (its sudo asks for it)
 MACHINE_KNOWN=$LAB/known_hosts  # the VMs' (they are the machine's, whatever the pool)
 # A pool (LAB_POOL, empty: the default one) is a set of nspawn hosts of its own beside the
 # others, names included (each test worker has its own alpha): its hosts, ssh config and

@@ -125,21 +125,22 @@ image_configure() {  # ROOTFS
   # sshd belongs to the NixOS-like configuration (sshd.service in the closure), not to Debian
   chroot "$r" systemctl disable ssh.service >/dev/null 2>&1 || true
   rm -f "$r"/etc/ssh/ssh_host_*
-  install -D -m 644 "$LAB_SRC/image/sshd-lab.conf" "$r/etc/ssh/sshd_config.d/lab.conf"
+  # /etc/ssh/sshd_config, /etc/sudoers and the users' keys belong to the configuration:
+  # its activation serves them from the system's etc (fixture-flake/scripts/activate.sh)
   install -D -m 755 "$LAB_SRC/image/lab-hostkey" "$r/usr/local/sbin/lab-hostkey"
   install -D -m 644 "$LAB_SRC/image/lab-hostkey.service" "$r/etc/systemd/system/lab-hostkey.service"
   chroot "$r" systemctl enable lab-hostkey.service >/dev/null 2>&1
   install -D -m 755 "$LAB_SRC/image/fixture-nixos-generator" "$r/etc/systemd/system-generators/fixture-nixos-generator"
 
-  [ -f "$KEY" ] || ssh-keygen -q -t ed25519 -N '' -C deploy-flake-lab -f "$KEY"
-  chroot "$r" useradd -m -s /bin/bash -G nix-users,sudo deploy
-  local h
-  for h in root home/deploy; do
-    install -d -m 700 "$r/$h/.ssh"
-    install -m 600 "$KEY.pub" "$r/$h/.ssh/authorized_keys"
-  done
-  chroot "$r" chown -R deploy: /home/deploy/.ssh
-  echo 'deploy ALL=(ALL:ALL) NOPASSWD: ALL' > "$r/etc/sudoers.d/deploy"; chmod 440 "$r/etc/sudoers.d/deploy"
+  # the lab's client key: the snakeoil pair whose public half the configurations carry
+  install -m 600 "$LAB_SRC/image/lab-client-key" "$KEY"
+  install -m 644 "$LAB_SRC/fixture-flake/lab-client-key.pub" "$KEY.pub"
+  # deploy: in wheel (NOPASSWD in the lab's sudoers); sudopw: its sudo rule needs its password
+  chroot "$r" groupadd wheel
+  chroot "$r" useradd -m -s /bin/bash -G nix-users,wheel deploy
+  chroot "$r" useradd -m -s /bin/bash -G nix-users sudopw
+  echo "sudopw:$LAB_SUDO_PASSWORD" | chroot "$r" chpasswd
+  rm -f "$r"/etc/sudoers.d/* "$r/etc/ssh/sshd_config" "$r"/etc/ssh/sshd_config.d/*
   chroot "$r" passwd -l root >/dev/null
 
   image_container_units "$r"
@@ -169,6 +170,9 @@ image_initial_generation() {  # ROOTFS
         | sed 's/.*"out":"\([^"]*\)".*/\1/') || die "building the initial generation failed"
   chroot "$r" nix-env -p /nix/var/nix/profiles/system --set "$out"
   chroot "$r" "$out/bin/switch-to-configuration" boot 2>/dev/null || die "initial boot entry failed"
+  # its etc as its activation leaves it (sudoers, sshd_config, keys, wheel), before any boot
+  chroot "$r" "$out/activate" >/dev/null 2>&1 || die "activating the initial generation in the image failed"
+  rm -f "$r/run/current-system"
   say "initial generation: $out"
 }
 
