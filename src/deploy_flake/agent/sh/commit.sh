@@ -1,6 +1,14 @@
 # ---------------------------------------------------------------- commit
 # The profile generation and the boot entry, putting them back, and the deploy's record.
 profile_generation() { readlink "$PROFILE" 2>/dev/null || true; }
+highest_generation() {  # the profile's highest generation number, 0 without one
+  hi=0
+  for l in "${PROFILE%/*}"/system-*-link; do
+    n=${l##*/system-}; n=${n%-link}
+    if is_uint "$n" && [ "$n" -gt "$hi" ]; then hi=$n; fi
+  done
+  echo "$hi"
+}
 
 # The profile and the boot entry as the deploy found them. The new
 # generation's link goes last: until the old boot entry is written again, the
@@ -27,6 +35,18 @@ restore_profile() {
   fi
   rm -f "$DIR/$BOOT_ENTRY_MARK"
   if [ -n "$new" ] && [ "$new" != "$old" ]; then rm -f "${PROFILE%/*}/$new"; fi
+  # a generation nix-env made just before the transaction was killed, before it was noted
+  # in new-generation: one above the highest there was, of NEW
+  before=$(cat "$DIR/highest-generation" 2>/dev/null)
+  if is_uint "$before"; then
+    for l in "${PROFILE%/*}"/system-*-link; do
+      n=${l##*/system-}; n=${n%-link}
+      if is_uint "$n" && [ "$n" -gt "$before" ] && [ "system-$n-link" != "$old" ] \
+          && [ "$(readlink -f "$l")" = "$NEW" ]; then
+        rm -f "$l"
+      fi
+    done
+  fi
   log "the system profile and the boot entry are back on $old"
   return 0
 }
@@ -51,6 +71,7 @@ commit() {  # profile generation + boot entry, undone if either step fails
   if [ -n "$GENERATION" ]; then  # a rollback: back to a generation the profile has
     timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --switch-generation "$GENERATION" 8>&-
   else
+    highest_generation > "$DIR/highest-generation"  # what is above it and NEW is ours
     timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --set "$NEW" 8>&-
   fi
   rc=$?
