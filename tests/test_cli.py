@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deploy_flake import app
+from deploy_flake import app, command_options
 from deploy_flake.cli import deploy_flake
 from deploy_flake.models import BuildOn, BuildPlace, DeployOptions, Job, RebootPolicy, Timeouts
 from deploy_flake.remote.destination import Destination
 
 
-def handed_over(monkeypatch: pytest.MonkeyPatch, *args: str, code: int = 0) -> app.Command:
+def handed_over(monkeypatch: pytest.MonkeyPatch, *args: str, code: int = 0) -> command_options.Command:
     """The command the CLI hands to app.run for this command line."""
-    seen: list[app.Command] = []
+    seen: list[command_options.Command] = []
 
-    def run(command: app.Command) -> int:
+    def run(command: command_options.Command) -> int:
         seen.append(command)
         return code
 
@@ -67,7 +67,7 @@ def test_every_deploy_option_reaches_the_deploy_layer(monkeypatch: pytest.Monkey
         *("--reboot-timeout", "17s", "--ask", "--canary", "1", "--max-failures", "2", "--all-or-nothing"),
         *("alpha", "nixos://beta/web"),
     )
-    assert isinstance(command, app.DeployCommand)
+    assert isinstance(command, command_options.DeployCommand)
     assert command.common.destinations == ("alpha", "nixos://beta/web")
     assert app._deploy_options(command) == DeployOptions(
         flake_dir=Path("/f"),
@@ -101,11 +101,11 @@ def test_every_deploy_option_reaches_the_deploy_layer(monkeypatch: pytest.Monkey
 
 def test_rollback_and_status_take_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
     rollback = handed_over(monkeypatch, "rollback", "--to", "7", "--reboot", "always", "--sudo", "alpha")
-    assert isinstance(rollback, app.RollbackCommand) and rollback.to == 7
+    assert isinstance(rollback, command_options.RollbackCommand) and rollback.to == 7
     options = app._deploy_options(rollback)
     assert (options.rollback_to, options.reboot, options.sudo) == (7, RebootPolicy.ALWAYS, True)
     status = handed_over(monkeypatch, "status", "--json", "--on", "@web", "--report", "/r.json")
-    assert isinstance(status, app.StatusCommand) and status.as_json
+    assert isinstance(status, command_options.StatusCommand) and status.as_json
     assert (status.common.selectors, status.common.report_path) == (("@web",), Path("/r.json"))
     builder = handed_over(monkeypatch, "plan", "--build-on", "root@builder", "alpha")
     assert app._deploy_options(builder).build_on == BuildOn(

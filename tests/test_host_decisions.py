@@ -14,7 +14,8 @@ from deploy_flake.deploy.reboot import reboot_wanted
 from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError
-from deploy_flake.host.target import ClosureFacts, HostFacts
+from deploy_flake.host.inspection import ClosureFacts
+from deploy_flake.host.target import HostFacts
 from deploy_flake.models import DeployOptions, HostResult, Job, RebootPolicy, Stage
 from deploy_flake.nix import Flake
 from deploy_flake.remote.destination import Destination

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from deploy_flake import nix
 from deploy_flake.agent.script import script
-from deploy_flake.host import target
+from deploy_flake.host import inspection
 
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 SOURCE = "/nix/store/" + "s" * 32 + "-source"
@@ -71,7 +71,14 @@ def test_copy_argv_both_directions() -> None:
 
 def test_closure_diff_argv() -> None:
     old = "/nix/store/" + "o" * 32 + "-nixos-system-web1"
-    assert target.closure_diff_argv(old, SYSTEM) == ["nix", *FEATURES, "store", "diff-closures", old, SYSTEM]
+    assert inspection.closure_diff_argv(old, SYSTEM) == [
+        "nix",
+        *FEATURES,
+        "store",
+        "diff-closures",
+        old,
+        SYSTEM,
+    ]
 
 
 def test_profile_commands_of_the_agent() -> None:

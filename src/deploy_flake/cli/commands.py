@@ -1,7 +1,7 @@
 """The commands: deploy (also of a bare `deploy-flake HOST...`), plan, rollback, status.
 
 Each takes its options as the groups' typed values (cli.options: common, build, activation,
-...), makes the app's command of them (app.DeployCommand, ...) and hands it to app.run, whose
+...), makes the app's command of them (command_options.DeployCommand, ...) and hands it to app.run, whose
 exit code ends the process.
 """
 
@@ -17,7 +17,7 @@ from deploy_flake.models import EXIT_USAGE
 from deploy_flake.output import messages
 
 if TYPE_CHECKING:
-    from deploy_flake import app
+    from deploy_flake import command_options
 
 _IMPLICIT_DEPLOY = "deploy_flake.implicit_deploy"
 
@@ -51,12 +51,12 @@ def main_group() -> None:
 @options.ROLLOUT
 def deploy(
     *,
-    common: app.CommonOptions,
-    build: app.BuildOptions,
-    activation: app.ActivationOptions,
-    reboot: app.RebootOptions,
+    common: command_options.CommonOptions,
+    build: command_options.BuildOptions,
+    activation: command_options.ActivationOptions,
+    reboot: command_options.RebootOptions,
     dry_activate: bool,
-    rollout: app.RolloutOptions,
+    rollout: command_options.RolloutOptions,
 ) -> None:
     """Deploy a flake's NixOS configurations to hosts over SSH.
 
@@ -78,9 +78,9 @@ def deploy(
             f"to deploy a host called {commands[0]}, say `deploy-flake deploy {commands[0]}`"
         )
         ctx.exit(EXIT_USAGE)
-    from deploy_flake import app  # here: see _run
+    from deploy_flake import command_options  # here: see _run
 
-    _run(app.DeployCommand(common, build, activation, reboot, rollout, dry_activate))
+    _run(command_options.DeployCommand(common, build, activation, reboot, rollout, dry_activate))
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
@@ -89,7 +89,12 @@ def deploy(
 @options.COMMON
 @options.BUILD
 @options.ACTIVATION
-def plan(*, common: app.CommonOptions, build: app.BuildOptions, activation: app.ActivationOptions) -> None:
+def plan(
+    *,
+    common: command_options.CommonOptions,
+    build: command_options.BuildOptions,
+    activation: command_options.ActivationOptions,
+) -> None:
     """Copy and build as a deploy would, and show per host what activating would change.
 
     Shows the closure difference against the running system, the units that would be
@@ -99,9 +104,9 @@ def plan(*, common: app.CommonOptions, build: app.BuildOptions, activation: app.
     deploy takes but --reboot and the rollout options; `deploy-flake --dry-activate`
     takes --canary, --max-failures and --all-or-nothing, and plans in the deploy's waves.
     """
-    from deploy_flake import app  # here: see _run
+    from deploy_flake import command_options  # here: see _run
 
-    _run(app.PlanCommand(common, build, activation))
+    _run(command_options.PlanCommand(common, build, activation))
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
@@ -114,9 +119,9 @@ def plan(*, common: app.CommonOptions, build: app.BuildOptions, activation: app.
 def rollback(
     *,
     rollback_to: int | None,
-    common: app.CommonOptions,
-    activation: app.ActivationOptions,
-    reboot: app.RebootOptions,
+    common: command_options.CommonOptions,
+    activation: command_options.ActivationOptions,
+    reboot: command_options.RebootOptions,
 ) -> None:
     """Return hosts to an earlier generation of their system profile.
 
@@ -124,9 +129,9 @@ def rollback(
     check, settle time, confirmation over a new SSH login, and only then the system
     profile and the boot entry. A rollback that fails is itself rolled back.
     """
-    from deploy_flake import app  # here: see _run
+    from deploy_flake import command_options  # here: see _run
 
-    _run(app.RollbackCommand(common, activation, reboot, to=rollback_to))
+    _run(command_options.RollbackCommand(common, activation, reboot, to=rollback_to))
 
 
 @main_group.command(context_settings=CONTEXT)
@@ -134,18 +139,18 @@ def rollback(
 @options.ON
 @options.COMMON
 @options.JSON
-def status(*, common: app.CommonOptions, as_json: bool) -> None:
+def status(*, common: command_options.CommonOptions, as_json: bool) -> None:
     """Show what every host runs: health, failed units, current, booted and profile
     systems with the generation, the last deploy, and whether a reboot is needed.
 
     An unreachable host is a row that says so. Exit 0 when every host answered.
     """
-    from deploy_flake import app  # here: see _run
+    from deploy_flake import command_options  # here: see _run
 
-    _run(app.StatusCommand(common, as_json=as_json))
+    _run(command_options.StatusCommand(common, as_json=as_json))
 
 
-def _run(command: app.Command) -> NoReturn:
+def _run(command: command_options.Command) -> NoReturn:
     """The app validates, runs and reports; its exit code is the process's. The app is
     imported only when a command runs: `--help` and bad usage stay quick (no asyncio, rich or
     Nix code)."""

@@ -2,7 +2,7 @@
 
 Each group is one decorator; a command stacks the groups it takes, and the order of the
 stack is the order of `--help`. A group hands its options to the command as one typed value
-(app.CommonOptions, app.BuildOptions, ...) under one keyword (common, build, ...); see
+(command_options.CommonOptions, ...) under one keyword (common, build, ...); see
 cli.params.
 """
 

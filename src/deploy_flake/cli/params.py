@@ -1,7 +1,7 @@
 """How the command line's options are read: their checks and conversions (callbacks), and
 the groups that hand a command its options as one typed value.
 
-A group's value is made by the app's dataclass (app.CommonOptions, ...); the app is imported
+A group's value is made by its dataclass (command_options.CommonOptions, ...), imported
 only when a command runs, so `--help` and bad usage stay quick.
 """
 
@@ -19,7 +19,7 @@ from deploy_flake.models import EXIT_USAGE, Elevate
 from deploy_flake.output import messages
 
 if TYPE_CHECKING:
-    from deploy_flake import app
+    from deploy_flake import command_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,10 +58,10 @@ def collected(
     return apply
 
 
-def _app() -> Any:
-    from deploy_flake import app
+def _options() -> Any:
+    from deploy_flake import command_options
 
-    return app
+    return command_options
 
 
 def run_or_skip(ctx: click.Context, param: click.Parameter, value: str) -> bool:
@@ -105,21 +105,21 @@ def specialisation(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
-def common_options(**values: Any) -> app.CommonOptions:
-    return _app().CommonOptions(**values)  # type: ignore[no-any-return]
+def common_options(**values: Any) -> command_options.CommonOptions:
+    return _options().CommonOptions(**values)  # type: ignore[no-any-return]
 
 
-def activation_options(**values: Any) -> app.ActivationOptions:
-    return _app().ActivationOptions(**values)  # type: ignore[no-any-return]
+def activation_options(**values: Any) -> command_options.ActivationOptions:
+    return _options().ActivationOptions(**values)  # type: ignore[no-any-return]
 
 
-def build_options(**values: Any) -> app.BuildOptions:
-    return _app().BuildOptions(**values)  # type: ignore[no-any-return]
+def build_options(**values: Any) -> command_options.BuildOptions:
+    return _options().BuildOptions(**values)  # type: ignore[no-any-return]
 
 
-def reboot_options(**values: Any) -> app.RebootOptions:
-    return _app().RebootOptions(**values)  # type: ignore[no-any-return]
+def reboot_options(**values: Any) -> command_options.RebootOptions:
+    return _options().RebootOptions(**values)  # type: ignore[no-any-return]
 
 
-def rollout_options(**values: Any) -> app.RolloutOptions:
-    return _app().RolloutOptions(**values)  # type: ignore[no-any-return]
+def rollout_options(**values: Any) -> command_options.RolloutOptions:
+    return _options().RolloutOptions(**values)  # type: ignore[no-any-return]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from deploy_flake.errors import DeployError
-from deploy_flake.host.target import ClosureFacts
+from deploy_flake.host.inspection import ClosureFacts
 
 # The units of the host's transactions (and their guard) are named so.
 OUR_UNITS = "deploy-flake-"

@@ -12,7 +12,7 @@ from deploy_flake.agent.protocol import gc_root
 from deploy_flake.deploy import checks
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError, WrongHost
-from deploy_flake.host import elevation, target
+from deploy_flake.host import elevation, inspection, target
 from deploy_flake.host.target import HostFacts, HostIdentity
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
 from deploy_flake.remote.destination import Destination
@@ -182,14 +182,14 @@ class HostJob(ABC):
             password = await elevation.sudo_needs_password(self.remote)
             self.remote = self.remote.with_sudo(True, password=password)
 
-    async def _inspect(self, toplevel: str, facts: HostFacts, *, preflight: bool) -> target.Inspection:
+    async def _inspect(self, toplevel: str, facts: HostFacts, *, preflight: bool) -> inspection.Inspection:
         """What the host says of the new system toplevel (its closure, what changes, its
         pre-activation check) and, with preflight, whether the running system is healthy."""
         self.stage(Stage.PREFLIGHT if preflight else Stage.CHECK)
         self.specialisation = checks.wanted_specialisation(
             self.opts.specialisation, facts.specialisation, activate_now=self.opts.test
         )
-        seen = await target.inspect(
+        seen = await inspection.inspect(
             self.remote,
             toplevel,
             facts.current_system,
@@ -203,7 +203,7 @@ class HostJob(ABC):
         self.stage(Stage.CHECK)
         return seen
 
-    def sanity_checks(self, c: target.ClosureFacts, facts: HostFacts) -> None:
+    def sanity_checks(self, c: inspection.ClosureFacts, facts: HostFacts) -> None:
         """The new system (result.system, or its specialisation to activate) is fit for the
         host, else a DeployError."""
         generation = (self.result.config or "N").split()[-1]  # a rollback's: "generation N"

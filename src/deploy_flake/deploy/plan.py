@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.errors import DeployError
-from deploy_flake.host import target
+from deploy_flake.host import inspection
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import HostPlan, Outcome, Stage
 
 
 async def show_plan(
-    job: HostJob, toplevel: str, facts: HostFacts, seen: target.Inspection, *, final: bool = True
+    job: HostJob, toplevel: str, facts: HostFacts, seen: inspection.Inspection, *, final: bool = True
 ) -> str:
     """plan: what activating toplevel would change; nothing is changed. The checks' verdict.
 
@@ -28,7 +28,7 @@ async def show_plan(
         job.line("units: not known: the new system's init starts only at a boot into it")
     else:
         activated = seen.closure.activates or toplevel  # its specialisation, when one is activated
-        units = await target.dry_activate(job.remote, activated, timeout=job.t.activation)
+        units = await inspection.dry_activate(job.remote, activated, timeout=job.t.activation)
     reboot = seen.closure.reboot_reasons
     job.result.plan = HostPlan(
         closure_changes=tuple(changes),

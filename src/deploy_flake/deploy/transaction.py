@@ -11,7 +11,7 @@ from deploy_flake.deploy.last_resort import reboot_to_previous
 from deploy_flake.deploy.plan import show_plan
 from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
 from deploy_flake.errors import DeployError
-from deploy_flake.host import target
+from deploy_flake.host import inspection
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import Outcome, RollbackFailurePolicy, Stage
 from deploy_flake.output.ask import Passage
@@ -105,7 +105,7 @@ class TransactionJob(HostJob):
                 raise DeployError(f"the new system has no executable {relpath} (--pre-activate-script)")
             return
         self.stage(Stage.PRE_ACTIVATE)
-        done = await target.run_pre_activate(
+        done = await inspection.run_pre_activate(
             self.remote, toplevel, relpath, timeout=self.t.pre_activate, on_line=self.line
         )
         for ln in done.stdout.splitlines():
