@@ -35,9 +35,10 @@ def _wants_vm(session: pytest.Session) -> bool:
 # has its own pool of hosts alpha..delta, so the halves run side by side), and the VM's tests
 # (named test_vm*), the matrix of newer suites and the pure unit test files beside them.
 # (xdist's own --dist loadgroup ignores the group marks with pytest 9, so the scheduler is
-# ours.) Two pools side by side once lost builds to signal 9: Nix kills every process of a
-# build user before a build, and nixbld1 was one uid in every container; the lab's Nix now
-# builds as root (lab/image/nix.conf).
+# ours.) Two pools side by side once lost builds to signal 9. One cause: Nix kills every
+# process of a build user before a build, and nixbld1 was one uid in every container; the
+# lab's Nix now builds as root (lab/image/nix.conf). A build killed by signal 9 was seen once
+# more since, in a second lab beside a CI run (2026-12-07): another cause is not excluded.
 _BESIDE_FILES = frozenset(
     {
         "test_vm.py",
