@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -326,3 +327,15 @@ class Background:
             data = json.loads(self.report_path.read_text())
             self.report_path.unlink()
         return Deploy(rc, self.output(), data)
+
+
+def fixture_flake_with(tmp_path: Path, extra_configs: str) -> Path:
+    """A copy of the fixture flake with more configurations (a test's own: a change to the
+    lab's flake would rebuild the image every pool shares)."""
+    flake = tmp_path / "flake"
+    shutil.copytree(FIXTURE_FLAKE, flake)
+    text = (flake / "flake.nix").read_text()
+    anchor = "\n      };\n\n      # the lab hosts as an inventory"
+    assert text.count(anchor) == 1
+    (flake / "flake.nix").write_text(text.replace(anchor, extra_configs + anchor))
+    return flake

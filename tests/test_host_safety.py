@@ -5,10 +5,18 @@ stream, a switch by someone else before an --all-or-nothing undo, and the build'
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from tests.lab import CONFIRM, FIXTURE_FLAKE, Background, Deploy, Host, deploy, system_of, wait_for
+from tests.lab import (
+    CONFIRM,
+    Background,
+    Deploy,
+    Host,
+    deploy,
+    fixture_flake_with,
+    system_of,
+    wait_for,
+)
 
 PROFILE = "/nix/var/nix/profiles/system"
 
@@ -32,13 +40,7 @@ EXTRA_CONFIGS = r"""
 
 
 def _flake(tmp_path: Path) -> Path:
-    flake = tmp_path / "flake"
-    shutil.copytree(FIXTURE_FLAKE, flake)
-    text = (flake / "flake.nix").read_text()
-    anchor = "\n      };\n\n      # the lab hosts as an inventory"
-    assert text.count(anchor) == 1
-    (flake / "flake.nix").write_text(text.replace(anchor, EXTRA_CONFIGS + anchor))
-    return flake
+    return fixture_flake_with(tmp_path, EXTRA_CONFIGS)
 
 
 def test_refused_while_nixos_rebuilds_switch_unit_with_a_suffix_runs(hosts: dict[str, Host]) -> None:

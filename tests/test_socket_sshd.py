@@ -9,11 +9,10 @@ fault only), and the shared connection (ControlMaster) is opened again."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from pathlib import Path
 
-from tests.lab import CONFIRM, FIXTURE_FLAKE, Host, clean_deploy_works, deploy, system_of
+from tests.lab import CONFIRM, Host, clean_deploy_works, deploy, fixture_flake_with, system_of
 
 SOCKET = "nixos://alpha/sshd-socket"
 SOCKET_V2 = "nixos://alpha/sshd-socket-v2"
@@ -32,13 +31,7 @@ EXTRA_CONFIGS = r"""
 
 
 def _flake(tmp_path: Path) -> Path:
-    flake = tmp_path / "flake"
-    shutil.copytree(FIXTURE_FLAKE, flake)
-    text = (flake / "flake.nix").read_text()
-    anchor = "\n      };\n\n      # the lab hosts as an inventory"
-    assert text.count(anchor) == 1
-    (flake / "flake.nix").write_text(text.replace(anchor, EXTRA_CONFIGS + anchor))
-    return flake
+    return fixture_flake_with(tmp_path, EXTRA_CONFIGS)
 
 
 def _on_socket(alpha: Host) -> str:
