@@ -329,6 +329,14 @@ class Background:
         return Deploy(rc, self.output(), data)
 
 
+def fixture_lib_into(directory: Path) -> None:
+    """What a flake of a test's own needs to `import ./lib.nix`: the library and every file it
+    reads (its scripts, the lab's client key)."""
+    shutil.copy(FIXTURE_FLAKE / "lib.nix", directory / "lib.nix")
+    shutil.copy(FIXTURE_FLAKE / "lab-client-key.pub", directory / "lab-client-key.pub")
+    shutil.copytree(FIXTURE_FLAKE / "scripts", directory / "scripts")
+
+
 def fixture_flake_with(tmp_path: Path, extra_configs: str) -> Path:
     """A copy of the fixture flake with more configurations (a test's own: a change to the
     lab's flake would rebuild the image every pool shares)."""

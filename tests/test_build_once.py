@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 from pathlib import Path
 
-from tests.lab import FIXTURE_FLAKE, Host, deploy, notes
+from tests.lab import Host, deploy, fixture_lib_into, notes
 
 
 def shared_flake(directory: Path) -> tuple[Path, str]:
     """A flake with one configuration, `shared`, that no store has seen yet."""
     nonce = secrets.token_hex(4)
-    shutil.copy(FIXTURE_FLAKE / "lib.nix", directory / "lib.nix")
-    shutil.copytree(FIXTURE_FLAKE / "scripts", directory / "scripts")
+    fixture_lib_into(directory)
     (directory / "flake.nix").write_text(
         '{ outputs = { self }: let fx = import ./lib.nix { system = "x86_64-linux"; }; in {\n'
         f'  nixosConfigurations.shared = fx.mkSystem {{ hostName = "shared"; version = "{nonce}"; }};\n'

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import suite_host
-from tests.lab import Host, deploy
+from tests.lab import SUDO_PASSWORD, SUDO_USER, Host, deploy
 from tests.test_sudo_password import run_with_password
 
 PASSWORD = "Pw-doas-5e1b-never-shown"
@@ -111,20 +111,20 @@ def test_sudo_rs_deploys_without_and_with_a_password(sid_rs: Host, tmp_path: Pat
     assert r.returncode == 0, r.output
     good = r.host(dest)["system"]
     assert r.host(dest)["outcome"] == "activated" and sid_rs.current_system() == good != before
-    # a rule with a password: sudo-rs -S -k -p, the password only after its prompt
-    sid_rs.ssh(
-        f"echo 'deploy:{PASSWORD}' | chpasswd && echo 'deploy ALL=(ALL:ALL) ALL' > /etc/sudoers.d/deploy"
-    )
+    # the configuration's rule with a password (SUDO_USER's, no NOPASSWD): sudo-rs -S -k -p,
+    # the password only after its prompt
     rc, out, report, processes = run_with_password(
-        tmp_path, PASSWORD, "--settle-time=0", f"nixos://deploy@{sid_rs.name}/base", watch=sid_rs
+        tmp_path, SUDO_PASSWORD, "--settle-time=0", f"nixos://{SUDO_USER}@{sid_rs.name}/base", watch=sid_rs
     )
     assert rc == 0, out
     res = report["hosts"][0]  # type: ignore[index]
     assert res["outcome"] == "activated", res
     assert sid_rs.current_system() == res["system"] != good
     for where, text in (("output, events and logs", out), ("report", json.dumps(report)), ("ps", processes)):
-        assert PASSWORD not in text, f"the password appears in the {where}"
-    rc, out, report, _ = run_with_password(tmp_path, "not-the-password", f"nixos://deploy@{sid_rs.name}/good")
+        assert SUDO_PASSWORD not in text, f"the password appears in the {where}"
+    rc, out, report, _ = run_with_password(
+        tmp_path, "not-the-password", f"nixos://{SUDO_USER}@{sid_rs.name}/good"
+    )
     assert rc == 1, out
     assert "did not accept the password" in str(report["hosts"][0]["error"])  # type: ignore[index]
     sid_rs.assert_clean_after(running=res["system"], boot=res["system"])

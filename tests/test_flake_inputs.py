@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.lab import FIXTURE_FLAKE, Host, deploy
+from tests.lab import Host, deploy, fixture_lib_into
 
 NIX = ["nix", "--extra-experimental-features", "nix-command flakes"]
 
@@ -21,8 +20,7 @@ NIX = ["nix", "--extra-experimental-features", "nix-command flakes"]
 def fixture_lib(directory: Path, nonce: str) -> Path:
     """The fixture's building blocks as a flake of their own (an input), unique to this test."""
     directory.mkdir()
-    shutil.copy(FIXTURE_FLAKE / "lib.nix", directory / "lib.nix")
-    shutil.copytree(FIXTURE_FLAKE / "scripts", directory / "scripts")
+    fixture_lib_into(directory)
     (directory / "flake.nix").write_text(
         f'{{ outputs = {{ self }}: {{ nonce = "{nonce}"; lib = import ./lib.nix; }}; }}\n'
     )

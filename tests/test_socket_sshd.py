@@ -24,8 +24,8 @@ EXTRA_CONFIGS = r"""
         sshd-socket-fail = mkSystem {
           hostName = "sshd-socket";
           version = "3";
-          sshd = false;
-          extraUnits = [ units.sshdSocket (units.sshdAt 2) units.failing ];
+          sshdSocket = 2;
+          extraUnits = [ units.failing ];
         };
 """
 

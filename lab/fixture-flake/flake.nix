@@ -131,12 +131,11 @@
         # sshd by socket (services.openssh.startWhenNeeded), and the same with a changed
         # sshd@.service ExecStart: switching to -v2 restarts the running sshd@ instances,
         # the deployer's own connections among them (nixops#460)
-        sshd-socket = mkSystem { hostName = "sshd-socket"; sshd = false; extraUnits = [ units.sshdSocket (units.sshdAt 1) ]; };
+        sshd-socket = mkSystem { hostName = "sshd-socket"; sshdSocket = 1; };
         sshd-socket-v2 = mkSystem {
           hostName = "sshd-socket";
           version = "2";
-          sshd = false;
-          extraUnits = [ units.sshdSocket (units.sshdAt 2) ];
+          sshdSocket = 2;
         };
         # sshd is not part of the configuration at all
         no-sshd = mkSystem { hostName = "no-sshd"; sshd = false; };

@@ -183,7 +183,7 @@ let
         Description=SSH Daemon
         After=network.target lab-hostkey.service
         [Service]
-        ExecStart=-/usr/sbin/sshd -i -e -o LogLevel=${if gen == 1 then "INFO" else "VERBOSE"}
+        ExecStart=-/usr/sbin/sshd -i -e -f /etc/ssh/sshd_config -o LogLevel=${if gen == 1 then "INFO" else "VERBOSE"}
         KillMode=process
         StandardInput=socket
         StandardError=journal
@@ -359,13 +359,19 @@ let
     , wheel ? [ "deploy" ]         # the members of group wheel (users.users.NAME.extraGroups)
     , keyUsers ? [ "root" "deploy" "sudopw" ]  # users.users.NAME.openssh.authorizedKeys.keys: the lab's key
     , sshdSettings ? { }           # services.openssh.settings over the lab's (Port, PermitRootLogin, ...)
+    , sshdSocket ? null            # services.openssh.startWhenNeeded: the sshd@ template's generation
     }:
     let
       app = mkApp appVersion;
       kernel = mkKernel kernelVersion;
       sshdConfig = mkSshdConfig sshdSettings;
       sudoers = mkSudoers { inherit wheelNeedsPassword; extraRules = sudoRules; };
-      defaultUnits = (if sshd then [ (units.sshd sshdConfig) ] else [ ]) ++ [ (units.app app) (units.oneshot app) ];
+      # startWhenNeeded keeps sshd_config and swaps sshd.service for sshd.socket + sshd@
+      sshdUnits =
+        if !sshd then [ ]
+        else if sshdSocket == null then [ (units.sshd sshdConfig) ]
+        else [ units.sshdSocket (units.sshdAt sshdSocket) ];
+      defaultUnits = sshdUnits ++ [ (units.app app) (units.oneshot app) ];
       keep = u: !(builtins.elem u.unitName dropUnits);
       allUnits = builtins.filter keep defaultUnits ++ extraUnits;
       nixosVersion = "fixture-${version} (${hostName})";
