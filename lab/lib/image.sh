@@ -138,6 +138,7 @@ image_configure() {  # ROOTFS
   done
   chroot "$r" chown -R deploy: /home/deploy/.ssh
   echo 'deploy ALL=(ALL:ALL) NOPASSWD: ALL' > "$r/etc/sudoers.d/deploy"; chmod 440 "$r/etc/sudoers.d/deploy"
+  image_nixos_paths "$r"
   chroot "$r" passwd -l root >/dev/null
 
   image_container_units "$r"
@@ -155,6 +156,29 @@ image_configure() {  # ROOTFS
   : > "$r/etc/machine-id"
 }
 
+# NixOS's PATHs and tools (lab/README.md, "Tools and PATHs"): a login's PATH is the system's
+# /etc/set-environment (wrappers, Nix profiles, /run/current-system/sw/bin), read by
+# /etc/profile and, for an ssh command, by bash's /etc/bash.bashrc (Debian's bash reads it
+# there, as NixOS's does); sudo keeps the caller's PATH (no secure_path); a unit's PATH is
+# only systemd's own bin/ (DefaultEnvironment, set by image_initial_generation: the booted
+# systemd's package). /usr/bin stays (Debian's packages live there) but is on no such PATH.
+# shellcheck disable=SC2016  # lines written for the hosts' shells, expanded there
+image_nixos_paths() {  # ROOTFS
+  local r=$1 f
+  ln -sfn /etc/static/set-environment "$r/etc/set-environment"
+  printf '%s\n' '# NixOS-like (deploy-flake lab): the PATH of every login is the system'"'"'s' \
+    '[ -r /etc/set-environment ] && . /etc/set-environment' \
+    'for i in /etc/profile.d/*.sh; do [ -r "$i" ] && . "$i"; done; unset i' > "$r/etc/profile"
+  f=$r/etc/bash.bashrc
+  { echo '# NixOS-like (deploy-flake lab): ssh commands and interactive shells get the system'"'"'s PATH'
+    echo 'if [ -z "${__NIXOS_SET_ENVIRONMENT_DONE:-}" ] && [ -r /etc/set-environment ]; then . /etc/set-environment; fi'
+    cat "$f"; } > "$f.new" && mv "$f.new" "$f"
+  sed -i '/secure_path/d' "$r/etc/sudoers"
+  # the lab's own unit (not the configuration's) keeps Debian's tools
+  mkdir -p "$r/etc/systemd/system/lab-hostkey.service.d"
+  printf '[Service]\nEnvironment=PATH=/usr/sbin:/usr/bin\n' > "$r/etc/systemd/system/lab-hostkey.service.d/path.conf"
+}
+
 # The generation every host boots into first: nixosConfigurations.base of the
 # fixture flake, built in the image's own store and made the boot default, so
 # every host has a previous configuration to return to.
@@ -167,6 +191,9 @@ image_initial_generation() {  # ROOTFS
         | sed 's/.*"out":"\([^"]*\)".*/\1/') || die "building the initial generation failed"
   chroot "$r" nix-env -p /nix/var/nix/profiles/system --set "$out"
   chroot "$r" "$out/bin/switch-to-configuration" boot 2>/dev/null || die "initial boot entry failed"
+  # a unit's PATH: only the systemd package's bin/, as NixOS patches systemd's DEFAULT_PATH_NORMAL
+  mkdir -p "$r/etc/systemd/system.conf.d"
+  printf '[Manager]\nDefaultEnvironment=PATH=%s/bin\n' "$(readlink "$r$out/systemd")" > "$r/etc/systemd/system.conf.d/lab-path.conf"
   say "initial generation: $out"
 }
 
