@@ -7,7 +7,8 @@
   # (with multi-user.target.wants), kernel, initrd, system, nixos-version,
   # sw/bin, and optionally pre-activate-safety-checks.
   # Builders use /bin/sh and the build host's coreutils, so the building host
-  # needs `sandbox = false` (Debian nix-bin's default).
+  # needs `sandbox = false` (Debian nix-bin's default); the tools' package (sw/bin) is
+  # copied from the build host's Debian packages (dpkg -L), once, in the image's store.
   description = "deploy-flake lab fixture: NixOS-like system closures, builtins only";
 
   outputs = { self }:

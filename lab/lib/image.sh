@@ -191,6 +191,12 @@ image_initial_generation() {  # ROOTFS
         | sed 's/.*"out":"\([^"]*\)".*/\1/') || die "building the initial generation failed"
   chroot "$r" nix-env -p /nix/var/nix/profiles/system --set "$out"
   chroot "$r" "$out/bin/switch-to-configuration" boot 2>/dev/null || die "initial boot entry failed"
+  # what its activation does to /etc and /bin, done here already: the generator activates the
+  # boot default at boot, but on sid (systemd 262) its writes to /etc and /bin did not happen
+  # (seen: /bin/sh still dash, no /etc/static after boot), only /run's; there a boot into
+  # another system keeps these two links until the next switch
+  ln -sfn "$out/etc" "$r/etc/static"
+  ln -sfn "$out/sw/bin/sh" "$r/bin/sh"
   # a unit's PATH: only the systemd package's bin/, as NixOS patches systemd's DEFAULT_PATH_NORMAL
   mkdir -p "$r/etc/systemd/system.conf.d"
   printf '[Manager]\nDefaultEnvironment=PATH=%s/bin\n' "$(readlink "$r$out/systemd")" > "$r/etc/systemd/system.conf.d/lab-path.conf"
