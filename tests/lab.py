@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -141,6 +142,17 @@ class Host:
         """A shell command inside the host without ssh (as on its console: works when a lockout
         stopped sshd); its output."""
         return lab("console", self.name, "--", "sh", "-c", command, timeout=60).stdout
+
+    def wrap_tool(self, tool: str, body: str) -> None:
+        """TOOL becomes a sh script running BODY ("$REAL": the real tool), for every fixture
+        system of the host: the file is replaced in the package that every system's sw/bin
+        links to (the store is writable by root in the lab; a reset undoes it)."""
+        self.ssh(
+            f'f=$(readlink -f /run/current-system/sw/bin/{tool}) && d=${{f%/*}} && chmod u+w "$d"'
+            f' && mv "$f" "$d/.{tool}-real"'
+            f' && printf "#!/bin/sh\\nREAL=%s\\n%s\\n" "$d/.{tool}-real" {shlex.quote(body)} > "$f"'
+            ' && chmod 555 "$f" && chmod u-w "$d"'
+        )
 
     def inject_fault(self, verb: str, system: str, count: int) -> None:
         """The fixture's switch-to-configuration VERB of SYSTEM fails COUNT more times."""

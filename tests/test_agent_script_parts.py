@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from importlib import resources
@@ -97,7 +98,16 @@ def test_the_units_stop_timeout_is_what_the_agent_computed_before() -> None:
 
 
 # ------------------------------------------------------------ the agent's own check
-def _agent_checks(tmp_path: Path, settings: str) -> str:
+def _shell(tmp_path: Path, name: str) -> str:
+    """The shell the agent runs under on a host: dash, or bash run as `sh` (POSIX mode, NixOS's)."""
+    if name == "dash":
+        return "/bin/dash" if Path("/bin/dash").exists() else pytest.skip("no dash here")
+    link = tmp_path / "sh"  # bash named sh: its POSIX mode, as NixOS's /bin/sh
+    link.symlink_to("/bin/bash")
+    return str(link)
+
+
+def _agent_checks(tmp_path: Path, settings: str, shell: str = "/bin/sh") -> str:
     """Runs the joined script's settings_problem on `settings` (the whole script, but for
     its dispatch on the verb): what it finds wrong, or "ok"."""
     text = script().decode()
@@ -110,7 +120,7 @@ def _agent_checks(tmp_path: Path, settings: str) -> str:
     agent.write_text(text[: -len(dispatch)] + driver)
     (tmp_path / "settings").write_text(settings)
     done = subprocess.run(
-        ["/bin/sh", str(agent), "check", "unit-test"],
+        [shell, str(agent), "check", "unit-test"],
         capture_output=True,
         text=True,
         check=True,
@@ -119,9 +129,24 @@ def _agent_checks(tmp_path: Path, settings: str) -> str:
     return done.stdout.strip()
 
 
-def test_the_agent_takes_the_deployers_settings(tmp_path: Path) -> None:
-    assert _agent_checks(tmp_path, _settings().encode().decode()) == "ok"
-    assert _agent_checks(tmp_path, _settings(mode=Mode.BOOT, settle_s=0).encode().decode()) == "ok"
+@pytest.mark.parametrize("shell", ["dash", "bash-posix"])
+def test_the_agent_takes_the_deployers_settings(tmp_path: Path, shell: str) -> None:
+    sh = _shell(tmp_path, shell)
+    assert _agent_checks(tmp_path, _settings().encode().decode(), sh) == "ok"
+    assert _agent_checks(tmp_path, _settings(mode=Mode.BOOT, settle_s=0).encode().decode(), sh) == "ok"
+    bad = _settings().encode().decode().replace("GUARD_S=", "GUARD_S=x")
+    assert _agent_checks(tmp_path, bad, sh).startswith("GUARD_S must be a whole number")
+
+
+@pytest.mark.parametrize("dialect", ["sh", "dash"])
+def test_the_agent_passes_shellcheck(dialect: str) -> None:
+    """As POSIX sh (what bash's POSIX mode runs, NixOS's /bin/sh) and as dash."""
+    if shutil.which("shellcheck") is None:
+        pytest.skip("no shellcheck here")
+    done = subprocess.run(
+        ["shellcheck", "-s", dialect, "-"], input=script(), capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stdout.decode()
 
 
 @pytest.mark.parametrize("key", ["RECOVERY_S", "GUARD_S"])

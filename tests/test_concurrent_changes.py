@@ -34,7 +34,7 @@ def test_refused_while_another_switch_runs(hosts: dict[str, Host]) -> None:
     )
     alpha.ssh("systemctl stop nixos-upgrade.service")
     alpha.ssh(
-        "mkdir -p /run/nixos && systemd-run --unit=other-switch"
+        "mkdir -p /run/nixos && systemd-run -E PATH --unit=other-switch"
         " flock /run/nixos/switch-to-configuration.lock sleep 120"
     )
     r = deploy("nixos://alpha/good")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from tests.lab import Background, Host, deploy, wait_for
 
 LOCK = "/run/nixos/switch-to-configuration.lock"
-HOLD_LOCK = f"mkdir -p /run/nixos && systemd-run --unit=other-switch flock {LOCK} sleep 120"
+HOLD_LOCK = f"mkdir -p /run/nixos && systemd-run -E PATH --unit=other-switch flock {LOCK} sleep 120"
 KEYED = (
     "fixture-stop-start",
     "fixture-no-restart",
@@ -117,7 +117,7 @@ def test_a_rollback_waits_for_another_switch_to_finish(hosts: dict[str, Host]) -
     bg = Background("--settle-time=10s", "nixos://alpha/good")
     assert wait_for(lambda: "checking" in alpha.transaction_states().values(), 60), bg.output()
     # another switch for 4 s, then a unit fails within the settle window: roll back
-    alpha.ssh(f"mkdir -p /run/nixos && systemd-run --unit=other-switch flock {LOCK} sleep 4")
+    alpha.ssh(f"mkdir -p /run/nixos && systemd-run -E PATH --unit=other-switch flock {LOCK} sleep 4")
     alpha.ssh("systemd-run --unit=fixture-boom sh -c 'exit 1'")
     r = bg.finish()
     assert r.returncode == 3, r.output
@@ -165,7 +165,8 @@ def test_unit_keys_and_socket_activation(hosts: dict[str, Host]) -> None:
     for kept in ("fixture-no-restart", "fixture-reload", "fixture-triggers", "fixture-keep"):
         assert after[kept] == before[kept], kept
     assert alpha.out("cat /run/fixture-reload.log /run/fixture-triggers.log").split() == ["reloaded"] * 2
-    assert alpha.out("systemctl show -p Environment --value fixture-no-restart.service") == "FIXTURE_GEN=2"
+    # (beside the PATH every fixture service gets, as NixOS's units do)
+    assert "FIXTURE_GEN=2" in alpha.out("systemctl show -p Environment --value fixture-no-restart.service").split()
     assert _active(alpha, "fixture-keep.service") == "active"  # X-StopOnRemoval=false
     assert _active(alpha, "fixture-gone.service") == "inactive"  # removed: stopped
     assert _active(alpha, "fixture-echo.service") == "inactive"  # socket-activated: only stopped

@@ -54,12 +54,8 @@ def test_ctrl_c_while_waiting_for_confirmation(hosts: dict[str, Host]) -> None:
 def test_ctrl_c_while_systemd_run_starts_the_transaction(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     before = alpha.current_system()
-    # a slow systemd-run, ahead of the real one on the agent's PATH
-    wrapper = 'touch /run/fixture-systemd-run-called; sleep 4; exec /usr/bin/systemd-run "$@"'
-    alpha.ssh(
-        f"printf '#!/bin/sh\\n%s\\n' '{wrapper}' > /usr/local/sbin/systemd-run"
-        " && chmod 755 /usr/local/sbin/systemd-run"
-    )
+    # a slow systemd-run, in place of the real one that the agent's PATH leads to
+    alpha.wrap_tool("systemd-run", 'touch /run/fixture-systemd-run-called; sleep 4; exec "$REAL" "$@"')
     bg = Background(CONFIRM, "nixos://alpha/good")
     called = "test -e /run/fixture-systemd-run-called"
     assert wait_for(lambda: alpha.ssh(called, check=False).returncode == 0, 90)

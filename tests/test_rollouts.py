@@ -106,13 +106,10 @@ def test_interrupted_twice_during_the_all_or_nothing_undo_reports_every_host(
     base = alpha.current_system()
     # the undo's transaction (its id ends in u-N) takes a while to start: a window for the
     # two Ctrl-Cs, while the deployer waits for the host's answer to the first
-    wrapper = (
+    alpha.wrap_tool(
+        "systemd-run",
         'case "$*" in *--unit=deploy-flake-*u-[0-9]" "*) touch /run/fixture-undo-starting; sleep 6;; esac; '
-        'exec /usr/bin/systemd-run "$@"'
-    )
-    alpha.ssh(
-        f"printf '#!/bin/sh\\n%s\\n' '{wrapper}' > /usr/local/sbin/systemd-run"
-        " && chmod 755 /usr/local/sbin/systemd-run"
+        'exec "$REAL" "$@"',
     )
     bg = Background(
         CONFIRM, "--settle-time=0", "--all-or-nothing", "nixos://alpha/good", "nixos://beta/fail-activation"

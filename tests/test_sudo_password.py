@@ -35,7 +35,8 @@ def run_with_password(
     logs = tmp_path / "logs"
     if watch is not None:
         watch.ssh(
-            f"systemd-run --unit=ps-watch sh -c 'while :; do ps -eo args; sleep 0.05; done > {WATCH_LOG}'"
+            "systemd-run -E PATH --unit=ps-watch"
+            f" sh -c 'while :; do ps -eo args; sleep 0.05; done > {WATCH_LOG}'"
         )
     read_end, write_end = os.pipe()
     os.write(write_end, password.encode() + b"\n")

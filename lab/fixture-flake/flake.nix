@@ -7,7 +7,8 @@
   # (with multi-user.target.wants), kernel, initrd, system, nixos-version,
   # sw/bin, and optionally pre-activate-safety-checks.
   # Builders use /bin/sh and the build host's coreutils, so the building host
-  # needs `sandbox = false` (Debian nix-bin's default).
+  # needs `sandbox = false` (Debian nix-bin's default); the tools' package (sw/bin) is
+  # copied from the build host's Debian packages (dpkg -L), once, in the image's store.
   description = "deploy-flake lab fixture: NixOS-like system closures, builtins only";
 
   outputs = { self }:
@@ -91,6 +92,13 @@
         # switch-to-configuration's pre-switch check fails: every verb exits 1
         # (unless NIXOS_NO_CHECK=1)
         pre-switch-fail = mkSystem { hostName = "pre-switch-fail"; preSwitchCheck = "fail"; };
+        # sw/bin's tools record which system's tool ran (/run/fixture-tools/log), for the
+        # check that the agent takes every tool, and its shell, from the previous system
+        tool-shims-a = mkSystem { hostName = "tool-shims-a"; toolShims = true; };
+        tool-shims-b = mkSystem { hostName = "tool-shims-b"; toolShims = true; };
+        # the same, with dash as sh (and so /bin/sh once active): the agent, which re-runs itself
+        # with the previous system's sh, runs under dash when this system was the previous one
+        tool-shims-dash = mkSystem { hostName = "tool-shims-dash"; toolShims = true; binsh = "dash"; };
         # a service crashes right after starting and is restarted every 2 s, forever:
         # it never enters "failed"
         crash-loop = mkSystem { hostName = "crash-loop"; extraUnits = [ units.crashLoop ]; };
@@ -110,6 +118,7 @@
           extraUnits = [ units.failing ];
           swExtra = ''
             for t in systemctl timeout sleep cat readlink flock awk sort comm tr sed stat nix-env ln mv rm; do
+              rm -f "$out/bin/$t"  # a link into the tools' package
               printf '#!/bin/sh\necho "broken-tools: $0 must not be used" >&2\nexit 97\n' > "$out/bin/$t"
               chmod 0555 "$out/bin/$t"
             done

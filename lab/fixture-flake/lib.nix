@@ -8,11 +8,46 @@ let
     PATH = "/usr/bin:/bin";
   } // env);
 
+  # The image's tools, as NixOS's packages (coreutils, util-linux, findutils, awk, grep,
+  # sed, systemd, nix, bash, ...): copies of the binaries the image's Debian packages put in
+  # /usr/bin and /usr/sbin, built once in the image's own store (its first generation
+  # pulls them in), so a host never builds them again; `sh` is bash, as NixOS's binsh.
+  # systemd's own binaries are a package of their own (`systemd`): a transient unit's
+  # PATH is only its bin/, as NixOS's systemd is patched to have (DEFAULT_PATH_NORMAL).
+  # No sudo: NixOS runs it from /run/wrappers/bin (setuid), which activate links.
+  copyBins = name: pkgs: extra: runSh name { inherit pkgs extra; } ''
+    mkdir -p "$out/bin"
+    for p in $pkgs; do
+      dpkg -L "$p" | grep -E '^(/usr)?/s?bin/[^/]+$' | while read -r f; do
+        b=''${f##*/}
+        [ -e "$out/bin/$b" ] || [ -L "$out/bin/$b" ] || cp -P "$f" "$out/bin/$b"
+      done
+    done
+    eval "$extra"
+  '';
+  systemdPkg = copyBins "systemd-fixture" "systemd systemd-sysv" "";
+  tools = copyBins "tools-fixture"
+    "coreutils util-linux mount bsdutils findutils mawk grep sed bash dash diffutils gzip xz-utils procps iproute2 hostname kmod nix-bin login passwd tar zstd less ncurses-bin"
+    ''
+      for f in ${systemdPkg}/bin/*; do ln -sfn "$f" "$out/bin/''${f##*/}"; done
+      ln -sfn mawk "$out/bin/awk"
+      ln -sfn bash "$out/bin/sh"
+      # Debian's alternatives (/etc/alternatives/...) are not part of a store path: resolve them
+      for f in "$out"/bin/*; do
+        case $(readlink "$f") in /etc/alternatives/*) cp -P "$(readlink -f "$f")" "$f.new" 2>/dev/null && mv -f "$f.new" "$f" || rm -f "$f" ;; esac
+      done
+    '';
+  toolsPath = "${tools}/bin";
+
   # one systemd unit file in its own store path, like NixOS's unit-*.drv
   # (a store path name has no "@": a template sshd@.service is unit-sshd-.service, as in NixOS)
-  # (wantedBy = null: wanted by nothing, like a socket-activated service)
+  # (wantedBy = null: wanted by nothing, like a socket-activated service). Every service
+  # gets NixOS's default unit PATH (the packages, never /usr/bin).
   mkUnit = { name, text, version ? "1.0", wantedBy ? "multi-user.target" }:
-    (runSh "unit-${builtins.replaceStrings [ "@" ] [ "-" ] name}-${version}" { unitName = name; unitText = text; } ''
+    (runSh "unit-${builtins.replaceStrings [ "@" ] [ "-" ] name}-${version}" {
+      unitName = name;
+      unitText = builtins.replaceStrings [ "[Service]\n" ] [ "[Service]\nEnvironment=PATH=${toolsPath}\n" ] text;
+    } ''
       mkdir -p "$out"
       printf '%s\n' "$unitText" > "$out/$unitName"
     '') // { unitName = name; inherit wantedBy; };
@@ -351,6 +386,8 @@ let
     , failBoot ? false             # `switch-to-configuration boot` fails
     , bootDelay ? 0                # seconds `switch-to-configuration boot` takes
     , swExtra ? ""                 # shell appended to the build of sw/ ($out is sw)
+    , toolShims ? false            # sw/bin's tools are shims that record who ran them
+    , binsh ? "bash"               # what sw/bin/sh (and so /bin/sh once active) runs: bash or dash
     , preSwitchCheck ? "ok"        # "ok" | "fail": switch-to-configuration's pre-switch check
     , initInterface ? "2"          # what <toplevel>/init-interface-version says (after "systemd ")
     , specialisations ? { }        # NAME -> the arguments that differ from this system's
@@ -385,6 +422,7 @@ let
         inherit hostName nixosVersion keyUsers labKey sudoers;
         sshdConfig = if sshd then sshdConfig else "";
         wheel = builtins.concatStringsSep "," wheel;
+        setEnvironment = builtins.readFile ./scripts/set-environment.sh;
         unitPaths = map (u: "${u}/${u.unitName}") allUnits;
         wants = map (u: "${u.wantedBy}/${u.unitName}") (builtins.filter (u: u.wantedBy != null) allUnits);
       } ''
@@ -405,17 +443,36 @@ let
         for u in $keyUsers; do printf '%s\n' "$labKey" > "$out/etc/ssh/authorized_keys.d/$u"; done
         # the fixture's stand-in for update-users-groups.pl's spec: group wheel's members
         printf '%s\n' "$wheel" > "$out/etc/fixture-nixos/wheel"
+        printf '%s\n' "$setEnvironment" > "$out/etc/set-environment"
       '';
 
-      sw = runSh "system-path" { inherit nixosVersion swExtra; } ''
+      # NixOS's system-path (a buildEnv): sw/bin is this system's own directory of links
+      # into the packages; with toolShims, of shims that record which system's tool ran
+      # (as "HOSTNAME TOOL CALLER'S-EXECUTABLE CALLER'S-COMMAND-LINE" lines in /run/fixture-tools/log)
+      sw = runSh "system-path" {
+        inherit nixosVersion swExtra hostName binsh;
+        tools = toolsPath;
+        shim = if toolShims then builtins.readFile ./scripts/tool-shim.sh else "";
+      } ''
         mkdir -p "$out/bin"
+        for f in "$tools"/*; do
+          t=''${f##*/}
+          if [ -n "$shim" ]; then
+            { echo "#!$tools/bash"; echo "HOST=$hostName TOOL=$t REAL=$f"; printf '%s\n' "$shim"; } > "$out/bin/$t"
+            chmod 0555 "$out/bin/$t"
+          else
+            ln -s "$f" "$out/bin/$t"
+          fi
+        done
+        if [ "$binsh" != bash ]; then rm "$out/bin/sh"; ln -s "$tools/$binsh" "$out/bin/sh"; fi
         printf '#!/bin/sh\necho "%s"\n' "$nixosVersion" > "$out/bin/nixos-version"
         chmod 0555 "$out/bin/nixos-version"
         eval "$swExtra"
       '';
 
       toplevel = runSh "nixos-system-${hostName}-${version}" {
-        inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType initInterface children;
+        inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType initInterface children toolsPath;
+        systemd = systemdPkg;
         precheckEnabled = if precheck == null then "" else "1";
         failBoot = if failBoot then "1" else "";
         preSwitchFail = if preSwitchCheck == "fail" then "1" else "";
@@ -428,6 +485,7 @@ let
         mkdir -p "$out/bin"
         ln -s "$etc/etc" "$out/etc"
         ln -s "$sw" "$out/sw"
+        ln -s "$systemd" "$out/systemd"
         ln -s "$kernel/bzImage" "$out/kernel"
         ln -s "$kernel/initrd" "$out/initrd"
         ln -s "$kernel/lib/modules" "$out/kernel-modules"
@@ -441,8 +499,8 @@ let
         fi
         for d in $extraDeps; do echo "$d"; done > "$out/extra-dependencies"
 
-        { echo '#!/bin/sh'; echo "systemConfig=$out"; printf '%s\n' "$activateScript"; printf '%s\n' "$activationExtra"; } > "$out/activate"
-        { echo '#!/bin/bash'; echo "out=$out"; echo "failBoot=$failBoot"; echo "bootDelay=$bootDelay"; echo "preSwitchFail=$preSwitchFail"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
+        { echo '#!/bin/sh'; echo "systemConfig=$out"; echo "PATH=$toolsPath"; printf '%s\n' "$activateScript"; printf '%s\n' "$activationExtra"; } > "$out/activate"
+        { echo '#!/bin/bash'; echo "out=$out"; echo "toolsPath=$toolsPath"; echo "failBoot=$failBoot"; echo "bootDelay=$bootDelay"; echo "preSwitchFail=$preSwitchFail"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
         { echo '#!/bin/sh'; echo "echo 'fixture init: stage 2 is emulated by the lab image' >&2; exit 1"; } > "$out/init"
         chmod 0555 "$out/activate" "$out/bin/switch-to-configuration" "$out/init"
 
@@ -461,5 +519,5 @@ let
     };
 in
 {
-  inherit mkSystem mkUnit units keyed failingDrv slowDrv mkKernel runSh;
+  inherit mkSystem mkUnit units keyed failingDrv slowDrv mkKernel runSh tools systemdPkg;
 }

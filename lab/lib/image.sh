@@ -141,6 +141,7 @@ image_configure() {  # ROOTFS
   chroot "$r" useradd -m -s /bin/bash -G nix-users sudopw
   echo "sudopw:$LAB_SUDO_PASSWORD" | chroot "$r" chpasswd
   rm -f "$r"/etc/sudoers.d/* "$r/etc/ssh/sshd_config" "$r"/etc/ssh/sshd_config.d/*
+  image_nixos_paths "$r"
   chroot "$r" passwd -l root >/dev/null
 
   image_container_units "$r"
@@ -158,6 +159,29 @@ image_configure() {  # ROOTFS
   : > "$r/etc/machine-id"
 }
 
+# NixOS's PATHs and tools (lab/README.md, "Tools and PATHs"): a login's PATH is the system's
+# /etc/set-environment (wrappers, Nix profiles, /run/current-system/sw/bin), read by
+# /etc/profile and, for an ssh command, by bash's /etc/bash.bashrc (Debian's bash reads it
+# there, as NixOS's does); sudo keeps the caller's PATH (no secure_path); a unit's PATH is
+# only systemd's own bin/ (DefaultEnvironment, set by image_initial_generation: the booted
+# systemd's package). /usr/bin stays (Debian's packages live there) but is on no such PATH.
+# shellcheck disable=SC2016  # lines written for the hosts' shells, expanded there
+image_nixos_paths() {  # ROOTFS
+  local r=$1 f
+  ln -sfn /etc/static/set-environment "$r/etc/set-environment"
+  printf '%s\n' '# NixOS-like (deploy-flake lab): the PATH of every login is the system'"'"'s' \
+    '[ -r /etc/set-environment ] && . /etc/set-environment' \
+    'for i in /etc/profile.d/*.sh; do [ -r "$i" ] && . "$i"; done; unset i' > "$r/etc/profile"
+  f=$r/etc/bash.bashrc
+  { echo '# NixOS-like (deploy-flake lab): ssh commands and interactive shells get the system'"'"'s PATH'
+    echo 'if [ -z "${__NIXOS_SET_ENVIRONMENT_DONE:-}" ] && [ -r /etc/set-environment ]; then . /etc/set-environment; fi'
+    cat "$f"; } > "$f.new" && mv "$f.new" "$f"
+  sed -i '/secure_path/d' "$r/etc/sudoers"
+  # the lab's own unit (not the configuration's) keeps Debian's tools
+  mkdir -p "$r/etc/systemd/system/lab-hostkey.service.d"
+  printf '[Service]\nEnvironment=PATH=/usr/sbin:/usr/bin\n' > "$r/etc/systemd/system/lab-hostkey.service.d/path.conf"
+}
+
 # The generation every host boots into first: nixosConfigurations.base of the
 # fixture flake, built in the image's own store and made the boot default, so
 # every host has a previous configuration to return to.
@@ -173,6 +197,15 @@ image_initial_generation() {  # ROOTFS
   # its etc as its activation leaves it (sudoers, sshd_config, keys, wheel), before any boot
   chroot "$r" "$out/activate" >/dev/null 2>&1 || die "activating the initial generation in the image failed"
   rm -f "$r/run/current-system"
+  # what its activation does to /etc and /bin, done here already: the generator activates the
+  # boot default at boot, but on sid (systemd 262) its writes to /etc and /bin did not happen
+  # (seen: /bin/sh still dash, no /etc/static after boot), only /run's; there a boot into
+  # another system keeps these two links until the next switch
+  ln -sfn "$out/etc" "$r/etc/static"
+  ln -sfn "$out/sw/bin/sh" "$r/bin/sh"
+  # a unit's PATH: only the systemd package's bin/, as NixOS patches systemd's DEFAULT_PATH_NORMAL
+  mkdir -p "$r/etc/systemd/system.conf.d"
+  printf '[Manager]\nDefaultEnvironment=PATH=%s/bin\n' "$(readlink "$r$out/systemd")" > "$r/etc/systemd/system.conf.d/lab-path.conf"
   say "initial generation: $out"
 }
 

@@ -1,6 +1,7 @@
 # shellcheck shell=sh disable=SC2154  # systemConfig is set by the builder
 # Fixture <toplevel>/activate, like NixOS's: points /etc/static and
-# /run/current-system at this system. $systemConfig is set by the builder.
+# /run/current-system at this system. $systemConfig and PATH (the tools' package, never
+# /usr/bin nor the system's sw/bin: NixOS's activation script sets its own) are set by the builder.
 echo "fixture: setting up /etc/static and /run/current-system..." >&2
 mkdir -p /etc /run
 ln -sfn "$systemConfig/etc" /etc/static.tmp && mv -T /etc/static.tmp /etc/static
@@ -26,4 +27,16 @@ for f in "$systemConfig"/etc/ssh/authorized_keys.d/*; do
 done
 # group wheel's members, as update-users-groups.pl writes /etc/group from users.users
 gpasswd -M "$(cat "$systemConfig/etc/fixture-nixos/wheel")" wheel >/dev/null
+# NixOS's binsh snippet: /bin/sh is this system's bash (run as sh), re-pointed by every activation
+[ -d /bin ] || mkdir -m 0755 /bin
+ln -sfn "$systemConfig/sw/bin/sh" /bin/.sh.tmp && mv -T /bin/.sh.tmp /bin/sh
+# NixOS's security wrappers: sudo is run from /run/wrappers/bin (no sudo in sw/bin)
+mkdir -p /run/wrappers/bin
+[ -e /run/wrappers/bin/sudo ] || ln -sfn /usr/bin/sudo /run/wrappers/bin/sudo
+# where the shims of a toolShims system record which system's tool ran (any user)
+[ -d /run/fixture-tools ] || mkdir -m 1777 /run/fixture-tools
+# doas, and sudo-rs where the suite has it: from /run/wrappers/bin too (--elevate)
+for w in doas sudo-rs; do
+  if [ -e "/usr/bin/$w" ] && [ ! -e "/run/wrappers/bin/$w" ]; then ln -sfn "/usr/bin/$w" "/run/wrappers/bin/$w"; fi
+done
 # ---- per-configuration activation snippets follow ----

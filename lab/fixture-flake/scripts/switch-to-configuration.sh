@@ -36,7 +36,8 @@
 # active targets (the fixture's configurations carry no target units); the
 # "finished switching" line also goes to stderr (ng: syslog only).
 set -u
-export PATH="/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
+# its own tools, as ng runs its own systemctl and activation (never /usr/bin)
+export PATH="$toolsPath${PATH:+:$PATH}"
 argv0=${0##*/}
 STATE=/run/fixture-nixos
 BOOT_DIR=/boot/fixture-nixos

@@ -32,7 +32,7 @@ arm_guard() {  # prints why it could not; false when armed
   systemd-run --unit="$GUARD" --description="deploy-flake guard $ID" \
     --on-active="$GUARD_S" --timer-property=AccuracySec=1s --timer-property=RemainAfterElapse=no \
     --property=CollectMode=inactive-or-failed --service-type=exec --property=SuccessExitStatus=1 \
-    -- /bin/sh "$AGENT" guard "$ID" 8>&- 2>&1 >/dev/null || return 0
+    -- "$AGENT_SH" "$AGENT" guard "$ID" 8>&- 2>&1 >/dev/null || return 0
   return 1
 }
 disarm_guard() {  # and a killed unit's failed state goes: the transaction is over
@@ -95,7 +95,7 @@ rescue() {  # OFFSET MAX_S
       systemctl start --no-block "$GUARD.service" 8>&- 2>/dev/null ||
         systemd-run --unit="$GUARD" --description="deploy-flake guard $ID" \
           --property=CollectMode=inactive-or-failed --service-type=exec --property=SuccessExitStatus=1 \
-          -- /bin/sh "$AGENT" guard "$ID" 8>&- >/dev/null 2>&1 ||
+          -- "$AGENT_SH" "$AGENT" guard "$ID" 8>&- >/dev/null 2>&1 ||
         log "starting the guard failed"
       poll 5 "$FAST" keeper_is_not none || :
     fi

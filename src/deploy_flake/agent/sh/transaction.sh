@@ -94,7 +94,7 @@ finish_earlier() {
     read_state "$d"; st=$STATE
     is_final "$st" && continue
     log "finishing the earlier deploy ${d##*/}, left in state $st"
-    /bin/sh "$AGENT" finish "${d##*/}" >> "$d/log" 2>&1  # inherits the lock (fd 8)
+    "$AGENT_SH" "$AGENT" finish "${d##*/}" >> "$d/log" 2>&1  # inherits the lock (fd 8)
     log "the earlier deploy ${d##*/} is now $(cat "$d/state" 2>/dev/null)"
   done
 }

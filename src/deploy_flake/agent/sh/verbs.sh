@@ -26,10 +26,10 @@ start() {
   # that ended as it should (rolled back, failed): only a death starts the guard.
   elif ! out=$(systemd-run --unit="deploy-flake-$ID" --description="deploy-flake activation $ID" \
       --collect --service-type=exec --property=KillMode=control-group \
-      --property="ExecStopPost=/bin/sh $AGENT recover $ID" \
+      --property="ExecStopPost=$AGENT_SH $AGENT recover $ID" \
       --property="TimeoutStopSec=$((RECOVERY_S + STOP_MARGIN_S))" \
       --property=SuccessExitStatus=1 --property="OnFailure=$GUARD.service" \
-      -- /bin/sh "$AGENT" run "$ID" 2>&1); then
+      -- "$AGENT_SH" "$AGENT" run "$ID" 2>&1); then
     if [ ! -e "$DIR/state" ]; then
       set_reason "systemd-run failed: $(echo "$out" | tail -n 1)"; set_state failed
     fi
