@@ -166,7 +166,10 @@ def test_unit_keys_and_socket_activation(hosts: dict[str, Host]) -> None:
         assert after[kept] == before[kept], kept
     assert alpha.out("cat /run/fixture-reload.log /run/fixture-triggers.log").split() == ["reloaded"] * 2
     # (beside the PATH every fixture service gets, as NixOS's units do)
-    assert "FIXTURE_GEN=2" in alpha.out("systemctl show -p Environment --value fixture-no-restart.service").split()
+    assert (
+        "FIXTURE_GEN=2"
+        in alpha.out("systemctl show -p Environment --value fixture-no-restart.service").split()
+    )
     assert _active(alpha, "fixture-keep.service") == "active"  # X-StopOnRemoval=false
     assert _active(alpha, "fixture-gone.service") == "inactive"  # removed: stopped
     assert _active(alpha, "fixture-echo.service") == "inactive"  # socket-activated: only stopped
