@@ -162,6 +162,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             )
 
 
+# Each host pool's share of the run (setup, call and teardown of its tests), summed by the
+# controller from the reports: the run lasts as long as its busiest worker, so this is what
+# to balance (_BESIDE_FILES, _SECOND_HALF_FILES) when the suite grows.
+_GROUP_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    group = test_group(report.nodeid)
+    _GROUP_SECONDS[group] = _GROUP_SECONDS.get(group, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _WORKER is None and _GROUP_SECONDS:
+        shares = ", ".join(f"{g} {s / 60:.1f} min" for g, s in sorted(_GROUP_SECONDS.items()))
+        terminalreporter.write_line(f"time per host pool: {shares}")
+
+
 def _may_have_used_the_lab(session: pytest.Session) -> bool:
     """Whether this process's tests may have started lab hosts. A run of `-m "not lab"` did not,
     and must not stop the hosts and the VM of a lab run going on beside it (the same pool)."""
