@@ -306,11 +306,13 @@ def test_help_and_version() -> None:
 def test_copy_timeout_retries_then_fails_cleanly(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     before = alpha.current_system()
-    # a host whose store answers slowly: Nix's ssh-ng copy runs `nix-daemon --stdio` there
+    # a host whose store answers slowly: Nix's ssh-ng copy runs `nix-daemon --stdio` there, found
+    # on the login's PATH (NixOS's: /run/wrappers/bin comes first; /usr/local is on none)
     alpha.ssh(
-        "printf '#!/bin/sh\\nsleep 5\\nexec /usr/bin/nix-daemon \"$@\"\\n' > /usr/local/bin/nix-daemon"
-        " && chmod 755 /usr/local/bin/nix-daemon"
+        "printf '#!/bin/sh\\nsleep 5\\nexec /run/current-system/sw/bin/nix-daemon \"$@\"\\n'"
+        " > /run/wrappers/bin/nix-daemon && chmod 755 /run/wrappers/bin/nix-daemon"
     )
+    assert alpha.out("command -v nix-daemon") == "/run/wrappers/bin/nix-daemon"
     r = deploy("--copy-timeout=1s", "nixos://alpha/good")
     assert r.returncode == 1, r.output
     assert "copy attempt 1 failed" in r.output and "copy attempt 2 failed" in r.output

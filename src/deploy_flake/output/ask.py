@@ -142,10 +142,12 @@ class Gate:
     async def _ask(self) -> None:
         from deploy_flake.output.display import plain_plan  # display imports models only
 
-        names = ", ".join(r.destination for r in self.arrived)
+        # in a stable order, not the order the hosts' plans happened to be ready in
+        arrived = sorted(self.arrived, key=lambda r: r.destination)
+        names = ", ".join(r.destination for r in arrived)
         which = "canary host(s)" if self.canaries else "host(s)"
         try:
-            self.out.write(plain_plan(self.arrived) + "\n")
+            self.out.write(plain_plan(arrived) + "\n")
             self.out.write(f"Activate on {len(self.arrived)} {which} ({names})? [y/N] ")
             self.out.flush()
         except (OSError, ValueError):  # a question nobody can read is answered no
