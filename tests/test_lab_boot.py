@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.lab import BOOT_ID, ENTRY_SYSTEM, LAB_DIR, VM_SSH_CONFIG, Host, deploy, lab
+from tests.lab import BOOT_ID, ENTRY_SYSTEM, LAB_DIR, VM_SSH_CONFIG, Host, deploy, lab, wait_for
 
 GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 EFIVARS = "/sys/firmware/efi/efivars"
@@ -199,9 +199,12 @@ def test_vm_panicking_oneshot_entry_then_the_default(vm: Host, monkeypatch: pyte
     assert _efivar(vm, SELECTED) == "nixos-generation-1.conf"
     assert _efivar(vm, ONESHOT) is None
     assert vm.boot_default() == good
-    # back on the default without a reboot for the tests after this one
+    # back on the default without a reboot for the tests after this one, which need the
+    # host's transaction unit gone (a slow VM ends it a while after deploy-flake returns)
     r = deploy("nixos://vm1/good", ssh_config=VM_SSH_CONFIG, timeout=900)
     assert r.returncode == 0, r.output
+    assert wait_for(lambda: not vm.deploy_units(), 180), vm.deploy_units()
+    assert vm.lock_free()
 
 
 def _console_log() -> str:
