@@ -110,7 +110,8 @@ class Host:
         return self.out("readlink -f /run/current-system")
 
     def boot_default(self) -> str:
-        return self.out("cat /boot/fixture-nixos/default")
+        """The system of loader.conf's default entry (systemd-boot's layout, as NixOS writes it)."""
+        return self.out(BOOT_DEFAULT)
 
     def profile(self) -> str:
         return self.out("readlink -f /nix/var/nix/profiles/system")
@@ -206,6 +207,9 @@ SUDO_PASSWORD = "Pw-7f3a9c-never-shown"
 CONFIRM = "--confirm-timeout=6s"
 # What a host answers anew after each boot.
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+# the toplevel of an entry: its options' init= minus /init (systemd-boot-builder.py's line)
+ENTRY_SYSTEM = r"sed -n 's/^options .*init=\([^ ]*\)\/init.*/\1/p' /boot/loader/entries/"
+BOOT_DEFAULT = "e=$(sed -n 's/^default[[:space:]]*//p' /boot/loader/loader.conf) && " + ENTRY_SYSTEM + '"$e"'
 
 
 # deploy-flake run by this machine's Python and Nix; a deployer root's is another argv

@@ -56,9 +56,13 @@ def test_a_host_that_comes_back_on_another_system_is_reported(hosts: dict[str, H
     alpha = hosts["alpha"]
     before = alpha.current_system()
     alpha.ssh(
+        "cat > /root/boot-fallback.sh <<'EOF'\n"
+        "PATH=/run/current-system/sw/bin\n"
+        f"e=$(grep -l 'init={before}/init' /boot/loader/entries/*.conf | head -n 1)\n"
+        'sed -i "s|^default .*|default ${e##*/}|" /boot/loader/loader.conf\nEOF\n'
         "cat > /etc/systemd/system/boot-fallback.service <<EOF\n"
         "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
-        f"ExecStop=/bin/sh -c 'echo {before} > /boot/fixture-nixos/default'\nEOF\n"
+        "ExecStop=/bin/sh /root/boot-fallback.sh\nEOF\n"
         "systemctl daemon-reload && systemctl start boot-fallback.service"
     )
     r = deploy("--reboot=always", "nixos://alpha/good")

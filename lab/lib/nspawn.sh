@@ -94,7 +94,12 @@ host_start() {  # NAME [SUITE]: SUITE (default: the host's own, else bookworm) i
     say "$n: was $(host_suite "$n"), now $suite: discarding its writable layer"
     rm -rf "$d/upper"
   fi
-  mkdir -p "$d/upper/etc"
+  # /boot: a filesystem of its own (boot_fs_make), loop-mounted here and bound into the
+  # container; it goes with the writable layer (a fresh layer gets a fresh /boot)
+  if mountpoint -q "$d/boot"; then umount "$d/boot" || die "$n: cannot unmount the stale $d/boot"; fi
+  if [ ! -d "$d/upper" ] || [ ! -f "$d/boot.img" ]; then boot_fs_make "$d/boot.img" "$suite"; fi
+  mkdir -p "$d/upper/etc" "$d/boot"
+  mount -o loop "$d/boot.img" "$d/boot" || die "$n: cannot mount its /boot ($d/boot.img)"
   echo "$suite" > "$d/suite"
   [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -C "$n" -f "$d/hostkey"
   known_hosts_set "$n" "$n $(cut -d' ' -f1,2 "$d/hostkey.pub")"
@@ -116,7 +121,7 @@ host_start() {  # NAME [SUITE]: SUITE (default: the host's own, else bookworm) i
       SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=$4 systemd-nspawn --boot --quiet -D "$0/rootfs" --overlay="$0/rootfs:$1/upper:/" \
         --register=no --keep-unit --machine="$2" --hostname="$2" \
         --network-namespace-path="/run/netns/$3-$2" \
-        --bind-ro="$1/hostkey:/etc/ssh/ssh_host_ed25519_key" --console=read-only </dev/null &
+        --bind-ro="$1/hostkey:/etc/ssh/ssh_host_ed25519_key" --bind="$1/boot:/boot" --console=read-only </dev/null &
       echo $! > "$1/nspawn.pid"; wait $!; rc=$?
       echo "== nspawn exited rc=$rc $(date +%T)"
       [ "$rc" = 133 ] && [ ! -e "$1/stopping" ] || break
@@ -147,6 +152,7 @@ host_stop() {  # NAME
   # nspawn turns SIGTERM into a clean poweroff; its namespace's path names the pool too
   kill_pidfile "$d/nspawn.pid" 10 "--network-namespace-path=/run/netns/$NS-$n "
   kill_pidfile "$d/super.pid" 5 "$d "
+  if mountpoint -q "$d/boot"; then umount "$d/boot" 2>/dev/null || umount -l "$d/boot" || true; fi
   ip netns del "$NS-$n" 2>/dev/null || true
   for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
     if [ -d "$h/$NS-$n" ]; then find "$h/$NS-$n" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
