@@ -485,6 +485,7 @@ def test_reboot_always_reboots_into_the_committed_system_and_checks_it(
             ("disconnect", Reply()),
         ],
         reboot=RebootPolicy.ALWAYS,
+        reboot_unverified=True,
     )
     assert result.outcome is Outcome.ACTIVATED and result.stage is Stage.DONE, result
     assert any(n.startswith("rebooted into the new system in") for n in events.notes), events.notes

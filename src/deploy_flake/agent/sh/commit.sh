@@ -68,6 +68,7 @@ commit() {  # profile generation + boot entry, undone if either step fails
     rollback "another switch replaced the running system during the deploy (it runs $(readlink -f /run/current-system))"
   fi
   old_gen=$(cat "$DIR/old-generation" 2>/dev/null)
+  if [ "$BOOT_ONCE" = 1 ]; then stage_trial "$old_gen"; return 0; fi  # --reboot: boot it once first
   if [ -n "$GENERATION" ]; then  # a rollback: back to a generation the profile has
     timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --switch-generation "$GENERATION" 8>&-
   else
