@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from deploy_flake.agent.protocol import TRIAL_TAG
-from deploy_flake.models import Outcome, RebootPolicy, Stage
+from deploy_flake.models import Job, Outcome, RebootPolicy, Stage
 from tests.fake_remote import Reply
-from tests.test_flows import BEFORE, NEW, OLD, facts, instant, run_job, status
+from tests.test_flows import BEFORE, NEW, OLD, facts, inspection, instant, run_job, status
 
 __all__ = ["instant"]  # the fixture, used here by name
 
@@ -153,3 +153,25 @@ def test_a_new_system_that_cannot_reset_itself_is_noted(
         reboot=RebootPolicy.ALWAYS,
     )
     assert any("does not reset itself after a kernel panic" in n for n in events.notes), events.notes
+
+
+def test_a_rollback_to_a_generation_without_a_boot_entry_is_refused_before_anything_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limited = Reply("loader=systemd-boot\ndefault=nixos-generation-3.conf\nentry=nixos-generation-3.conf\n")
+    result, fake, _ = run_job(
+        monkeypatch,
+        [
+            ("connect", Reply()),
+            ("facts", facts(current=NEW, generations=[(1, OLD), (2, OLD), (3, NEW)])),
+            ("inspect", inspection()),
+            ("agent install", Reply()),
+            ("agent boot-info", limited),
+            ("disconnect", Reply()),
+        ],
+        job=Job.ROLLBACK,
+        rollback_to=1,
+    )
+    assert result.outcome is Outcome.FAILED, result
+    assert "generation 1 has no boot entry" in str(result.error) and "configurationLimit" in str(result.error)
+    assert "nothing was changed" in str(result.error) and "agent start" not in fake.sent

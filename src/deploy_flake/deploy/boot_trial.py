@@ -39,6 +39,7 @@ class BootInfo:
     trial: TrialState = TrialState.NONE
     panic: str = ""  # panic=N of the new system's kernel command line
     watchdog: str = ""  # RuntimeWatchdogSec of the new system's system.conf
+    entries: tuple[str, ...] = ()  # the boot loader's entries (systemd-boot: loader/entries/*.conf)
 
     @property
     def resets(self) -> bool:
@@ -51,6 +52,9 @@ class BootInfo:
     @classmethod
     def parse(cls, text: str) -> BootInfo:
         kv = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        entries = tuple(
+            line[len("entry=") :].strip() for line in text.splitlines() if line.startswith("entry=")
+        )
         try:
             loader = BootLoader(kv.get("loader", "").strip())
         except ValueError:
@@ -66,6 +70,7 @@ class BootInfo:
             trial,
             kv.get("panic", "").strip(),
             kv.get("watchdog", "").strip(),
+            entries,
         )
 
 
@@ -74,6 +79,19 @@ async def boot_info(agent: Agent, toplevel: str = "") -> BootInfo:
     if text is None:
         raise DeployError("reading the host's boot loader failed")
     return BootInfo.parse(text)
+
+
+async def check_rollback_entry(job: HostJob, agent: Agent, generation: int) -> None:
+    """A rollback to a generation the boot loader has no entry for would leave its default on
+    another system: refused before anything changes (systemd-boot, whose entries are known)."""
+    info = await boot_info(agent)
+    entry = f"nixos-generation-{generation}.conf"
+    if info.loader is BootLoader.SYSTEMD_BOOT and entry not in info.entries:
+        raise DeployError(
+            f"generation {generation} has no boot entry on {job.dest.host} ({entry}: systemd-boot "
+            "keeps entries for the newest generations only, boot.loader.systemd-boot."
+            "configurationLimit), so its boot step could not make it the default; nothing was changed"
+        )
 
 
 async def check_boot_loader(job: HostJob, agent: Agent, toplevel: str) -> None:
@@ -170,6 +188,9 @@ async def _after_reboot(job: HostJob, agent: Agent, expected: str, t0: float, de
             "login confirmed it: it is now the default boot entry"
         )
         job.stage(Stage.DONE)
+        return
+    if status is not None and status.state is TrialState.FAILED:
+        _unknown(job, f"the new system booted and was confirmed, but {status.reason}")
         return
     if status is not None and status.state is TrialState.RETURNING:
         await _sent_back(job, agent, deadline)

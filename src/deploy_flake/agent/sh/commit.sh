@@ -96,6 +96,13 @@ commit() {  # profile generation + boot entry, undone if either step fails
     [ "$MODE" = test ] && rollback "$why"
     conclude_unchanged "$why"
   fi
+  # what the boot loader starts next, read back where it can be (systemd-boot's loader.conf)
+  if [ "$(boot_loader)" = systemd-boot ] && [ "$(loader_default)" != "$(entry_of "$(profile_generation)")" ]; then
+    why="after switch-to-configuration boot the boot loader's default reads '$(loader_default)', not $(entry_of "$(profile_generation)"); the profile and boot entry were put back"
+    restore_profile || why="$why; $RESTORE_PROBLEM"
+    [ "$MODE" = test ] && rollback "$why"
+    conclude_unchanged "$why"
+  fi
   profile_generation > "$DIR/committed-generation"  # where this transaction left the profile
   record_deploy
   set_state activated

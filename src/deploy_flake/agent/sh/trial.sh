@@ -211,8 +211,11 @@ trial_commit() {
     set_trial returning "switch-to-configuration boot of the new system failed"
     flock -u 9; systemctl reboot; print_trial; return 0
   fi
-  [ "$(loader_default)" = "$(cat "$TRIAL/default-entry")" ] ||
-    tlog "warning: loader.conf's default reads '$(loader_default)', not $(cat "$TRIAL/default-entry")"
+  if [ "$(loader_default)" != "$(cat "$TRIAL/default-entry")" ]; then
+    set_trial failed "after switch-to-configuration boot the boot loader's default reads '$(loader_default)', not $(cat "$TRIAL/default-entry"): the host runs the new system, and its next boot may start another; check $(esp_path)/loader/loader.conf"
+    disarm_trial_guard
+    print_trial; return 0
+  fi
   set_trial committed ""
   disarm_trial_guard
   { mkdir -p "${LAST_DEPLOY%/*}" &&
@@ -244,6 +247,7 @@ boot_info() {  # [TOPLEVEL]
   echo "default=$(loader_default)"
   echo "oneshot=$(oneshot_entry)"
   echo "trial=$(trial_state)"
+  for e in "$(boot_path)"/loader/entries/*.conf; do [ -e "$e" ] && echo "entry=${e##*/}"; done
   [ -n "${1:-}" ] || return 0
   tr ' ' '\n' < "$1/kernel-params" 2>/dev/null | sed -n 's/^panic=/panic=/p' | tail -n 1
   sed -n 's/^[[:space:]]*RuntimeWatchdogSec=[[:space:]]*//p' "$1/etc/systemd/system.conf" 2>/dev/null |
