@@ -42,6 +42,7 @@ def _wants_vm(session: pytest.Session) -> bool:
 _BESIDE_FILES = frozenset(
     {
         "test_vm.py",
+        "test_verified_reboot.py",
         "test_ssh_command.py",
         "test_fleet_run.py",
         "test_cli.py",
@@ -54,6 +55,7 @@ _BESIDE_FILES = frozenset(
         "test_connection_identity.py",
         "test_inventory_ssh.py",
         "test_flows_safety.py",
+        "test_flows_reboot.py",
         "test_output.py",
         "test_rollout_waves.py",
         "test_host_decisions.py",

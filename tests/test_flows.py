@@ -111,6 +111,13 @@ def status(
     return Reply(f"{log}{STATUS_TAG}\t" + "\t".join(fields) + "\n")
 
 
+# A rollback asks what boots the host first (a generation without a boot entry is refused)
+BOOT_INFO = (
+    "agent boot-info",
+    Reply("loader=systemd-boot\nentry=nixos-generation-1.conf\nentry=nixos-generation-2.conf\n"),
+)
+
+
 # Short limits: the deploy's own waits (a confirmation window, a retry) stay short.
 FAST = Timeouts(settle=0, confirm=5, health=5, activation=5, boot=5, copy=5, copy_attempts=1)
 BUILT = Reply(f'[{{"drvPath":"/nix/store/x.drv","outputs":{{"out":"{NEW}"}}}}]\n')
@@ -372,6 +379,8 @@ def test_a_rollback_goes_to_the_generation_before_the_current_one(monkeypatch: p
             ("connect", Reply()),
             ("facts", facts(current=NEW, generations=[(1, OLD), (2, NEW)])),
             ("inspect", inspection()),
+            ("agent install", Reply()),
+            BOOT_INFO,
             ("agent start", status("checking")),
             ("agent confirm", status("activated")),
             ("disconnect", Reply()),
@@ -485,6 +494,7 @@ def test_reboot_always_reboots_into_the_committed_system_and_checks_it(
             ("disconnect", Reply()),
         ],
         reboot=RebootPolicy.ALWAYS,
+        reboot_unverified=True,
     )
     assert result.outcome is Outcome.ACTIVATED and result.stage is Stage.DONE, result
     assert any(n.startswith("rebooted into the new system in") for n in events.notes), events.notes

@@ -8,7 +8,7 @@ import pytest
 from deploy_flake.agent.protocol import STATUS_TAG
 from deploy_flake.models import Job, Outcome, RebootPolicy, Stage
 from tests.fake_remote import Reply
-from tests.test_flows import BEFORE, NEW, OLD, facts, inspection, instant, run_job, status
+from tests.test_flows import BEFORE, BOOT_INFO, NEW, OLD, facts, inspection, instant, run_job, status
 
 __all__ = ["instant"]  # the fixture, used here by name
 
@@ -103,6 +103,7 @@ def test_a_reboot_waits_for_the_boot_after_its_own_request(
             ("disconnect", Reply()),
         ],
         reboot=RebootPolicy.ALWAYS,
+        reboot_unverified=True,
     )
     assert result.outcome is Outcome.ACTIVATED and result.stage is Stage.DONE, result
     assert fake.sent.count("facts") == 3
@@ -121,6 +122,8 @@ def test_a_rollback_goes_only_from_the_generation_it_chose_its_target_from(
             ("connect", Reply()),
             ("facts", ROLLBACK_FACTS),
             ("inspect", inspection()),
+            ("agent install", Reply()),
+            BOOT_INFO,
             (
                 "agent start",
                 status(
@@ -149,6 +152,8 @@ def test_an_undo_refused_by_the_host_because_the_profile_moved_on_is_unknown(
             ("connect", Reply()),
             ("facts", ROLLBACK_FACTS),
             ("inspect", inspection()),
+            ("agent install", Reply()),
+            BOOT_INFO,
             ("agent start", status("failed", "the system profile moved on", replaced="system-3-link")),
             ("disconnect", Reply()),
         ],

@@ -98,6 +98,7 @@ class RebootOptions:
     """deploy's and rollback's."""
 
     reboot: RebootPolicy
+    reboot_unverified: bool
     reboot_timeout: int
     on_rollback_failure: RollbackFailurePolicy
 
@@ -105,6 +106,7 @@ class RebootOptions:
         return replace(
             options,
             reboot=self.reboot,
+            reboot_unverified=self.reboot_unverified,
             on_rollback_failure=self.on_rollback_failure,
             timeouts=replace(options.timeouts, reboot=self.reboot_timeout),
         )

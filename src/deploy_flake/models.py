@@ -184,6 +184,8 @@ class DeployOptions:
     max_failures: int = 0  # 0: no limit; else start no new host after this many did not end activated
     all_or_nothing: bool = False  # roll back the activated hosts if any host was not activated
     reboot: RebootPolicy = RebootPolicy.NEVER
+    # --reboot without the one-shot boot: the new system is the default before the reboot
+    reboot_unverified: bool = False
     on_rollback_failure: RollbackFailurePolicy = RollbackFailurePolicy.REPORT
     build_on: BuildOn = field(default_factory=BuildOn)
     # the new system's specialisation to activate: None follows the one the host runs, "" is

@@ -19,8 +19,10 @@ from deploy_flake.agent.protocol import (
     Keeper,
     Phase,
     Status,
+    TrialStatus,
     final_status,
     format_status,
+    parse_trial,
 )
 from deploy_flake.agent.script import script, script_path
 from deploy_flake.agent.settings import CONFIRM_HOLD_MARGIN_S, CONFIRM_TAKEN_S, MARGIN_S, Settings
@@ -428,6 +430,22 @@ class Agent:
             if status is not None:
                 return status
         return None
+
+    # ------------------------------------------------------------ the verified reboot's verbs
+    async def answer(self, verb: str, *args: str, timeout: float = 120, fresh: bool = False) -> str | None:
+        """A verb that answers with lines of its own (boot-info, trial-*), the agent installed
+        first (a rebooted host has lost it): its whole output, or None when it did not come."""
+        await self.install()
+        try:
+            done = await self.remote.run(self._argv(verb, *args), root=True, fresh=fresh, timeout=timeout)
+        except (ConnectionLost, ProcessTimeout):
+            return None
+        return done.stdout if done.ok else None
+
+    async def trial(self, verb: str, *args: str, timeout: float = 120) -> TrialStatus | None:
+        """trial-status, trial-commit, trial-reject: the trial's status after the verb."""
+        text = await self.answer(verb, *args, timeout=timeout)
+        return parse_trial(text) if text is not None else None
 
 
 async def _quietly(action: Callable[[], object]) -> None:

@@ -20,6 +20,8 @@ LAST_DEPLOY_FILE = "/var/lib/deploy-flake/last-deploy"  # what the agent records
 # directory, and gone at reboot. One a deployer lost is dropped by the agent after a day.
 GC_ROOTS_DIR = f"{AGENT_DIR}/gcroots"
 GC_ROOT_MAX_AGE_MIN = 24 * 60
+# A verified reboot's record (--reboot): it must outlive the reboot, so not under AGENT_DIR.
+TRIAL_DIR = "/var/lib/deploy-flake/trial"
 
 
 def gc_root(deploy_id: str) -> str:
@@ -30,6 +32,7 @@ def gc_root(deploy_id: str) -> str:
 STATUS_TAG = "@@deploy-flake-state"  # begins every status line, followed by a tab
 STATUS_MARK = f"{STATUS_TAG}\t"
 STATE_LINE = "[deploy-flake] state: "  # the agent's log line for each new state
+TRIAL_TAG = "@@deploy-flake-trial"  # begins the trial verbs' status line, followed by a tab
 # In a transaction's directory: present from the moment the transaction first writes the
 # new system's boot entry until the old one is written again (--on-rollback-failure=reboot
 # reboots only a host whose boot entry is still the old one).
@@ -48,6 +51,7 @@ class Phase(StrEnum):
     COMMITTING = "committing"
     ROLLING_BACK = "rolling-back"
     ACTIVATED = "activated"
+    STAGED = "staged"  # --reboot: confirmed, and its one boot (one-shot entry) is armed
     ROLLED_BACK = "rolled-back"
     FAILED = "failed"
     ROLLBACK_FAILED = "rollback-failed"
@@ -70,6 +74,7 @@ class Phase(StrEnum):
 
 _OUTCOME = {
     Phase.ACTIVATED: Outcome.ACTIVATED,
+    Phase.STAGED: Outcome.ACTIVATED,  # the job goes on with the reboot
     Phase.ROLLED_BACK: Outcome.ROLLED_BACK,
     Phase.FAILED: Outcome.FAILED,
     Phase.ROLLBACK_FAILED: Outcome.UNKNOWN,
@@ -170,3 +175,49 @@ def final_status(text: str) -> Status | None:
     """
     lines = text.rstrip("\n").rsplit("\n", 1)
     return parse_status(lines[-1]) if lines and lines[-1] else None
+
+
+class BootLoader(StrEnum):
+    """What boots a host, as the agent's boot-info tells (agent/sh/trial.sh's boot_loader)."""
+
+    SYSTEMD_BOOT = "systemd-boot"  # with EFI variables: it has the one-shot entry
+    GRUB = "grub"
+    NONE = "none"  # none that deploy-flake knows
+
+
+class TrialState(StrEnum):
+    """Where a verified reboot is (agent/sh/trial.sh)."""
+
+    NONE = "none"  # no trial on the host
+    STAGED = "staged"  # the next boot starts the new system once
+    BOOTED = "booted"  # it booted; the guard waits for trial-commit
+    RETURNING = "returning"  # sent back (unconfirmed, unhealthy): rebooting into the old default
+    COMMITTED = "committed"  # the new system is the default
+    ROLLED_BACK = "rolled-back"  # back on the old default, the profile and entries put back
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TrialStatus:
+    """A trial verb's answer: TRIAL_TAG, STATE, ID, NEW, BOOTED (the running boot's system), REASON."""
+
+    state: TrialState
+    deploy_id: str = ""
+    new_system: str = ""
+    booted_system: str = ""
+    reason: str = ""
+
+
+def parse_trial(text: str) -> TrialStatus | None:
+    """The trial status a whole answer ends with (its last line, as for final_status)."""
+    lines = text.rstrip("\n").rsplit("\n", 1)
+    line = lines[-1] if lines else ""
+    if not line.startswith(f"{TRIAL_TAG}\t"):
+        return None
+    parts = line[len(TRIAL_TAG) + 1 :].rstrip("\r").split("\t", 4)
+    parts += [""] * (5 - len(parts))
+    try:
+        state = TrialState(parts[0].strip())
+    except ValueError:
+        return None
+    return TrialStatus(state, *(p.strip() for p in parts[1:5]))

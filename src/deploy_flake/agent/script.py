@@ -25,6 +25,8 @@ from deploy_flake.agent.protocol import (
     LAST_DEPLOY_FILE,
     STATE_LINE,
     STATUS_TAG,
+    TRIAL_DIR,
+    TRIAL_TAG,
 )
 from deploy_flake.agent.settings import (
     CONFIRM_HOLD_MARGIN_S,
@@ -49,6 +51,7 @@ PARTS = (
     "health.sh",
     "transaction.sh",
     "commit.sh",
+    "trial.sh",
     "verbs.sh",
     "main.sh",
 )
@@ -58,6 +61,8 @@ SHARED: tuple[tuple[str, str | int], ...] = (
     ("BASE", AGENT_DIR),
     ("LAST_DEPLOY", LAST_DEPLOY_FILE),
     ("GC_ROOTS", GC_ROOTS_DIR),
+    ("TRIAL", TRIAL_DIR),
+    ("TRIAL_TAG", TRIAL_TAG),
     ("ROOT_MAX_AGE_MIN", GC_ROOT_MAX_AGE_MIN),
     ("STATUS_TAG", STATUS_TAG),
     ("STATE_LINE", STATE_LINE),

@@ -250,9 +250,18 @@ REBOOT = params.collected(
         callback=lambda ctx, param, value: RebootPolicy(value),
         default=str(RebootPolicy.NEVER),
         show_default=True,
-        help="Reboot each host once its new system is committed: if-needed when the new kernel, "
-        "initrd or kernel modules need it (or with --test=skip), always, or never (a note says "
-        "when one is needed). The host must come back on the new system, healthy.",
+        help="Reboot each host into its new system: if-needed when the new kernel, initrd or "
+        "kernel modules need it (or with --test=skip), always, or never (a note says when one is "
+        "needed). Verified: the new system is booted once (systemd-boot's one-shot entry) and "
+        "made the default only when it came back healthy and a new login confirmed it; otherwise "
+        "the host boots its old default again by itself.",
+    ),
+    click.option(
+        "--reboot-unverified",
+        is_flag=True,
+        help="With --reboot on a host whose boot loader has no one-shot entry (GRUB, none): "
+        "make the new system the default first, then reboot into it (a new system that does "
+        "not boot leaves the host down until someone resets it).",
     ),
     _timeout(
         "--reboot-timeout",

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import functools
 
+from deploy_flake.agent.client import Agent
+from deploy_flake.agent.protocol import Phase
 from deploy_flake.deploy.activation import Activation
+from deploy_flake.deploy.boot_trial import check_boot_loader, check_rollback_entry, reboot_trial
 from deploy_flake.deploy.host import DEFAULT_PRE_ACTIVATE, HostJob
 from deploy_flake.deploy.last_resort import reboot_to_previous
 from deploy_flake.deploy.plan import show_plan
@@ -37,6 +40,13 @@ class TransactionJob(HostJob):
                 "system's boot entry (--on-rollback-failure=reboot); check "
                 f"`deploy-flake status {self.dest.raw}`"
             )
+        elif self.result.stage is Stage.REBOOT and self.activation.boot_once:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                "interrupted during the verified reboot: the host boots the new system once, and "
+                "returns to its old default by itself unless it is confirmed; check "
+                f"`deploy-flake status {self.dest.raw}`"
+            )
         elif self.result.stage is Stage.REBOOT:
             self.result.outcome = Outcome.UNKNOWN
             self.result.error = (
@@ -63,6 +73,25 @@ class TransactionJob(HostJob):
             for change in seen.changes:
                 self.line(f"change: {change}")
 
+        # --reboot: decided before anything changes, so that a host that cannot boot the new
+        # system once (verified) fails now, and its transaction stages that boot at commit
+        reasons = seen.closure.reboot_reasons
+        wants_reboot = reboot_wanted(
+            self.opts.reboot,
+            test=self.opts.test,
+            reboot_reasons=reasons,
+            toplevel=toplevel,
+            current_system=facts.current_system,
+        )
+        verified = wants_reboot and not self.opts.reboot_unverified
+        expected = seen.closure.activates or toplevel  # what the one-time boot starts
+        probe = Agent(self.remote, self.deploy_id, self.activation.settings_for(toplevel, generation))
+        if generation is not None:
+            await check_rollback_entry(self, probe, generation)
+        if verified:
+            self.activation.boot_once = True
+            await check_boot_loader(self, probe, expected)
+
         await self._pre_activate(toplevel, seen.pre_activate)
         if gate is not None:
             self.arrived_at_gate = True
@@ -84,15 +113,12 @@ class TransactionJob(HostJob):
         ):
             await reboot_to_previous(self, ended.reason)
             return
-        # the checks passed: what of the new system takes a reboot to use
-        reasons = seen.closure.reboot_reasons
-        if self.result.outcome is Outcome.ACTIVATED and reboot_wanted(
-            self.opts.reboot,
-            test=self.opts.test,
-            reboot_reasons=reasons,
-            toplevel=toplevel,
-            current_system=facts.current_system,
-        ):
+        if self.result.outcome is not Outcome.ACTIVATED or not wants_reboot:
+            return
+        agent = self.activation.agent
+        if verified and agent is not None and ended is not None and ended.phase is Phase.STAGED:
+            await reboot_trial(self, agent, expected, reasons)
+        elif not verified:
             await reboot_into(self, toplevel, reasons)
 
     async def _pre_activate(self, toplevel: str, exists: bool) -> None:

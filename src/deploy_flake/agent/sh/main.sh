@@ -12,5 +12,10 @@ case $cmd in
   confirm) confirm "${3:-}" "${4:-}" ;;
   abort) abort ;;
   status) print_status ;;
+  boot-guard) boot_guard ;;
+  boot-info) boot_info "${3:-}" ;;
+  trial-status) print_trial ;;
+  trial-commit) trial_commit ;;
+  trial-reject) trial_reject "${3:-the deployer found the new system unhealthy}" ;;
   *) die "unknown command '$cmd'" ;;
 esac
