@@ -42,7 +42,6 @@ def _wants_vm(session: pytest.Session) -> bool:
 _BESIDE_FILES = frozenset(
     {
         "test_vm.py",
-        "test_verified_reboot.py",
         "test_ssh_command.py",
         "test_fleet_run.py",
         "test_cli.py",
