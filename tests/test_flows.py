@@ -111,13 +111,6 @@ def status(
     return Reply(f"{log}{STATUS_TAG}\t" + "\t".join(fields) + "\n")
 
 
-# A rollback asks what boots the host first (a generation without a boot entry is refused)
-BOOT_INFO = (
-    "agent boot-info",
-    Reply("loader=systemd-boot\nentry=nixos-generation-1.conf\nentry=nixos-generation-2.conf\n"),
-)
-
-
 # Short limits: the deploy's own waits (a confirmation window, a retry) stay short.
 FAST = Timeouts(settle=0, confirm=5, health=5, activation=5, boot=5, copy=5, copy_attempts=1)
 BUILT = Reply(f'[{{"drvPath":"/nix/store/x.drv","outputs":{{"out":"{NEW}"}}}}]\n')
@@ -379,8 +372,6 @@ def test_a_rollback_goes_to_the_generation_before_the_current_one(monkeypatch: p
             ("connect", Reply()),
             ("facts", facts(current=NEW, generations=[(1, OLD), (2, NEW)])),
             ("inspect", inspection()),
-            ("agent install", Reply()),
-            BOOT_INFO,
             ("agent start", status("checking")),
             ("agent confirm", status("activated")),
             ("disconnect", Reply()),

@@ -1,19 +1,19 @@
-"""Flows of one host (see test_flows.py) through the verified reboot (--reboot): the boot
-loader checked before anything changes, the trial boot confirmed, or ended by the host's
-own guard (the new system did not boot, or was sent back)."""
+"""Flows of one host (see test_flows.py) through the verified reboot (--reboot): the trial
+boot confirmed, or ended by the host's own guard (the new system did not boot, or was sent
+back). The host's checks before it changes anything (its boot loader, a rollback's entry,
+/boot's room) are its own: tests/test_verified_reboot.py on lab hosts."""
 
 from __future__ import annotations
 
 import pytest
 
 from deploy_flake.agent.protocol import TRIAL_TAG
-from deploy_flake.models import Job, Outcome, RebootPolicy, Stage
+from deploy_flake.models import Outcome, RebootPolicy, Stage
 from tests.fake_remote import Reply
-from tests.test_flows import BEFORE, NEW, OLD, facts, inspection, instant, run_job, status
+from tests.test_flows import BEFORE, NEW, OLD, facts, instant, run_job, status
 
 __all__ = ["instant"]  # the fixture, used here by name
 
-SYSTEMD_BOOT = Reply("loader=systemd-boot\ndefault=nixos-generation-1.conf\noneshot=\ntrial=none\npanic=5\n")
 REBOOTED = Reply("b00t\n", stderr="Connection to web closed by remote host.", lost=True)
 
 
@@ -24,8 +24,6 @@ def trial(state: str, booted: str, reason: str = "") -> Reply:
 # up to the reboot: the boot loader's check, the transaction staged at its commit, the reboot
 STAGED = [
     *BEFORE,
-    ("agent install", Reply()),
-    ("agent boot-info", SYSTEMD_BOOT),
     ("agent start", status("checking")),
     ("agent confirm", status("staged")),
     ("reboot", REBOOTED),
@@ -107,71 +105,3 @@ def test_an_unhealthy_trial_boot_is_sent_back_and_reported_rolled_back(
     assert result.outcome is Outcome.ROLLED_BACK, result
     assert result.error == f"rolled back: {why}"
     assert "agent trial-commit" not in fake.sent
-
-
-def test_a_host_without_a_one_shot_boot_fails_before_anything_changes(
-    monkeypatch: pytest.MonkeyPatch, instant: list[float]
-) -> None:
-    result, fake, _ = run_job(
-        monkeypatch,
-        [
-            *BEFORE,
-            ("agent install", Reply()),
-            ("agent boot-info", Reply("loader=grub\ndefault=\noneshot=\ntrial=none\npanic=5\n")),
-            ("rm", Reply()),
-            ("disconnect", Reply()),
-        ],
-        reboot=RebootPolicy.ALWAYS,
-    )
-    assert result.outcome is Outcome.FAILED, result
-    assert "boot loader (grub) has no one-shot entry" in str(result.error)
-    assert "--reboot-unverified" in str(result.error) and "nothing was changed" in str(result.error)
-    assert "agent start" not in fake.sent
-
-
-def test_a_new_system_that_cannot_reset_itself_is_noted(
-    monkeypatch: pytest.MonkeyPatch, instant: list[float]
-) -> None:
-    no_reset = Reply("loader=systemd-boot\ndefault=nixos-generation-1.conf\noneshot=\ntrial=none\n")
-    _, _, events = run_job(
-        monkeypatch,
-        [
-            *BEFORE,
-            ("agent install", Reply()),
-            ("agent boot-info", no_reset),
-            ("agent start", status("checking")),
-            ("agent confirm", status("staged")),
-            ("reboot", REBOOTED),
-            ("disconnect", Reply()),
-            ("facts", ON_NEW),
-            ("connect", Reply()),
-            ("systemctl is-system-running", Reply("running\n")),
-            ("agent install", Reply()),
-            ("agent trial-commit", trial("committed", NEW)),
-            ("disconnect", Reply()),
-        ],
-        reboot=RebootPolicy.ALWAYS,
-    )
-    assert any("does not reset itself after a kernel panic" in n for n in events.notes), events.notes
-
-
-def test_a_rollback_to_a_generation_without_a_boot_entry_is_refused_before_anything_changes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    limited = Reply("loader=systemd-boot\ndefault=nixos-generation-3.conf\nentry=nixos-generation-3.conf\n")
-    result, fake, _ = run_job(
-        monkeypatch,
-        [
-            ("connect", Reply()),
-            ("facts", facts(current=NEW, generations=[(1, OLD), (2, OLD), (3, NEW)])),
-            ("inspect", inspection()),
-            ("agent install", Reply()),
-            ("agent boot-info", limited),
-            ("disconnect", Reply()),
-        ],
-        job=Job.ROLLBACK,
-        rollback_to=1,
-    )
-    assert result.outcome is Outcome.FAILED, result
-    assert "generation 1 has no boot entry" in str(result.error) and "configurationLimit" in str(result.error)
-    assert "nothing was changed" in str(result.error) and "agent start" not in fake.sent

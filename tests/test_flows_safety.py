@@ -8,7 +8,7 @@ import pytest
 from deploy_flake.agent.protocol import STATUS_TAG
 from deploy_flake.models import Job, Outcome, RebootPolicy, Stage
 from tests.fake_remote import Reply
-from tests.test_flows import BEFORE, BOOT_INFO, NEW, OLD, facts, inspection, instant, run_job, status
+from tests.test_flows import BEFORE, NEW, OLD, facts, inspection, instant, run_job, status
 
 __all__ = ["instant"]  # the fixture, used here by name
 
@@ -122,8 +122,6 @@ def test_a_rollback_goes_only_from_the_generation_it_chose_its_target_from(
             ("connect", Reply()),
             ("facts", ROLLBACK_FACTS),
             ("inspect", inspection()),
-            ("agent install", Reply()),
-            BOOT_INFO,
             (
                 "agent start",
                 status(
@@ -152,8 +150,6 @@ def test_an_undo_refused_by_the_host_because_the_profile_moved_on_is_unknown(
             ("connect", Reply()),
             ("facts", ROLLBACK_FACTS),
             ("inspect", inspection()),
-            ("agent install", Reply()),
-            BOOT_INFO,
             ("agent start", status("failed", "the system profile moved on", replaced="system-3-link")),
             ("disconnect", Reply()),
         ],

@@ -1,8 +1,8 @@
 """--reboot, verified: the new system is booted once (systemd-boot's one-shot entry) and made
 the default only when it came back on that system, healthy, and a new login confirmed it.
 
-Before anything is changed, the host's boot loader is checked (a host without a one-shot
-entry fails unless --reboot-unverified). The host's transaction stages the trial at commit
+Before it changes anything, the host's transaction checks its boot loader (one without a
+one-shot entry fails the host, unless --reboot-unverified), and it stages the trial at commit
 (agent/sh/trial.sh); this module reboots the host, waits for it, and either confirms the
 trial boot (trial-commit) or learns how the host's own guard ended it: the new system did
 not boot (the boot loader started the old default again), or it was sent back (no login
@@ -13,107 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 
 from deploy_flake.agent.client import Agent
-from deploy_flake.agent.protocol import BootLoader, TrialState, TrialStatus
+from deploy_flake.agent.protocol import TrialState, TrialStatus
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.models import Outcome, Stage
 
 TRIAL_POLL_S = 2.0  # how often the trial's status is asked for while the host's guard acts
-RESET_ADVICE = (
-    'set boot.kernelParams = [ "panic=30" ] (a panic resets the host) or '
-    "systemd.watchdog.runtimeTime (a hang does)"
-)
-
-
-@dataclass(frozen=True)
-class BootInfo:
-    """The agent's boot-info: what boots the host, and how the new system resets itself."""
-
-    loader: BootLoader
-    default: str = ""  # loader.conf's default entry
-    oneshot: str = ""  # a one-shot entry already pending
-    trial: TrialState = TrialState.NONE
-    panic: str = ""  # panic=N of the new system's kernel command line
-    watchdog: str = ""  # RuntimeWatchdogSec of the new system's system.conf
-    entries: tuple[str, ...] = ()  # the boot loader's entries (systemd-boot: loader/entries/*.conf)
-
-    @property
-    def resets(self) -> bool:
-        """The new system comes back by itself from a kernel panic (panic=N, N != 0) or a hang
-        (a runtime watchdog)."""
-        panic = self.panic.strip()
-        watchdog = self.watchdog.strip().lower()
-        return (panic not in ("", "0")) or (watchdog not in ("", "0", "off", "infinity"))
-
-    @classmethod
-    def parse(cls, text: str) -> BootInfo:
-        kv = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-        entries = tuple(
-            line[len("entry=") :].strip() for line in text.splitlines() if line.startswith("entry=")
-        )
-        try:
-            loader = BootLoader(kv.get("loader", "").strip())
-        except ValueError:
-            loader = BootLoader.NONE
-        try:
-            trial = TrialState(kv.get("trial", "").strip())
-        except ValueError:
-            trial = TrialState.NONE
-        return cls(
-            loader,
-            kv.get("default", "").strip(),
-            kv.get("oneshot", "").strip(),
-            trial,
-            kv.get("panic", "").strip(),
-            kv.get("watchdog", "").strip(),
-            entries,
-        )
-
-
-async def boot_info(agent: Agent, toplevel: str = "") -> BootInfo:
-    text = await agent.answer("boot-info", *([toplevel] if toplevel else []), timeout=60)
-    if text is None:
-        raise DeployError("reading the host's boot loader failed")
-    return BootInfo.parse(text)
-
-
-async def check_rollback_entry(job: HostJob, agent: Agent, generation: int) -> None:
-    """A rollback to a generation the boot loader has no entry for would leave its default on
-    another system: refused before anything changes (systemd-boot, whose entries are known)."""
-    info = await boot_info(agent)
-    entry = f"nixos-generation-{generation}.conf"
-    if info.loader is BootLoader.SYSTEMD_BOOT and entry not in info.entries:
-        raise DeployError(
-            f"generation {generation} has no boot entry on {job.dest.host} ({entry}: systemd-boot "
-            "keeps entries for the newest generations only, boot.loader.systemd-boot."
-            "configurationLimit), so its boot step could not make it the default; nothing was changed"
-        )
-
-
-async def check_boot_loader(job: HostJob, agent: Agent, toplevel: str) -> None:
-    """Before anything is changed: the host can boot the new system once, and says whether the
-    new system resets itself after a panic or hang."""
-    info = await boot_info(agent, toplevel)
-    host = job.dest.host
-    if info.loader is not BootLoader.SYSTEMD_BOOT:
-        raise DeployError(
-            f"--reboot boots the new system once before making it the default, and {host}'s boot "
-            f"loader ({info.loader}) has no one-shot entry that deploy-flake can use (systemd-boot "
-            "with EFI variables); nothing was changed. --reboot-unverified makes it the default "
-            "first, then reboots (a new system that does not boot leaves the host down)"
-        )
-    if info.trial in (TrialState.STAGED, TrialState.BOOTED, TrialState.RETURNING):
-        raise DeployError(f"a verified reboot has not ended on {host} ({info.trial}); nothing was changed")
-    if not info.resets:
-        job.note(
-            "the new system does not reset itself after a kernel panic or hang (no panic= on its "
-            "kernel command line, no watchdog): if it hangs at boot, the host stays down until "
-            f"someone resets it; {RESET_ADVICE}"
-        )
 
 
 async def reboot_trial(job: HostJob, agent: Agent, expected: str, reasons: tuple[str, ...]) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import functools
 
-from deploy_flake.agent.client import Agent
 from deploy_flake.agent.protocol import Phase
 from deploy_flake.deploy.activation import Activation
-from deploy_flake.deploy.boot_trial import check_boot_loader, check_rollback_entry, reboot_trial
+from deploy_flake.deploy.boot_trial import reboot_trial
 from deploy_flake.deploy.host import DEFAULT_PRE_ACTIVATE, HostJob
 from deploy_flake.deploy.last_resort import reboot_to_previous
 from deploy_flake.deploy.plan import show_plan
@@ -85,12 +84,9 @@ class TransactionJob(HostJob):
         )
         verified = wants_reboot and not self.opts.reboot_unverified
         expected = seen.closure.activates or toplevel  # what the one-time boot starts
-        probe = Agent(self.remote, self.deploy_id, self.activation.settings_for(toplevel, generation))
-        if generation is not None:
-            await check_rollback_entry(self, probe, generation)
-        if verified:
-            self.activation.boot_once = True
-            await check_boot_loader(self, probe, expected)
+        # the host checks, before it changes anything, that its boot loader can boot the new
+        # system once, that a rollback's generation has an entry, that /boot has room
+        self.activation.boot_once = verified
 
         await self._pre_activate(toplevel, seen.pre_activate)
         if gate is not None:

@@ -88,11 +88,16 @@ commit() {  # profile generation + boot entry, undone if either step fails
   await_other_switch
   : > "$DIR/$BOOT_ENTRY_MARK"  # from here on the boot loader may name NEW, until restore_profile
   # --install-bootloader: the boot loader itself is installed again (NixOS's hooks read it)
+  boot_from=$(log_size)
   if ! NIXOS_INSTALL_BOOTLOADER=$INSTALL_BOOTLOADER timeout -k "$KILL_GRACE_S" "$BOOT_S" \
       "$NEW/bin/switch-to-configuration" boot 8>&-; then
     log "the boot step failed: putting the system profile and the boot entry back"
-    why="switch-to-configuration boot failed; the profile and boot entry were put back"
-    restore_profile || why="switch-to-configuration boot failed"
+    failed="switch-to-configuration boot failed"
+    if tail -c +"$((boot_from + 1))" "$DIR/log" 2>/dev/null | grep -q "No space left on device"; then
+      failed="$failed: no space on /boot"
+    fi
+    why="$failed; the profile and boot entry were put back"
+    restore_profile || why=$failed
     [ "$MODE" = test ] && rollback "$why"
     conclude_unchanged "$why"
   fi

@@ -133,6 +133,8 @@ run() {
     conclude_unchanged "the system profile moved on since deploy-flake looked at it (it was $EXPECT; $(changed_profile)): nothing was changed, so that change is kept"
   fi
   [ -x "$NEW/bin/switch-to-configuration" ] || conclude_unchanged "$NEW has no bin/switch-to-configuration"
+  if problem=$(boot_problem); then conclude_unchanged "$problem"; fi
+  [ "$BOOT_ONCE" = 1 ] && note_resets
   if busy=$(other_switch); then conclude_unchanged "another switch is in progress on this host: $busy"; fi
   if t=$(trial_pending); then
     conclude_unchanged "a verified reboot (deploy $t) has not ended on this host: $(print_trial | cut -f 2,6 | tr '\t' ' ')"

@@ -37,6 +37,54 @@ oneshot_entry() {  # the pending one-shot entry (efivarfs: 4 bytes of attributes
   tail -c +5 "$ONESHOT_VAR" | tr -d '\000'
 }
 
+# Before anything changes (run): why the boot step could not do what the deploy needs of it,
+# printed; false when nothing known stands against it. With BOOT_ONCE (--reboot), a boot
+# loader with a one-shot entry; on systemd-boot, a rollback's generation with an entry (only
+# the newest configurationLimit generations get one), and room on the boot partition for
+# what it copies there: NEW's kernel and initrd (<store dir>-<file>.efi under EFI/nixos, as
+# systemd-boot-builder.py names them; a copy that is there already costs nothing).
+boot_problem() {
+  loader=$(boot_loader)
+  if [ "$BOOT_ONCE" = 1 ] && [ "$loader" != systemd-boot ]; then
+    echo "--reboot boots the new system once before making it the default, and this host's boot loader ($loader) has no one-shot entry deploy-flake can use (systemd-boot with EFI variables): nothing was changed; --reboot-unverified makes it the default first, then reboots (a new system that does not boot leaves the host down)"
+    return 0
+  fi
+  [ "$loader" = systemd-boot ] || return 1
+  bp=$(boot_path)
+  if [ -n "$GENERATION" ]; then
+    e=$(entry_of "system-$GENERATION-link")
+    [ -e "$bp/loader/entries/$e" ] && return 1
+    echo "generation $GENERATION has no boot entry ($e: systemd-boot keeps entries for the newest generations only, boot.loader.systemd-boot.configurationLimit), so its boot step could not make it the default: nothing was changed"
+    return 0
+  fi
+  free=$(df -P -k "$bp" 2>/dev/null | awk 'NR == 2 { print $4 }')
+  is_uint "$free" || return 1
+  need=0
+  for f in kernel initrd; do
+    src=$(readlink -f "$NEW/$f" 2>/dev/null) || continue
+    [ -f "$src" ] || continue
+    rel=${src#/nix/store/}
+    case $rel in */*) efi="${rel%%/*}-${src##*/}.efi" ;; *) efi="$rel.efi" ;; esac
+    [ -e "$bp/EFI/nixos/$efi" ] || need=$((need + ($(stat -c %s "$src") + 1023) / 1024))
+  done
+  margin=$((need / 10)); [ "$margin" -ge 1024 ] || margin=1024  # KiB
+  [ $((need + margin)) -gt "$free" ] || return 1
+  echo "no space on /boot: $((free / 1024)) MiB free, and the new system's kernel and initrd need $(((need + 1023) / 1024)) MiB there (and a margin of $(((margin + 1023) / 1024)) MiB): nothing was changed. Free it by removing old system generations (nix-env -p $PROFILE --delete-generations +3) and writing the entries again (switch-to-configuration boot)"
+  return 0
+}
+
+# With BOOT_ONCE: say so when the new system cannot reset itself after a kernel panic or hang
+# (no panic=N on its kernel command line, no runtime watchdog): a new system that hangs at
+# boot would then stay down until someone resets the host.
+note_resets() {
+  a=$(active_system)
+  p=$(tr ' ' '\n' < "$a/kernel-params" 2>/dev/null | sed -n 's/^panic=//p' | tail -n 1)
+  w=$(sed -n 's/^[[:space:]]*RuntimeWatchdogSec=[[:space:]]*//p' "$a/etc/systemd/system.conf" 2>/dev/null | tail -n 1)
+  case ${p:-0} in 0) ;; *) return 0 ;; esac
+  case ${w:-off} in 0 | off | infinity) ;; *) return 0 ;; esac
+  log "warning: the new system does not reset itself after a kernel panic or hang (no panic= on its kernel command line, no watchdog): if it hangs at boot, the host stays down until someone resets it; set boot.kernelParams = [ \"panic=30\" ] (and systemd.watchdog.runtimeTime)"
+}
+
 tlog() { echo "[deploy-flake] $(date -u +%FT%TZ) $*" >> "$TRIAL/log"; }
 trial_state() { cat "$TRIAL/state" 2>/dev/null || echo none; }
 set_trial() {  # STATE [REASON]
