@@ -79,6 +79,36 @@ def test_a_new_system_without_ssh_is_sent_back_by_its_guard_even_with_test_skipp
     assert alpha.out("systemctl is-active sshd.service") == "active"
 
 
+def test_a_host_without_a_one_shot_boot_is_refused_unless_unverified(hosts: dict[str, Host]) -> None:
+    alpha = hosts["alpha"]
+    before, gens = alpha.current_system(), alpha.generations()
+    alpha.ssh("mount -t tmpfs none /sys/firmware")  # no EFI variables: no one-shot entry
+    r = deploy("--reboot=always", "nixos://alpha/good")
+    assert r.returncode == 1, r.output
+    err = str(r.host("nixos://alpha/good")["error"])
+    assert "boot loader (none) has no one-shot entry" in err and "--reboot-unverified" in err, err
+    assert "nothing was changed" in err
+    alpha.assert_clean_after(running=before, boot=before)
+    assert alpha.generations() == gens
+    r = deploy("--reboot=always", "--reboot-unverified", "--settle-time=0", "nixos://alpha/good")
+    assert r.returncode == 0, r.output
+    assert alpha.current_system() == r.host("nixos://alpha/good")["system"] == alpha.profile()
+
+
+def test_a_rollback_to_a_generation_without_a_boot_entry_is_refused(hosts: dict[str, Host]) -> None:
+    alpha = hosts["alpha"]
+    for config in ("good", "new-kernel", "boot-limit-2"):  # generations 2 3 4; entries 3 4
+        r = deploy("--settle-time=0", f"nixos://alpha/{config}")
+        assert r.returncode == 0, r.output
+    now = alpha.current_system()
+    r = deploy("rollback", "--to", "2", "alpha")
+    assert r.returncode == 1, r.output
+    err = str(r.hosts[0]["error"])
+    assert err.startswith("generation 2 has no boot entry (nixos-generation-2.conf"), err
+    assert "configurationLimit" in err and "nothing was changed" in err
+    alpha.assert_clean_after(running=now, boot=now)
+
+
 @pytest.mark.vm
 def test_vm_a_new_kernel_that_really_panics_comes_back_on_the_old_default(vm: Host) -> None:
     before, gens, default = vm.current_system(), vm.generations(), loader_default(vm)
