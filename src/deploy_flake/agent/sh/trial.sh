@@ -57,20 +57,25 @@ boot_problem() {
     echo "generation $GENERATION has no boot entry ($e: systemd-boot keeps entries for the newest generations only, boot.loader.systemd-boot.configurationLimit), so its boot step could not make it the default: nothing was changed"
     return 0
   fi
-  free=$(df -P -k "$bp" 2>/dev/null | awk 'NR == 2 { print $4 }')
+  boot_room "$NEW"
   is_uint "$free" || return 1
+  margin=$((need / 10)); [ "$margin" -ge 1024 ] || margin=1024  # KiB
+  [ $((need + margin)) -gt "$free" ] || return 1
+  echo "no space on /boot: $((free / 1024)) MiB free, and the new system's kernel and initrd need $(((need + 1023) / 1024)) MiB there (and a margin of $(((margin + 1023) / 1024)) MiB): nothing was changed. Free it by removing old system generations (nix-env -p $PROFILE --delete-generations +3) and writing the entries again (switch-to-configuration boot)"
+  return 0
+}
+
+boot_room() {  # TOPLEVEL: sets free (KiB on the boot partition, "" unknown) and need (KiB)
+  bp=$(boot_path)
+  free=$(df -P -k "$bp" 2>/dev/null | awk 'NR == 2 { print $4 }')
   need=0
   for f in kernel initrd; do
-    src=$(readlink -f "$NEW/$f" 2>/dev/null) || continue
+    src=$(readlink -f "$1/$f" 2>/dev/null) || continue
     [ -f "$src" ] || continue
     rel=${src#/nix/store/}
     case $rel in */*) efi="${rel%%/*}-${src##*/}.efi" ;; *) efi="$rel.efi" ;; esac
     [ -e "$bp/EFI/nixos/$efi" ] || need=$((need + ($(stat -c %s "$src") + 1023) / 1024))
   done
-  margin=$((need / 10)); [ "$margin" -ge 1024 ] || margin=1024  # KiB
-  [ $((need + margin)) -gt "$free" ] || return 1
-  echo "no space on /boot: $((free / 1024)) MiB free, and the new system's kernel and initrd need $(((need + 1023) / 1024)) MiB there (and a margin of $(((margin + 1023) / 1024)) MiB): nothing was changed. Free it by removing old system generations (nix-env -p $PROFILE --delete-generations +3) and writing the entries again (switch-to-configuration boot)"
-  return 0
 }
 
 # With BOOT_ONCE: say so when the new system cannot reset itself after a kernel panic or hang
@@ -297,6 +302,9 @@ boot_info() {  # [TOPLEVEL]
   echo "trial=$(trial_state)"
   for e in "$(boot_path)"/loader/entries/*.conf; do [ -e "$e" ] && echo "entry=${e##*/}"; done
   [ -n "${1:-}" ] || return 0
+  boot_room "$1"
+  echo "boot_free_kib=$free"
+  echo "boot_needs_kib=$need"
   tr ' ' '\n' < "$1/kernel-params" 2>/dev/null | sed -n 's/^panic=/panic=/p' | tail -n 1
   sed -n 's/^[[:space:]]*RuntimeWatchdogSec=[[:space:]]*//p' "$1/etc/systemd/system.conf" 2>/dev/null |
     tail -n 1 | sed 's/^/watchdog=/'
