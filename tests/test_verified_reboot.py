@@ -70,7 +70,9 @@ def test_a_new_system_without_ssh_is_sent_back_by_its_guard_even_with_test_skipp
 ) -> None:
     alpha = hosts["alpha"]
     before, gens, default = alpha.current_system(), alpha.generations(), loader_default(alpha)
-    r = deploy(*FAST, "--test=skip", "--reboot=always", "nixos://alpha/no-sshd", timeout=900)
+    r = deploy(
+        *FAST, "--skip-check=sshd", "--test=skip", "--reboot=always", "nixos://alpha/no-sshd", timeout=900
+    )
     assert r.returncode == 3, r.output
     res = r.host("nixos://alpha/no-sshd")
     assert res["outcome"] == "rolled-back", res
