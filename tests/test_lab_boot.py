@@ -9,6 +9,8 @@ kernel panic).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.lab import BOOT_ID, ENTRY_SYSTEM, LAB_DIR, VM_SSH_CONFIG, Host, deploy, lab, wait_for
@@ -153,11 +155,22 @@ def test_a_full_boot_refuses_the_deploy_before_anything_changes(hosts: dict[str,
         "dd if=/dev/zero of=/boot/filler bs=1K count=$((a - 512)) 2>/dev/null; sync",
         check=False,
     )
+    # plan says so, with the figures, and the same verdict as the deploy
+    r = deploy("plan", "nixos://alpha/new-kernel")
+    assert r.returncode == 1, r.output
+    plan = r.host("nixos://alpha/new-kernel")["plan"]
+    assert isinstance(plan, dict), r.output
+    assert str(plan["checks"]).startswith("no space on /boot: 0 MiB free"), plan
+    boot = plan["boot"]
+    assert isinstance(boot, dict) and boot["loader"] == "systemd-boot", plan
+    assert isinstance(boot["free_kib"], int) and boot["free_kib"] < 1024, boot
+    assert isinstance(boot["needs_kib"], int) and boot["needs_kib"] > 1024, boot
+    assert re.search(r"/boot: 0\.\d MiB free; the new kernel and initrd need \d+\.\d MiB", r.output), r.output
     r = deploy("nixos://alpha/new-kernel")
     assert r.returncode == 1, r.output
     err = str(r.host("nixos://alpha/new-kernel")["error"])
-    assert err.startswith(
-        "no space on /boot: 0 MiB free, and the new system's kernel and initrd need 2 MiB"
+    assert re.match(
+        r"no space on /boot: 0 MiB free, and the new system's kernel and initrd need \d+ MiB there", err
     ), err
     assert "nothing was changed" in err
     alpha.assert_clean_after(running=before, boot=before)

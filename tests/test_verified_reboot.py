@@ -85,6 +85,11 @@ def test_a_host_without_a_one_shot_boot_is_refused_unless_unverified(hosts: dict
     alpha = hosts["alpha"]
     before, gens = alpha.current_system(), alpha.generations()
     alpha.ssh("mount -t tmpfs none /sys/firmware")  # no EFI variables: no one-shot entry
+    r = deploy("plan", "--reboot=always", "nixos://alpha/good")  # the plan says so first
+    assert r.returncode == 1, r.output
+    plan = r.host("nixos://alpha/good")["plan"]
+    assert isinstance(plan, dict) and "has no one-shot entry" in str(plan["checks"]), plan
+    assert "boot loader: none known (--reboot needs --reboot-unverified)" in r.output
     r = deploy("--reboot=always", "nixos://alpha/good")
     assert r.returncode == 1, r.output
     err = str(r.host("nixos://alpha/good")["error"])
@@ -109,6 +114,34 @@ def test_a_rollback_to_a_generation_without_a_boot_entry_is_refused(hosts: dict[
     assert err.startswith("generation 2 has no boot entry (nixos-generation-2.conf"), err
     assert "configurationLimit" in err and "nothing was changed" in err
     alpha.assert_clean_after(running=now, boot=now)
+
+
+def test_plan_and_status_show_what_boots_the_host_and_whether_it_resets_itself(
+    hosts: dict[str, Host],
+) -> None:
+    alpha = hosts["alpha"]
+    r = deploy("status", "alpha")
+    assert r.returncode == 0, r.output
+    boot = r.hosts[0]["boot"]
+    assert isinstance(boot, dict), r.hosts
+    assert boot["loader"] == "systemd-boot" and boot["default"] == loader_default(alpha), boot
+    assert boot["resets_after_panic"] is True and boot["panic"] == "5" and boot["trial"] == "none", boot
+    # a new system without panic= (nor a watchdog): plan says what a panic at its boot would do
+    r = deploy("plan", "--reboot=always", "nixos://alpha/no-reset")
+    assert r.returncode == 0, r.output
+    plan = r.host("nixos://alpha/no-reset")["plan"]
+    assert isinstance(plan, dict) and plan["checks"] == "ok", plan
+    assert isinstance(plan["boot"], dict) and plan["boot"]["resets_after_panic"] is False, plan
+    assert "after a kernel panic or hang, the new system stays down until someone resets it" in r.output
+    assert "boot loader: systemd-boot, default " in r.output
+    # the deploy says so too, and status then
+    r = deploy(*FAST, "--reboot=always", "nixos://alpha/no-reset")
+    assert r.returncode == 0, r.output
+    assert "does not reset itself after a kernel panic or hang" in r.output
+    r = deploy("status", "alpha")
+    boot = r.hosts[0]["boot"]
+    assert isinstance(boot, dict) and boot["resets_after_panic"] is False, boot
+    assert boot["default"] == loader_default(alpha) == f"nixos-generation-{alpha.generations()}.conf"
 
 
 @pytest.mark.vm

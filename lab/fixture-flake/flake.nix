@@ -49,6 +49,9 @@
         # boot.loader.systemd-boot.configurationLimit = 2: its boot loader installer keeps the
         # entries (and kernel copies) of the newest two generations only
         boot-limit-2 = mkSystem { hostName = "boot-limit-2"; bootEntryLimit = 2; };
+        # no panic= on its kernel command line, no watchdog: a panic or hang at boot would
+        # leave the host down (plan, status and a --reboot deploy say so)
+        no-reset = mkSystem { hostName = "no-reset"; kernelParams = [ ]; };
 
         # NixOS's specialisations: `foo` adds a unit (and runs sshd, as the system does);
         # -v2 is the next version of both, and `bar` is only in -v2

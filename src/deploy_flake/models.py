@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deploy_flake.errors import UsageError
 from deploy_flake.remote.destination import Destination
+
+if TYPE_CHECKING:  # the agent's answer (agent/protocol.py builds on these models)
+    from deploy_flake.agent.protocol import BootInfo
 
 
 class Elevate(StrEnum):
@@ -207,6 +211,7 @@ class HostStatus:
     reboot_reasons: tuple[str, ...] = ()  # what of the running system differs from the booted one
     last_deploy: dict[str, str] | None = None  # recorded by the agent at each commit
     specialisation: str | None = None  # the committed system's specialisation the host runs
+    boot: BootInfo | None = None  # what boots it, and how its default system resets; None: not known
 
     @property
     def reboot_needed(self) -> bool:
@@ -225,6 +230,7 @@ class HostStatus:
             "reboot_reasons": list(self.reboot_reasons),
             "last_deploy": self.last_deploy,
             "specialisation": self.specialisation,
+            "boot": self.boot.as_json() if self.boot is not None else None,
         }
 
 
@@ -237,6 +243,7 @@ class HostPlan:
     reboot_reasons: tuple[str, ...] = ()
     checks: str = "ok"  # "ok", or why a deploy would refuse the system
     specialisation: str | None = None  # the new system's specialisation a deploy would activate
+    boot: BootInfo | None = None  # what boots the host, and how the new system's boot would go
 
     @property
     def reboot_needed(self) -> bool:
@@ -250,6 +257,7 @@ class HostPlan:
             "reboot_reasons": list(self.reboot_reasons),
             "checks": self.checks,
             "specialisation": self.specialisation,
+            "boot": self.boot.as_json() if self.boot is not None else None,
         }
 
 

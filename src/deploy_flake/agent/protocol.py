@@ -208,6 +208,122 @@ class TrialStatus:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class BootInfo:
+    """boot-info's answer: what boots a host and, for the system asked about, how its boot
+    would go (the fields after `entries`; None/"" when no system was asked about)."""
+
+    loader: BootLoader
+    default: str = ""  # the boot loader's default entry (loader.conf)
+    oneshot: str = ""  # the entry the next boot starts once, if one is set
+    trial: TrialState = TrialState.NONE  # the last verified reboot's state
+    entries: tuple[str, ...] = ()
+    free_kib: int | None = None  # room on the boot partition
+    needs_kib: int | None = None  # what the system's kernel and initrd take there (not yet there)
+    resets: bool | None = None  # the system resets the host after a panic or hang
+    panic: str = ""  # panic=N of its kernel command line
+    watchdog: str = ""  # RuntimeWatchdogSec of its systemd
+    problem: str = ""  # what the host's boot check refuses (a deploy would fail, changing nothing)
+
+    @property
+    def trial_pending(self) -> bool:
+        return self.trial in (TrialState.STAGED, TrialState.BOOTED, TrialState.RETURNING)
+
+    def summary(self) -> str:
+        """One line: the loader, its default, and a pending verified reboot."""
+        if self.loader is BootLoader.SYSTEMD_BOOT:
+            text = f"systemd-boot, default {self.default or '-'}, {len(self.entries)} entries"
+        elif self.loader is BootLoader.GRUB:
+            text = "grub (no one-shot boot: --reboot needs --reboot-unverified)"
+        else:
+            text = "none known (--reboot needs --reboot-unverified)"
+        if self.trial_pending:
+            text += f"; a verified reboot is {self.trial} (one-shot entry {self.oneshot or '-'})"
+        return text
+
+    def resets_text(self) -> str:
+        """After a kernel panic or hang, what the system does, and what to set if it stays down."""
+        if self.resets is None:
+            return ""
+        how = [f"panic={self.panic}"] if self.panic not in ("", "0") else []
+        if self.watchdog not in ("", "0", "off", "infinity"):
+            how.append(f"watchdog {self.watchdog}")
+        if self.resets:
+            return f"resets itself ({', '.join(how)})"
+        return (
+            "stays down until someone resets it (no panic= on its kernel command line, no "
+            'watchdog): set boot.kernelParams = [ "panic=30" ] (and systemd.watchdog.runtimeTime)'
+        )
+
+    def lines(self) -> list[str]:
+        """What plan shows of the boot."""
+        out = [f"boot loader: {self.summary()}"]
+        if self.free_kib is not None and self.needs_kib is not None:
+            out.append(
+                f"/boot: {_mib(self.free_kib)} free; the new kernel and initrd need {_mib(self.needs_kib)}"
+            )
+        if self.resets is not None:
+            out.append(f"after a kernel panic or hang, the new system {self.resets_text()}")
+        return out
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "loader": str(self.loader),
+            "default": self.default or None,
+            "oneshot": self.oneshot or None,
+            "trial": str(self.trial),
+            "entries": list(self.entries),
+            "free_kib": self.free_kib,
+            "needs_kib": self.needs_kib,
+            "resets_after_panic": self.resets,
+            "panic": self.panic or None,
+            "watchdog": self.watchdog or None,
+            "problem": self.problem or None,
+        }
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.1f} MiB"
+
+
+def parse_boot_info(text: str) -> BootInfo | None:
+    """boot-info's KEY=VALUE lines; None without a loader line (not the agent's answer)."""
+    values: dict[str, str] = {}
+    entries: list[str] = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "entry":
+            entries.append(value)
+        else:
+            values.setdefault(key, value)
+    try:
+        loader = BootLoader(values["loader"])
+        trial = TrialState(values.get("trial") or "none")
+    except (KeyError, ValueError):
+        return None
+
+    def kib(key: str) -> int | None:
+        v = values.get(key, "")
+        return int(v) if v.isdigit() else None
+
+    resets = values.get("resets")
+    return BootInfo(
+        loader=loader,
+        default=values.get("default", ""),
+        oneshot=values.get("oneshot", ""),
+        trial=trial,
+        entries=tuple(entries),
+        free_kib=kib("boot_free_kib"),
+        needs_kib=kib("boot_needs_kib"),
+        resets=None if resets is None else resets == "yes",
+        panic=values.get("panic", ""),
+        watchdog=values.get("watchdog", ""),
+        problem=values.get("problem", ""),
+    )
+
+
 def parse_trial(text: str) -> TrialStatus | None:
     """The trial status a whole answer ends with (its last line, as for final_status)."""
     lines = text.rstrip("\n").rsplit("\n", 1)

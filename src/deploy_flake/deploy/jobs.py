@@ -15,6 +15,7 @@ from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
 from deploy_flake.deploy.status import show_status
 from deploy_flake.deploy.transaction import TransactionJob
+from deploy_flake.errors import DeployError
 from deploy_flake.models import DeployOptions, Job, Outcome
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
@@ -24,7 +25,14 @@ class StatusJob(HostJob):
     """status: what the host runs and how it is; nothing is changed."""
 
     async def _steps(self) -> None:
-        show_status(self, await self._facts())
+        facts = await self._facts()
+        try:  # what boots the host is root's to read; the rest of the status is not
+            await self._use_sudo(facts)
+            boot_readable = True
+        except DeployError as e:
+            self.line(f"boot loader: not read ({e})")
+            boot_readable = False
+        await show_status(self, facts, boot=boot_readable)
 
 
 class PlanJob(HostJob):

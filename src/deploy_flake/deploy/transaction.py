@@ -64,7 +64,7 @@ class TransactionJob(HostJob):
         seen = await self._inspect(toplevel, facts, preflight=self.opts.preflight)
         gate = self.run.gate
         if gate is not None:  # --ask: the plan, then one answer for every host
-            verdict = await show_plan(self, toplevel, facts, seen, final=False)
+            verdict = await show_plan(self, toplevel, facts, seen, final=False, generation=generation)
             if verdict != "ok":
                 raise DeployError(verdict)
         else:

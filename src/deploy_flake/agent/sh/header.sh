@@ -61,8 +61,10 @@
 #                              it waits for the transaction to ask for it.
 #   agent abort ID             roll back now, or never start (the deployer was interrupted)
 #   agent status ID            print the status
-#   agent boot-info ID [TOPLEVEL]  what boots the host (KEY=VALUE lines: loader, default,
-#                              oneshot, trial; panic, watchdog of TOPLEVEL)
+#   agent boot-info ID [TOPLEVEL [BOOT_ONCE [GENERATION]]]  what boots the host (KEY=VALUE
+#                              lines: loader, default, oneshot, trial, entry...; for TOPLEVEL:
+#                              boot_free_kib, boot_needs_kib, resets, panic, watchdog, and
+#                              problem: what the transaction's boot check would refuse)
 #   agent trial-status|trial-commit|trial-reject ID [REASON]  the verified reboot (--reboot,
 #                              settings BOOT_ONCE=1 TRIAL_WINDOW_S): its status line, after
 #                              making the trial boot the default, or sending it back

@@ -13,7 +13,7 @@ case $cmd in
   abort) abort ;;
   status) print_status ;;
   boot-guard) boot_guard ;;
-  boot-info) boot_info "${3:-}" ;;
+  boot-info) boot_info "${3:-}" "${4:-0}" "${5:-}" ;;
   trial-status) print_trial ;;
   trial-commit) trial_commit ;;
   trial-reject) trial_reject "${3:-the deployer found the new system unhealthy}" ;;

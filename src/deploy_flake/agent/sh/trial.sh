@@ -82,12 +82,18 @@ boot_room() {  # TOPLEVEL: sets free (KiB on the boot partition, "" unknown) and
 # (no panic=N on its kernel command line, no runtime watchdog): a new system that hangs at
 # boot would then stay down until someone resets the host.
 note_resets() {
-  a=$(active_system)
-  p=$(tr ' ' '\n' < "$a/kernel-params" 2>/dev/null | sed -n 's/^panic=//p' | tail -n 1)
-  w=$(sed -n 's/^[[:space:]]*RuntimeWatchdogSec=[[:space:]]*//p' "$a/etc/systemd/system.conf" 2>/dev/null | tail -n 1)
-  case ${p:-0} in 0) ;; *) return 0 ;; esac
-  case ${w:-off} in 0 | off | infinity) ;; *) return 0 ;; esac
+  resets_itself "$(active_system)" && return 0
   log "warning: the new system does not reset itself after a kernel panic or hang (no panic= on its kernel command line, no watchdog): if it hangs at boot, the host stays down until someone resets it; set boot.kernelParams = [ \"panic=30\" ] (and systemd.watchdog.runtimeTime)"
+}
+
+# TOPLEVEL resets the host by itself after a kernel panic (panic=N, N > 0, on its kernel
+# command line) or a hang (systemd's runtime watchdog, RuntimeWatchdogSec in its system.conf).
+# Sets panic and watchdog (the values found, "" when none).
+resets_itself() {  # TOPLEVEL
+  panic=$(tr ' ' '\n' < "$1/kernel-params" 2>/dev/null | sed -n 's/^panic=//p' | tail -n 1)
+  watchdog=$(sed -n 's/^[[:space:]]*RuntimeWatchdogSec=[[:space:]]*//p' "$1/etc/systemd/system.conf" 2>/dev/null | tail -n 1)
+  case ${panic:-0} in 0) ;; *) return 0 ;; esac
+  case ${watchdog:-off} in 0 | off | infinity) return 1 ;; esac
 }
 
 tlog() { echo "[deploy-flake] $(date -u +%FT%TZ) $*" >> "$TRIAL/log"; }
@@ -293,19 +299,22 @@ trial_reject() {  # REASON
   print_trial
 }
 
-# For the deployer, before anything is changed: what boots this host, and whether TOPLEVEL
-# resets itself when its kernel panics or hangs (panic=N on its command line, a watchdog).
-boot_info() {  # [TOPLEVEL]
+# For the deployer (plan, status), changing nothing: what boots this host, and for TOPLEVEL
+# (a new system, or a rollback's GENERATION) whether it resets itself after a panic or hang
+# and what a deploy's host-side check would say of its boot (BOOT_ONCE: with --reboot).
+boot_info() {  # [TOPLEVEL [BOOT_ONCE [GENERATION]]]
   echo "loader=$(boot_loader)"
   echo "default=$(loader_default)"
   echo "oneshot=$(oneshot_entry)"
   echo "trial=$(trial_state)"
   for e in "$(boot_path)"/loader/entries/*.conf; do [ -e "$e" ] && echo "entry=${e##*/}"; done
   [ -n "${1:-}" ] || return 0
-  boot_room "$1"
+  NEW=$1 BOOT_ONCE=${2:-0} GENERATION=${3:-}
+  boot_room "$NEW"
   echo "boot_free_kib=$free"
   echo "boot_needs_kib=$need"
-  tr ' ' '\n' < "$1/kernel-params" 2>/dev/null | sed -n 's/^panic=/panic=/p' | tail -n 1
-  sed -n 's/^[[:space:]]*RuntimeWatchdogSec=[[:space:]]*//p' "$1/etc/systemd/system.conf" 2>/dev/null |
-    tail -n 1 | sed 's/^/watchdog=/'
+  if resets_itself "$NEW"; then echo "resets=yes"; else echo "resets=no"; fi
+  echo "panic=$panic"
+  echo "watchdog=$watchdog"
+  if problem=$(boot_problem); then echo "problem=$problem"; fi
 }
