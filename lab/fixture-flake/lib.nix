@@ -1,10 +1,15 @@
 # Builtins-only building blocks for NixOS-like toplevels (see flake.nix).
 { system }:
 let
+  # The script ends with a builtin (`:`), so the shell stays the builder until it exits:
+  # bash (the lab's /bin/sh, as NixOS's binsh) execs a script's last command in place of
+  # itself, and a coreutils command (chmod, ...) closes its stderr just before it exits;
+  # Nix takes the closed log pipe for the builder's end and SIGKILLs it, which under load
+  # lands before the exit ("builder ... failed due to signal 9 (Killed)").
   runSh = name: env: script: derivation ({
     inherit name system;
     builder = "/bin/sh";
-    args = [ "-eu" "-c" script ];
+    args = [ "-eu" "-c" "${script}\n:" ];
     PATH = "/usr/bin:/bin";
   } // env);
 
