@@ -3,17 +3,15 @@
 switch-to-configuration's boot loader installer writes loader.conf, one entry per generation
 and kernel copies on a /boot of its own; the fixture's bootctl sets the one-shot entry (an EFI
 variable in /sys/firmware/efi/efivars); the image's generator boots as systemd-boot would.
-On nspawn hosts (a reboot restarts the container) and on the QEMU VM (real reboots, a real
-kernel panic).
+On nspawn hosts (a reboot restarts the container); tests/test_verified_reboot.py has the
+real kernel panic on the QEMU VM.
 """
 
 from __future__ import annotations
 
 import re
 
-import pytest
-
-from tests.lab import BOOT_ID, ENTRY_SYSTEM, LAB_DIR, VM_SSH_CONFIG, Host, deploy, lab, wait_for
+from tests.lab import ENTRY_SYSTEM, Host, deploy, lab
 
 GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 EFIVARS = "/sys/firmware/efi/efivars"
@@ -176,52 +174,3 @@ def test_a_full_boot_refuses_the_deploy_before_anything_changes(hosts: dict[str,
     alpha.assert_clean_after(running=before, boot=before)
     assert alpha.generations() == gens
     alpha.ssh("rm -f /boot/filler")
-
-
-# ---- on the QEMU VM: a real reboot and a real kernel panic
-@pytest.mark.vm
-def test_vm_panicking_oneshot_entry_then_the_default(vm: Host, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the panicking boot, its reset and the boot of the default: two boots before ssh answers
-    monkeypatch.setenv("LAB_VM_BOOT_TIMEOUT", "840")
-    r = deploy("nixos://vm1/good", ssh_config=VM_SSH_CONFIG, timeout=900)
-    assert r.returncode == 0, r.output
-    good = vm.current_system()
-    profile_gen = 'readlink /nix/var/nix/profiles/system | sed "s/system-\\(.*\\)-link/\\1/"'
-    gen = int(vm.out(profile_gen))
-    assert vm.out("findmnt -n -o SOURCE /boot") == "/dev/vdb"
-    assert vm.out(f"findmnt -n -o TARGET {EFIVARS}") == EFIVARS
-    assert _loader_conf(vm)[1] == f"default nixos-generation-{gen}.conf"
-    # panic-at-boot as the one-shot entry: the kernel panics, panic=5 resets the VM, and the
-    # one-shot variable is gone: the default boots
-    r = deploy("--test=skip", "nixos://vm1/panic-at-boot", ssh_config=VM_SSH_CONFIG, timeout=900)
-    assert r.returncode == 0, r.output
-    panic = int(vm.out(profile_gen))
-    vm.ssh(f"/nix/var/nix/profiles/system-{gen}-link/bin/switch-to-configuration boot")
-    vm.ssh(f"bootctl set-oneshot nixos-generation-{panic}.conf")
-    boot = vm.out(BOOT_ID)
-    lab("vm", "reboot", "vm1", timeout=900)
-    assert vm.out(BOOT_ID) != boot
-    assert vm.current_system() == good == vm.out("readlink -f /run/booted-system")
-    assert _booted(vm) == f"nixos-generation-{gen}.conf"
-    assert _efivar(vm, ONESHOT) is None
-    assert f"nixos-generation-{panic}.conf: the kernel of" in vm.out("cat /var/log/fixture-nixos-boot.log")
-    assert "sysrq: Trigger a crash" in _console_log()
-    # a one-shot entry of an older generation (the image's) boots once; the variable
-    # survived the reboot
-    vm.ssh("bootctl set-oneshot nixos-generation-1.conf")
-    older = vm.out(ENTRY_SYSTEM + "nixos-generation-1.conf")
-    lab("vm", "reboot", "vm1", timeout=900)
-    assert vm.current_system() == older
-    assert _efivar(vm, SELECTED) == "nixos-generation-1.conf"
-    assert _efivar(vm, ONESHOT) is None
-    assert vm.boot_default() == good
-    # back on the default without a reboot for the tests after this one, which need the
-    # host's transaction unit gone (a slow VM ends it a while after deploy-flake returns)
-    r = deploy("nixos://vm1/good", ssh_config=VM_SSH_CONFIG, timeout=900)
-    assert r.returncode == 0, r.output
-    assert wait_for(lambda: not vm.deploy_units(), 180), vm.deploy_units()
-    assert vm.lock_free()
-
-
-def _console_log() -> str:
-    return (LAB_DIR / "vms" / "vm1" / "console.log").read_text(errors="replace")
