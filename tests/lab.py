@@ -198,7 +198,7 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.5) -> bool:
     return bool(predicate())
 
 
-COMMANDS = ("deploy", "status", "plan", "rollback")
+COMMANDS = ("deploy", "status", "plan", "rollback", "gc")
 # The lab's logins (lab/lib/image.sh, the fixture's sudoers): root; deploy, in wheel, whose
 # sudo needs no password; SUDO_USER, whose sudo asks for SUDO_PASSWORD.
 SUDO_USER = "sudopw"

@@ -20,6 +20,7 @@ from deploy_flake.deploy.jobs import host_job
 from deploy_flake.deploy.run import Run
 from deploy_flake.models import (
     DeployOptions,
+    GcSettings,
     HostResult,
     Job,
     Outcome,
@@ -789,3 +790,62 @@ def test_no_last_resort_reboot_when_the_boot_entry_may_name_the_new_system(
     assert result.outcome is Outcome.UNKNOWN, result
     assert f"{OLD}/bin/switch-to-configuration test" in str(result.error)  # what to do by hand
     assert "Not rebooted (--on-rollback-failure=reboot)" in str(result.error) and why in str(result.error)
+
+
+def _gc_answer(*lines: str) -> Reply:
+    return Reply(stdout="".join(f"@@deploy-flake-gc\t{line}\n" for line in lines))
+
+
+def test_gc_reports_what_it_removed_and_what_it_freed(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = _gc_answer(
+        "keep\t3\tthe system profile's generation",
+        f"remove\t1\t{OLDER}\t2026-11-01",
+        "end\t1\t3000\t9000\t12 store paths deleted, 80.00 MiB freed\t",
+    )
+    asked: list[str] = []
+
+    def gc(argv: Sequence[str], stdin: bytes | None) -> Reply:
+        asked.extend(argv)
+        return answer
+
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            ("connect", Reply()),
+            ("facts", facts()),
+            ("agent install", Reply()),
+            ("agent gc", gc),
+            ("disconnect", Reply()),
+        ],
+        job=Job.GC,
+        gc=GcSettings(keep=2, older_than_s=86400, collect_garbage=True),
+    )
+    assert result.outcome is Outcome.CLEANED and result.gc is not None, result
+    assert fake.sent[3] == "agent gc" and asked[-4:] == ["2", "86400", "1", "0"], asked
+    assert result.gc.removed == ((1, OLDER, "2026-11-01"),)
+    assert (
+        "removed generation(s) 1; /boot: 2.9 MiB free before, 8.8 MiB after; "
+        "store: 12 store paths deleted, 80.00 MiB freed"
+    ) in events.lines
+    assert result.as_json()["gc"] == result.gc.as_json()
+
+
+def test_gc_that_found_the_deploy_lock_taken_fails_and_one_cut_short_is_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    busy = _gc_answer("end\t0\t\t\t\ta deploy is in progress on this host (x): nothing was removed")
+    table = [
+        ("connect", Reply()),
+        ("facts", facts()),
+        ("agent install", Reply()),
+        ("agent gc", busy),
+        ("disconnect", Reply()),
+    ]
+    result, _, _ = run_job(monkeypatch, table, job=Job.GC, gc=GcSettings(keep=1))
+    assert result.outcome is Outcome.FAILED and str(result.error).startswith("a deploy is in progress"), (
+        result
+    )
+    cut = _gc_answer("keep\t3\tthe system profile's generation", f"remove\t1\t{OLDER}\t-")
+    table[3] = ("agent gc", cut)
+    result, _, _ = run_job(monkeypatch, table, job=Job.GC, gc=GcSettings(keep=1))
+    assert result.outcome is Outcome.UNKNOWN and "gc did not finish" in str(result.error), result

@@ -17,6 +17,7 @@ from deploy_flake.agent.protocol import (
     STATE_LINE,
     STATUS_MARK,
     BootInfo,
+    GcReport,
     Keeper,
     Phase,
     Status,
@@ -24,15 +25,18 @@ from deploy_flake.agent.protocol import (
     final_status,
     format_status,
     parse_boot_info,
+    parse_gc,
     parse_trial,
 )
 from deploy_flake.agent.script import script, script_path
 from deploy_flake.agent.settings import CONFIRM_HOLD_MARGIN_S, CONFIRM_TAKEN_S, MARGIN_S, Settings
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, WrongHost
+from deploy_flake.models import GcSettings
 from deploy_flake.remote.ssh import Remote
 
 STREAM_S = 30  # the longest one call shows the agent's log before the deployer asks again
 RESCUES = 2  # how often the deployer starts a killed transaction's guard itself
+GC_TIMEOUT_S = 3600  # gc on a host: removing generations, the boot entries, the store's garbage
 
 # What a transaction does without the deployer, by the phase it was last seen in.
 _ON_ITS_OWN = {
@@ -102,6 +106,18 @@ class AgentCalls:
         except DeployError:
             return None
         return parse_boot_info(text) if text is not None else None
+
+    async def gc(self, settings: GcSettings) -> GcReport | None:
+        """deploy-flake gc on the host (sh/gc.sh); None when its answer did not come whole."""
+        text = await self.answer(
+            "gc",
+            str(settings.keep),
+            str(settings.older_than_s),
+            "1" if settings.collect_garbage else "0",
+            "1" if settings.dry_run else "0",
+            timeout=GC_TIMEOUT_S,
+        )
+        return parse_gc(text) if text is not None else None
 
 
 class Agent(AgentCalls):

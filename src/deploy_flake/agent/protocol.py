@@ -33,6 +33,7 @@ STATUS_TAG = "@@deploy-flake-state"  # begins every status line, followed by a t
 STATUS_MARK = f"{STATUS_TAG}\t"
 STATE_LINE = "[deploy-flake] state: "  # the agent's log line for each new state
 TRIAL_TAG = "@@deploy-flake-trial"  # begins the trial verbs' status line, followed by a tab
+GC_TAG = "@@deploy-flake-gc"  # begins each line gc prints for the deployer, followed by a tab
 # In a transaction's directory: present from the moment the transaction first writes the
 # new system's boot entry until the old one is written again (--on-rollback-failure=reboot
 # reboots only a host whose boot entry is still the old one).
@@ -322,6 +323,73 @@ def parse_boot_info(text: str) -> BootInfo | None:
         watchdog=values.get("watchdog", ""),
         problem=values.get("problem", ""),
     )
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What gc did on a host (sh/gc.sh): the generations kept (and why) and removed, /boot's
+    free room before and after, nix-store --gc's summary, and what stopped it."""
+
+    kept: tuple[tuple[int, str], ...] = ()  # generation, why it stays
+    removed: tuple[tuple[int, str, str], ...] = ()  # generation, its system, its date
+    boot_free_before_kib: int | None = None
+    boot_free_after_kib: int | None = None  # None: nothing was removed (--dry-run)
+    store: str = ""  # "N store paths deleted, X MiB freed" (--collect-garbage)
+    problem: str = ""
+
+    def summary(self, dry_run: bool) -> str:
+        gens = ", ".join(str(g) for g, _, _ in sorted(self.removed))
+        if not self.removed:
+            text = "no generation to remove"
+        elif dry_run:
+            text = f"would remove generation(s) {gens}"
+        else:
+            text = f"removed generation(s) {gens}"
+        before, after = self.boot_free_before_kib, self.boot_free_after_kib
+        if before is not None and after is not None and not dry_run:
+            text += f"; /boot: {_mib(before)} free before, {_mib(after)} after"
+        if self.store:
+            text += f"; store: {self.store}"
+        return text
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "kept": [{"generation": g, "why": why} for g, why in self.kept],
+            "removed": [{"generation": g, "system": sys, "date": date} for g, sys, date in self.removed],
+            "boot_free_before_kib": self.boot_free_before_kib,
+            "boot_free_after_kib": self.boot_free_after_kib,
+            "store": self.store or None,
+            "problem": self.problem or None,
+        }
+
+
+def parse_gc(text: str) -> GcReport | None:
+    """gc's tagged lines; None without its end line (it did not finish, or is not the agent)."""
+    kept: list[tuple[int, str]] = []
+    removed: list[tuple[int, str, str]] = []
+    for line in text.splitlines():
+        if not line.startswith(f"{GC_TAG}\t"):
+            continue
+        kind, *fields = line[len(GC_TAG) + 1 :].split("\t")
+        fields += [""] * 5
+        if kind == "keep" and fields[0].isdigit():
+            kept.append((int(fields[0]), fields[1]))
+        elif kind == "remove" and fields[0].isdigit():
+            removed.append((int(fields[0]), fields[1], fields[2]))
+        elif kind == "end":
+
+            def kib(v: str) -> int | None:
+                return int(v) if v.isdigit() else None
+
+            return GcReport(
+                kept=tuple(kept),
+                removed=tuple(removed),
+                boot_free_before_kib=kib(fields[1]),
+                boot_free_after_kib=kib(fields[2]),
+                store=fields[3],
+                problem=fields[4],
+            )
+    return None
 
 
 def parse_trial(text: str) -> TrialStatus | None:

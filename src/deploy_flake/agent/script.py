@@ -22,6 +22,7 @@ from deploy_flake.agent.protocol import (
     BOOT_ENTRY_MARK,
     GC_ROOT_MAX_AGE_MIN,
     GC_ROOTS_DIR,
+    GC_TAG,
     LAST_DEPLOY_FILE,
     STATE_LINE,
     STATUS_TAG,
@@ -52,6 +53,7 @@ PARTS = (
     "transaction.sh",
     "commit.sh",
     "trial.sh",
+    "gc.sh",
     "verbs.sh",
     "main.sh",
 )
@@ -63,6 +65,7 @@ SHARED: tuple[tuple[str, str | int], ...] = (
     ("GC_ROOTS", GC_ROOTS_DIR),
     ("TRIAL", TRIAL_DIR),
     ("TRIAL_TAG", TRIAL_TAG),
+    ("GC_TAG", GC_TAG),
     ("ROOT_MAX_AGE_MIN", GC_ROOT_MAX_AGE_MIN),
     ("STATUS_TAG", STATUS_TAG),
     ("STATE_LINE", STATE_LINE),

@@ -342,5 +342,41 @@ TO = click.option(
     help="The system profile's generation to return to.  [default: the one before the current]",
 )
 
+# gc's own: `gc`
+GC = params.collected(
+    "gc",
+    params.gc_options,
+    click.option(
+        "--keep",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Keep the newest N generations of the system profile (the current one counts).",
+    ),
+    click.option(
+        "--older-than",
+        callback=params.positive_duration,
+        metavar="DURATION",
+        help="Remove only generations older than this (like 30d or 12h).",
+    ),
+    click.option(
+        "--collect-garbage",
+        is_flag=True,
+        help="Then collect the store's garbage (nix-store --gc) and say what it freed.",
+    ),
+    click.option("--dry-run", is_flag=True, help="Only list what would be removed; change nothing."),
+    click.option(
+        "--ask-sudo-password",
+        is_flag=True,
+        help="Ask once, on the terminal, for the password of sudo (or doas, --elevate) on hosts "
+        "where it needs one.",
+    ),
+    click.option(
+        "--sudo-password-fd",
+        type=click.IntRange(min=0),
+        metavar="FD",
+        help="Read the sudo password from this open file descriptor (its first line).",
+    ),
+)
+
 # status's own
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

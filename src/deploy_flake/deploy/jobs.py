@@ -1,6 +1,7 @@
 """The four jobs a run does to each host, step by step, and host_job: the one a run asks for.
 
 status    connect, read the facts, report them
+gc        connect, remove old generations, write the boot entries again (collect garbage)
 plan      connect, copy the flake, build, inspect, show what would change
 deploy    connect, copy the flake, build, inspect, check, activate, confirm (reboot)
 rollback  connect, pick the generation, inspect, check, activate, confirm (reboot)
@@ -9,6 +10,7 @@ rollback  connect, pick the generation, inspect, check, activate, confirm (reboo
 from __future__ import annotations
 
 from deploy_flake.deploy.build import build_system, copying_flake
+from deploy_flake.deploy.gc import collect_garbage
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.deploy.plan import show_plan
 from deploy_flake.deploy.rollback_target import rollback_target
@@ -33,6 +35,16 @@ class StatusJob(HostJob):
             self.line(f"boot loader: not read ({e})")
             boot_readable = False
         await show_status(self, facts, boot=boot_readable)
+
+
+class GcJob(HostJob):
+    """gc: old system generations go (never one the host needs), the boot entries are
+    written again; with --collect-garbage the store's garbage goes too."""
+
+    async def _steps(self) -> None:
+        facts = await self._facts()
+        await self._use_sudo(facts)
+        await collect_garbage(self)
 
 
 class PlanJob(HostJob):
@@ -100,6 +112,7 @@ JOBS: dict[Job, type[HostJob]] = {
     Job.PLAN: PlanJob,
     Job.DEPLOY: DeployJob,
     Job.ROLLBACK: RollbackJob,
+    Job.GC: GcJob,
 }
 
 

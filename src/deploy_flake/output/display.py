@@ -194,3 +194,15 @@ def plain_plan(results: list[HostResult]) -> str:
             f"checks: {plan.checks}"
         )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- gc
+def plain_gc(results: list[HostResult], dry_run: bool) -> str:
+    lines = ["deploy-flake gc (dry run: nothing was removed):" if dry_run else "deploy-flake gc:"]
+    for r in results:
+        if r.gc is None:
+            lines.append(f"  {r.destination}: {r.error or r.outcome}")
+            continue
+        problem = f" - {r.gc.problem}" if r.gc.problem else ""
+        lines.append(f"  {r.destination}: {r.gc.summary(dry_run)}{problem}")
+    return "\n".join(lines)

@@ -69,6 +69,9 @@
 #                              settings BOOT_ONCE=1 TRIAL_WINDOW_S): its status line, after
 #                              making the trial boot the default, or sending it back
 #   agent boot-guard ID        the trial's guard unit, at every boot while it is armed
+#   agent gc ID KEEP OLDER_S COLLECT DRY  deploy-flake gc: old system generations go (never
+#                              one the host needs), the boot entries are written again, and
+#                              with COLLECT the store's garbage; lines tagged GC_TAG (sh/gc.sh)
 # The trial verbs end with their own line (sh/trial.sh):
 #   @@deploy-flake-trial<TAB>STATE<TAB>ID<TAB>NEW<TAB>BOOTED<TAB>REASON
 # Every verb but run, recover and guard ends with one status line:

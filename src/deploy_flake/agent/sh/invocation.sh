@@ -12,7 +12,7 @@ KEEP_RUNS=20
 die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
 
 cmd=${1:-}
-[ $# -ge 2 ] || die "usage: agent start|run|recover|guard|rescue|watch|confirm|abort|status|trial-status|trial-commit|trial-reject|boot-guard ID ..."
+[ $# -ge 2 ] || die "usage: agent start|run|recover|guard|rescue|watch|confirm|abort|status|trial-status|trial-commit|trial-reject|boot-guard|boot-info|gc ID ..."
 ID=$2
 case $ID in '' | .* | *[!A-Za-z0-9_.-]* | "${GC_ROOTS##*/}") die "bad deploy id '$ID'" ;; esac
 DIR=$BASE/$ID
