@@ -353,13 +353,20 @@ def fixture_lib_into(directory: Path) -> None:
     shutil.copytree(FIXTURE_FLAKE / "scripts", directory / "scripts")
 
 
-def fixture_flake_with(tmp_path: Path, extra_configs: str) -> Path:
-    """A copy of the fixture flake with more configurations (a test's own: a change to the
-    lab's flake would rebuild the image every pool shares)."""
+def fixture_flake_with(
+    tmp_path: Path, extra_configs: str = "", *, replace: tuple[str, str] = ("", "")
+) -> Path:
+    """A copy of the fixture flake with more configurations and one text replaced (a test's
+    own: a change to the lab's flake would rebuild the image every pool shares)."""
     flake = tmp_path / "flake"
     shutil.copytree(FIXTURE_FLAKE, flake)
     text = (flake / "flake.nix").read_text()
     anchor = "\n      };\n\n      # the lab hosts as an inventory"
     assert text.count(anchor) == 1
-    (flake / "flake.nix").write_text(text.replace(anchor, extra_configs + anchor))
+    text = text.replace(anchor, extra_configs + anchor)
+    old, new = replace
+    if old:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (flake / "flake.nix").write_text(text)
     return flake
