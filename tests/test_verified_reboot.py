@@ -102,6 +102,23 @@ def test_a_host_without_a_one_shot_boot_is_refused_unless_unverified(hosts: dict
     assert alpha.current_system() == r.host("nixos://alpha/good")["system"] == alpha.profile()
 
 
+def test_a_host_whose_systemd_boot_counts_boots_is_refused(hosts: dict[str, Host]) -> None:
+    """boot.loader.systemd-boot.bootCounting names entries +TRIES: not used by the one-time
+    boot yet, so such a host fails before anything is changed."""
+    alpha = hosts["alpha"]
+    before, gens = alpha.current_system(), alpha.generations()
+    alpha.ssh("cd /boot/loader/entries && mv nixos-generation-1.conf 'nixos-generation-1+3.conf'")
+    r = deploy("--reboot=always", "nixos://alpha/good")
+    assert r.returncode == 1, r.output
+    err = str(r.host("nixos://alpha/good")["error"])
+    assert "counts boot attempts (entries named like nixos-generation-1+3.conf" in err, err
+    assert "nothing was changed" in err and "--reboot-unverified" in err
+    assert alpha.out("ls /boot/loader/entries") == "nixos-generation-1+3.conf"
+    alpha.ssh("cd /boot/loader/entries && mv 'nixos-generation-1+3.conf' nixos-generation-1.conf")
+    alpha.assert_clean_after(running=before, boot=before)
+    assert alpha.generations() == gens
+
+
 def test_a_rollback_to_a_generation_without_a_boot_entry_is_refused(hosts: dict[str, Host]) -> None:
     alpha = hosts["alpha"]
     for config in ("good", "new-kernel", "boot-limit-2"):  # generations 2 3 4; entries 3 4

@@ -51,6 +51,13 @@ boot_problem() {
   fi
   [ "$loader" = systemd-boot ] || return 1
   bp=$(boot_path)
+  if [ "$BOOT_ONCE" = 1 ]; then
+    for e in "$bp"/loader/entries/*+*.conf; do
+      [ -e "$e" ] || continue
+      echo "--reboot boots the new system once before making it the default, and this host's systemd-boot counts boot attempts (entries named like ${e##*/}: boot.loader.systemd-boot.bootCounting), which deploy-flake's one-time boot does not use yet: nothing was changed; --reboot-unverified makes it the default first, then reboots"
+      return 0
+    done
+  fi
   if [ -n "$GENERATION" ]; then
     e=$(entry_of "system-$GENERATION-link")
     [ -e "$bp/loader/entries/$e" ] && return 1
