@@ -164,8 +164,10 @@ def test_plan_and_status_show_what_boots_the_host_and_whether_it_resets_itself(
 @pytest.mark.vm
 def test_vm_a_new_kernel_that_really_panics_comes_back_on_the_old_default(vm: Host) -> None:
     before, gens, default = vm.current_system(), vm.generations(), loader_default(vm)
+    # the VM (TCG, under the suite's load) takes longer than 5s for a fresh login
+    slow = ("--settle-time=2s", "--health-timeout=60s", "--confirm-timeout=60s", "--boot-timeout=120s")
     r = deploy(
-        *FAST, "--reboot=if-needed", "nixos://vm1/panic-at-boot", ssh_config=VM_SSH_CONFIG, timeout=1800
+        *slow, "--reboot=if-needed", "nixos://vm1/panic-at-boot", ssh_config=VM_SSH_CONFIG, timeout=1800
     )
     assert r.returncode == 3, r.output
     res = r.host("nixos://vm1/panic-at-boot")

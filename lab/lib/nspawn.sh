@@ -81,7 +81,7 @@ check_capacity() {  # NUMBER_OF_NEW_HOSTS
 INOTIFY_INSTANCES=4096
 
 host_start() {  # NAME [SUITE]: SUITE (default: the host's own, else bookworm) is remembered
-  local n=$1 d suite img unified=; valid_name "$n"; d=$(host_dir "$n")
+  local n=$1 d suite img recipe unified=; valid_name "$n"; d=$(host_dir "$n")
   suite=${2:-$(host_suite "$n")}; valid_suite "$suite"; img=$(image_dir "$suite")
   [ -e "$img/rootfs/.lab-recipe" ] || die "no $suite image in $img; run 'lab/lab build --suite $suite' first"
   suite_unified_cgroup "$suite" && unified=1
@@ -89,9 +89,15 @@ host_start() {  # NAME [SUITE]: SUITE (default: the host's own, else bookworm) i
     sysctl -qw fs.inotify.max_user_instances="$INOTIFY_INSTANCES" || die "cannot raise fs.inotify.max_user_instances"
   fi
   host_running "$n" && die "$n is already running"
-  # a writable layer belongs to the rootfs under it: another suite's is discarded
+  # a writable layer belongs to the rootfs under it: another suite's is discarded, and one
+  # made over an older image of the suite (its /bin/sh, its generations name store paths
+  # the new image does not have)
+  recipe=$(cat "$img/rootfs/.lab-recipe")
   if [ -d "$d/upper" ] && [ "$(host_suite "$n")" != "$suite" ]; then
     say "$n: was $(host_suite "$n"), now $suite: discarding its writable layer"
+    rm -rf "$d/upper"
+  elif [ -d "$d/upper" ] && [ "$(cat "$d/recipe" 2>/dev/null)" != "$recipe" ]; then
+    say "$n: its writable layer was made over an older $suite image: discarding it"
     rm -rf "$d/upper"
   fi
   # /boot: a filesystem of its own (boot_fs_make), loop-mounted here and bound into the
@@ -101,6 +107,7 @@ host_start() {  # NAME [SUITE]: SUITE (default: the host's own, else bookworm) i
   mkdir -p "$d/upper/etc" "$d/boot"
   mount -o loop "$d/boot.img" "$d/boot" || die "$n: cannot mount its /boot ($d/boot.img)"
   echo "$suite" > "$d/suite"
+  echo "$recipe" > "$d/recipe"
   [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -C "$n" -f "$d/hostkey"
   known_hosts_set "$n" "$n $(cut -d' ' -f1,2 "$d/hostkey.pub")"
   ip netns list | grep -qw "$NS-$n" || ip netns add "$NS-$n" || die "$n: cannot create network namespace $NS-$n"

@@ -24,7 +24,7 @@
 # (`Oops: int3` in enqueue_timer; cross-vCPU code modification) and stayed dead until the
 # 600 s reboot timeout of the test that rebooted it. One vCPU thread (tcg,thread=single)
 # avoids the race but boots sid in 59 s against 42 s, every boot; the rare retry is cheaper.
-VM_BOOT_TIMEOUT=${LAB_VM_BOOT_TIMEOUT:-300}
+VM_BOOT_TIMEOUT=${LAB_VM_BOOT_TIMEOUT:-480}
 
 vm_dir() { echo "$LAB/vms/$1"; }
 vm_suite() { cat "$(vm_dir "$1")/suite" 2>/dev/null || echo bookworm; }

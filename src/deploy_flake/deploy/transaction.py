@@ -11,7 +11,7 @@ from deploy_flake.deploy.boot_trial import reboot_trial
 from deploy_flake.deploy.host import DEFAULT_PRE_ACTIVATE, HostJob
 from deploy_flake.deploy.last_resort import reboot_to_previous
 from deploy_flake.deploy.plan import show_plan
-from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
+from deploy_flake.deploy.reboot import boots_once, reboot_into, reboot_wanted
 from deploy_flake.errors import DeployError
 from deploy_flake.host import inspection
 from deploy_flake.host.target import HostFacts
@@ -82,7 +82,12 @@ class TransactionJob(HostJob):
             toplevel=toplevel,
             current_system=facts.current_system,
         )
-        verified = wants_reboot and not self.opts.reboot_unverified
+        verified = boots_once(
+            wants_reboot,
+            unverified=self.opts.reboot_unverified,
+            toplevel=toplevel,
+            default_system=facts.profile_system,
+        )
         expected = seen.closure.activates or toplevel  # what the one-time boot starts
         # the host checks, before it changes anything, that its boot loader can boot the new
         # system once, that a rollback's generation has an entry, that /boot has room
