@@ -54,6 +54,7 @@ _BESIDE_FILES = frozenset(
         "test_connection_identity.py",
         "test_inventory_ssh.py",
         "test_flows_safety.py",
+        "test_flows_reboot.py",
         "test_output.py",
         "test_rollout_waves.py",
         "test_host_decisions.py",

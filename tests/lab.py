@@ -110,7 +110,8 @@ class Host:
         return self.out("readlink -f /run/current-system")
 
     def boot_default(self) -> str:
-        return self.out("cat /boot/fixture-nixos/default")
+        """The system of loader.conf's default entry (systemd-boot's layout, as NixOS writes it)."""
+        return self.out(BOOT_DEFAULT)
 
     def profile(self) -> str:
         return self.out("readlink -f /nix/var/nix/profiles/system")
@@ -197,7 +198,7 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.5) -> bool:
     return bool(predicate())
 
 
-COMMANDS = ("deploy", "status", "plan", "rollback")
+COMMANDS = ("deploy", "status", "plan", "rollback", "gc")
 # The lab's logins (lab/lib/image.sh, the fixture's sudoers): root; deploy, in wheel, whose
 # sudo needs no password; SUDO_USER, whose sudo asks for SUDO_PASSWORD.
 SUDO_USER = "sudopw"
@@ -206,6 +207,9 @@ SUDO_PASSWORD = "Pw-7f3a9c-never-shown"
 CONFIRM = "--confirm-timeout=6s"
 # What a host answers anew after each boot.
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+# the toplevel of an entry: its options' init= minus /init (systemd-boot-builder.py's line)
+ENTRY_SYSTEM = r"sed -n 's/^options .*init=\([^ ]*\)\/init.*/\1/p' /boot/loader/entries/"
+BOOT_DEFAULT = "e=$(sed -n 's/^default[[:space:]]*//p' /boot/loader/loader.conf) && " + ENTRY_SYSTEM + '"$e"'
 
 
 # deploy-flake run by this machine's Python and Nix; a deployer root's is another argv
@@ -349,13 +353,20 @@ def fixture_lib_into(directory: Path) -> None:
     shutil.copytree(FIXTURE_FLAKE / "scripts", directory / "scripts")
 
 
-def fixture_flake_with(tmp_path: Path, extra_configs: str) -> Path:
-    """A copy of the fixture flake with more configurations (a test's own: a change to the
-    lab's flake would rebuild the image every pool shares)."""
+def fixture_flake_with(
+    tmp_path: Path, extra_configs: str = "", *, replace: tuple[str, str] = ("", "")
+) -> Path:
+    """A copy of the fixture flake with more configurations and one text replaced (a test's
+    own: a change to the lab's flake would rebuild the image every pool shares)."""
     flake = tmp_path / "flake"
     shutil.copytree(FIXTURE_FLAKE, flake)
     text = (flake / "flake.nix").read_text()
     anchor = "\n      };\n\n      # the lab hosts as an inventory"
     assert text.count(anchor) == 1
-    (flake / "flake.nix").write_text(text.replace(anchor, extra_configs + anchor))
+    text = text.replace(anchor, extra_configs + anchor)
+    old, new = replace
+    if old:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (flake / "flake.nix").write_text(text)
     return flake

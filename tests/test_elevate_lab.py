@@ -5,13 +5,12 @@ tool fails at connect with nothing changed. (The logic, host-free: tests/test_el
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import suite_host
-from tests.lab import FIXTURE_FLAKE, SUDO_PASSWORD, SUDO_USER, Host, deploy
+from tests.lab import SUDO_PASSWORD, SUDO_USER, Host, deploy, fixture_flake_with
 from tests.test_sudo_password import run_with_password
 
 PASSWORD = "Pw-doas-5e1b-never-shown"
@@ -47,20 +46,16 @@ def test_the_inventorys_elevate_doas_deploys_to_a_host_without_sudo(
 ) -> None:
     beta = with_doas(hosts["beta"], "permit nopass deploy as root")
     before = beta.current_system()
-    flake = tmp_path / "flake"
-    shutil.copytree(FIXTURE_FLAKE, flake)
-    text = (flake / "flake.nix").read_text()
     entry = 'beta = { destination = "nixos://beta/beta"; tags = [ "web" "us" ]; };'
-    assert entry in text
     doas = 'beta = { destination = "nixos://beta/good"; user = "deploy"; elevate = "doas"; };'
-    (flake / "flake.nix").write_text(text.replace(entry, doas))
+    flake = fixture_flake_with(tmp_path / "doas", replace=(entry, doas))
     r = deploy("--settle-time=0", "--on", "beta", flake=flake)
     assert r.returncode == 0, r.output
     res = r.host("nixos://deploy@beta/good")
     assert res["outcome"] == "activated", res
     assert beta.current_system() == res["system"] == beta.profile() != before
     # the same entry without elevate: sudo's way, refused at connect with nothing changed
-    (flake / "flake.nix").write_text(text.replace(entry, doas.replace(' elevate = "doas";', "")))
+    flake = fixture_flake_with(tmp_path / "sudo", replace=(entry, doas.replace(' elevate = "doas";', "")))
     r = deploy("--settle-time=0", "--on", "beta", flake=flake)
     assert r.returncode == 1, r.output
     err = str(r.host("nixos://deploy@beta/good")["error"])

@@ -58,7 +58,9 @@ def test_failing_boot_step_puts_everything_back(hosts: dict[str, Host]) -> None:
     before, profile = alpha.current_system(), alpha.profile()
     r = deploy("nixos://alpha/fail-boot")
     assert r.returncode == 3, r.output
-    assert "switch-to-configuration boot failed" in str(r.host("nixos://alpha/fail-boot")["error"])
+    assert "switch-to-configuration boot failed: no space on /boot" in str(
+        r.host("nixos://alpha/fail-boot")["error"]
+    )
     alpha.assert_clean_after(running=before, boot=before)
     assert alpha.profile() == profile and alpha.generations() == 1
     clean_deploy_works(alpha, "nixos://alpha/good")

@@ -116,8 +116,9 @@ def test_a_rollback_waits_for_another_switch_to_finish(hosts: dict[str, Host]) -
     before = alpha.current_system()
     bg = Background("--settle-time=10s", "nixos://alpha/good")
     assert wait_for(lambda: "checking" in alpha.transaction_states().values(), 60), bg.output()
-    # another switch for 4 s, then a unit fails within the settle window: roll back
-    alpha.ssh(f"mkdir -p /run/nixos && systemd-run -E PATH --unit=other-switch flock {LOCK} sleep 4")
+    # another switch for 12 s (the rollback, under load, may take some seconds to start), then
+    # a unit fails within the settle window: roll back
+    alpha.ssh(f"mkdir -p /run/nixos && systemd-run -E PATH --unit=other-switch flock {LOCK} sleep 12")
     alpha.ssh("systemd-run --unit=fixture-boom sh -c 'exit 1'")
     r = bg.finish()
     assert r.returncode == 3, r.output

@@ -20,6 +20,7 @@ from deploy_flake.deploy.jobs import host_job
 from deploy_flake.deploy.run import Run
 from deploy_flake.models import (
     DeployOptions,
+    GcSettings,
     HostResult,
     Job,
     Outcome,
@@ -172,6 +173,16 @@ BEFORE = [
     ("gc root", Reply()),
     ("inspect", inspection()),
 ]
+
+
+def boot_info(*lines: str) -> list[tuple[str, Reply]]:
+    """The agent's boot-info answer (plan and status ask for it), after its install."""
+    text = "loader=systemd-boot\ndefault=nixos-generation-1.conf\noneshot=\ntrial=none\n"
+    text += "entry=nixos-generation-1.conf\n" + "".join(f"{line}\n" for line in lines)
+    return [("agent install", Reply()), ("agent boot-info", Reply(stdout=text))]
+
+
+ROOMY = ("boot_free_kib=30000", "boot_needs_kib=9000", "resets=yes", "panic=5", "watchdog=", "problem=")
 
 
 def test_a_deploy_that_is_confirmed_is_activated(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -398,11 +409,16 @@ def test_a_rollback_from_the_oldest_generation_changes_nothing(monkeypatch: pyte
 
 def test_status_reads_the_facts_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     result, fake, _ = run_job(
-        monkeypatch, [("connect", Reply()), ("facts", facts()), ("disconnect", Reply())], job=Job.STATUS
+        monkeypatch,
+        [("connect", Reply()), ("facts", facts()), *boot_info("resets=no"), ("disconnect", Reply())],
+        job=Job.STATUS,
     )
     assert result.outcome is Outcome.UNCHANGED and result.system == OLD
     assert result.status is not None and result.status.generation == 1 and result.status.state == "running"
-    assert fake.sent == ["connect", "facts", "disconnect"]
+    assert fake.sent == ["connect", "facts", "agent install", "agent boot-info", "disconnect"]
+    boot = result.status.boot
+    assert boot is not None and boot.default == "nixos-generation-1.conf" and boot.resets is False, boot
+    assert result.status.as_json()["boot"] == boot.as_json()
 
 
 def test_an_unreachable_host_fails_at_connect(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -416,15 +432,49 @@ def test_a_plan_builds_inspects_and_dry_activates_without_changing_anything(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dry = Reply(stderr="would restart the following units: nginx.service\n")
-    result, fake, _ = run_job(
+    result, fake, events = run_job(
         monkeypatch,
-        [*BEFORE, ("switch-to-configuration dry-activate", dry), ("rm", Reply()), ("disconnect", Reply())],
+        [
+            *BEFORE,
+            *boot_info(*ROOMY),
+            ("switch-to-configuration dry-activate", dry),
+            ("rm", Reply()),
+            ("disconnect", Reply()),
+        ],
         job=Job.PLAN,
     )
     assert result.outcome is Outcome.UNCHANGED, result
-    assert not any(name.startswith("agent") for name in fake.sent)
+    assert not any(
+        name.startswith("agent") for name in fake.sent if name not in ("agent install", "agent boot-info")
+    )
     plan = result.plan
     assert plan is not None and plan.checks == "ok" and not plan.reboot_needed, plan
+    assert "boot loader: systemd-boot, default nixos-generation-1.conf, 1 entries" in events.lines
+    assert "/boot: 29.3 MiB free; the new kernel and initrd need 8.8 MiB" in events.lines
+    assert "after a kernel panic or hang, the new system resets itself (panic=5)" in events.lines
+
+
+def test_a_plan_says_what_the_hosts_boot_check_would_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's own verdict on the boot (boot-info's problem, the check a deploy's
+    transaction makes before it changes anything) is the plan's checks verdict."""
+    full = "no space on /boot: 3 MiB free, and the new system's kernel and initrd need 9 MiB there"
+    dry = Reply(stderr="")
+    result, _, events = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            *boot_info("boot_free_kib=3000", "boot_needs_kib=9000", "resets=no", f"problem={full}"),
+            ("switch-to-configuration dry-activate", dry),
+            ("rm", Reply()),
+            ("disconnect", Reply()),
+        ],
+        job=Job.PLAN,
+    )
+    assert result.outcome is Outcome.FAILED and result.error == f"a deploy would refuse this system: {full}"
+    assert result.plan is not None and result.plan.checks == full
+    assert any(
+        line.startswith("after a kernel panic or hang, the new system stays down") for line in events.lines
+    )
 
 
 def _cancelled(answer: Reply) -> Answer:
@@ -485,6 +535,7 @@ def test_reboot_always_reboots_into_the_committed_system_and_checks_it(
             ("disconnect", Reply()),
         ],
         reboot=RebootPolicy.ALWAYS,
+        reboot_unverified=True,
     )
     assert result.outcome is Outcome.ACTIVATED and result.stage is Stage.DONE, result
     assert any(n.startswith("rebooted into the new system in") for n in events.notes), events.notes
@@ -564,7 +615,7 @@ def test_a_new_init_fails_the_host_before_its_transaction_and_the_plan_says_so(
     assert not any(name.startswith("agent") for name in fake.sent)
     # the plan: no dry-activate (switch-to-configuration refuses that too), the checks' verdict
     result, fake, events = run_job(
-        monkeypatch, [*before, ("rm", Reply()), ("disconnect", Reply())], job=Job.PLAN
+        monkeypatch, [*before, *boot_info(*ROOMY), ("rm", Reply()), ("disconnect", Reply())], job=Job.PLAN
     )
     assert result.outcome is Outcome.FAILED and "switch-to-configuration test would refuse it" in str(
         result.error
@@ -739,3 +790,62 @@ def test_no_last_resort_reboot_when_the_boot_entry_may_name_the_new_system(
     assert result.outcome is Outcome.UNKNOWN, result
     assert f"{OLD}/bin/switch-to-configuration test" in str(result.error)  # what to do by hand
     assert "Not rebooted (--on-rollback-failure=reboot)" in str(result.error) and why in str(result.error)
+
+
+def _gc_answer(*lines: str) -> Reply:
+    return Reply(stdout="".join(f"@@deploy-flake-gc\t{line}\n" for line in lines))
+
+
+def test_gc_reports_what_it_removed_and_what_it_freed(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = _gc_answer(
+        "keep\t3\tthe system profile's generation",
+        f"remove\t1\t{OLDER}\t2026-11-01",
+        "end\t1\t3000\t9000\t12 store paths deleted, 80.00 MiB freed\t",
+    )
+    asked: list[str] = []
+
+    def gc(argv: Sequence[str], stdin: bytes | None) -> Reply:
+        asked.extend(argv)
+        return answer
+
+    result, fake, events = run_job(
+        monkeypatch,
+        [
+            ("connect", Reply()),
+            ("facts", facts()),
+            ("agent install", Reply()),
+            ("agent gc", gc),
+            ("disconnect", Reply()),
+        ],
+        job=Job.GC,
+        gc=GcSettings(keep=2, older_than_s=86400, collect_garbage=True),
+    )
+    assert result.outcome is Outcome.CLEANED and result.gc is not None, result
+    assert fake.sent[3] == "agent gc" and asked[-4:] == ["2", "86400", "1", "0"], asked
+    assert result.gc.removed == ((1, OLDER, "2026-11-01"),)
+    assert (
+        "removed generation(s) 1; /boot: 2.9 MiB free before, 8.8 MiB after; "
+        "store: 12 store paths deleted, 80.00 MiB freed"
+    ) in events.lines
+    assert result.as_json()["gc"] == result.gc.as_json()
+
+
+def test_gc_that_found_the_deploy_lock_taken_fails_and_one_cut_short_is_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    busy = _gc_answer("end\t0\t\t\t\ta deploy is in progress on this host (x): nothing was removed")
+    table = [
+        ("connect", Reply()),
+        ("facts", facts()),
+        ("agent install", Reply()),
+        ("agent gc", busy),
+        ("disconnect", Reply()),
+    ]
+    result, _, _ = run_job(monkeypatch, table, job=Job.GC, gc=GcSettings(keep=1))
+    assert result.outcome is Outcome.FAILED and str(result.error).startswith("a deploy is in progress"), (
+        result
+    )
+    cut = _gc_answer("keep\t3\tthe system profile's generation", f"remove\t1\t{OLDER}\t-")
+    table[3] = ("agent gc", cut)
+    result, _, _ = run_job(monkeypatch, table, job=Job.GC, gc=GcSettings(keep=1))
+    assert result.outcome is Outcome.UNKNOWN and "gc did not finish" in str(result.error), result

@@ -103,6 +103,7 @@ def test_a_reboot_waits_for_the_boot_after_its_own_request(
             ("disconnect", Reply()),
         ],
         reboot=RebootPolicy.ALWAYS,
+        reboot_unverified=True,
     )
     assert result.outcome is Outcome.ACTIVATED and result.stage is Stage.DONE, result
     assert fake.sent.count("facts") == 3

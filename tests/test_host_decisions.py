@@ -10,7 +10,7 @@ import pytest
 
 from deploy_flake.deploy import checks
 from deploy_flake.deploy.jobs import JOBS, DeployJob, PlanJob, RollbackJob, StatusJob, host_job
-from deploy_flake.deploy.reboot import reboot_wanted
+from deploy_flake.deploy.reboot import boots_once, reboot_wanted
 from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
 from deploy_flake.errors import DeployError
@@ -312,3 +312,13 @@ def test_host_job_is_the_job_the_hosts_options_name(tmp_path: Path) -> None:
     assert job.deploy_id == "r-3"
     assert type(host_job(replace(run, options=replace(options, job=Job.STATUS)), web1, 0)) is StatusJob
     assert type(host_job(run, web1, 0, options=replace(options, job=Job.PLAN))) is PlanJob
+
+
+def test_a_reboot_boots_the_new_system_once_unless_unverified_or_the_default_already() -> None:
+    """--reboot's one-time boot (verified) is for a system that is not the boot default yet;
+    a reboot into the default (--reboot=always of the same system) is a plain reboot."""
+    other = "/nix/store/b-nixos-system-web-1"
+    assert boots_once(True, unverified=False, toplevel=SYSTEM, default_system=other)
+    assert not boots_once(False, unverified=False, toplevel=SYSTEM, default_system=other)
+    assert not boots_once(True, unverified=True, toplevel=SYSTEM, default_system=other)
+    assert not boots_once(True, unverified=False, toplevel=SYSTEM, default_system=SYSTEM)

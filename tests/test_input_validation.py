@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,7 +63,16 @@ def assert_refused(done: subprocess.CompletedProcess[str], *fragments: str) -> s
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2.5s", 2.5), ("45", 45), ("500ms", 0.5), ("10 min", 600)],
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("2.5s", 2.5),
+        ("45", 45),
+        ("500ms", 0.5),
+        ("10 min", 600),
+        ("30d", 2592000),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -392,3 +402,23 @@ def test_which_destinations_are_the_same_machine() -> None:
     bastion = "proxycommand ssh -W %h:%p bastion\n"
     with pytest.raises(UsageError, match=r"\(through the same ProxyCommand\)"):
         check(_target("a", f"user root\n{direct}{bastion}"), _target("b", f"user root\n{direct}{bastion}"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "gc needs --keep N or --older-than DURATION (or both)"),
+        (("--keep", "0"), "Invalid value for '--keep': 0 is not in the range x>=1"),
+        (("--older-than", "0.5s"), "--older-than '0.5s' is less than 1s"),
+        (("--older-than", "soon"), "--older-than 'soon' is not a duration"),
+    ],
+)
+def test_gc_without_a_measure_or_with_an_odd_one_is_refused(args: tuple[str, ...], message: str) -> None:
+    """Nothing is removed on any host: the command stops before it reaches one (exit 2)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy_flake", "gc", *args, "web1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -86,7 +86,7 @@ def test_profile_commands_of_the_agent() -> None:
     lines on Nix 2.8 to 2.34 (`nix-env --set` and `--switch-generation`; `nix profile` is not
     for the system profile), each bounded and with the deploy lock's fd closed."""
     text = script().decode()
-    calls = sorted(line.strip() for line in text.splitlines() if "nix-env " in line and "timeout" in line)
+    calls = sorted({line.strip() for line in text.splitlines() if "nix-env " in line and "timeout" in line})
     assert calls == [
         'timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --set "$NEW" 8>&-',
         'timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --switch-generation '

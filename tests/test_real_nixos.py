@@ -89,11 +89,11 @@ def test_install_bootloader_installs_it_with_the_boot_entry(hosts: dict[str, Hos
     alpha = hosts["alpha"]
     r = deploy("nixos://alpha/good")
     assert r.returncode == 0, r.output
-    assert alpha.out("cat /boot/fixture-nixos/installed 2>/dev/null || true") == ""
+    assert alpha.out("cat /boot/loader/fixture-installed 2>/dev/null || true") == ""
     r = deploy("--install-bootloader", "nixos://alpha/good-v2")
     assert r.returncode == 0, r.output
     new = system_of(r.host("nixos://alpha/good-v2"))
-    assert alpha.out("cat /boot/fixture-nixos/installed").split()[1:] == [new]
+    assert alpha.out("cat /boot/loader/fixture-installed").split()[1:] == [new]
     alpha.assert_clean_after(running=new, boot=new)
 
 

@@ -18,7 +18,7 @@ def test_reboot_if_needed_reboots_only_the_host_whose_kernel_changed(hosts: dict
     assert r.returncode == 0, r.output
     a, b = r.host("nixos://alpha/new-kernel"), r.host("nixos://beta/beta")
     assert a["outcome"] == b["outcome"] == "activated"
-    assert any("rebooted into the new system" in n for n in notes(a)), a
+    assert any("booted the new system once" in n for n in notes(a)), a
     assert alpha.out(BOOT_ID) != boot_a
     assert alpha.current_system() == a["system"] == alpha.out("readlink -f /run/booted-system")
     assert alpha.system_state() == "running"
@@ -56,12 +56,16 @@ def test_a_host_that_comes_back_on_another_system_is_reported(hosts: dict[str, H
     alpha = hosts["alpha"]
     before = alpha.current_system()
     alpha.ssh(
+        "cat > /root/boot-fallback.sh <<'EOF'\n"
+        "PATH=/run/current-system/sw/bin\n"
+        f"e=$(grep -l 'init={before}/init' /boot/loader/entries/*.conf | head -n 1)\n"
+        'sed -i "s|^default .*|default ${e##*/}|" /boot/loader/loader.conf\nEOF\n'
         "cat > /etc/systemd/system/boot-fallback.service <<EOF\n"
         "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
-        f"ExecStop=/bin/sh -c 'echo {before} > /boot/fixture-nixos/default'\nEOF\n"
+        "ExecStop=/bin/sh /root/boot-fallback.sh\nEOF\n"
         "systemctl daemon-reload && systemctl start boot-fallback.service"
     )
-    r = deploy("--reboot=always", "nixos://alpha/good")
+    r = deploy("--reboot=always", "--reboot-unverified", "nixos://alpha/good")
     assert r.returncode == 4, r.output
     res = r.host("nixos://alpha/good")
     assert res["outcome"] == "unknown"
@@ -89,7 +93,7 @@ def test_a_host_too_slow_to_come_back_is_reported_then_not_waited_on(hosts: dict
     alpha = hosts["alpha"]
     boot = alpha.out(BOOT_ID)
     t0 = time.monotonic()
-    r = deploy("--reboot=always", "--reboot-timeout=1s", "nixos://alpha/good")
+    r = deploy("--reboot=always", "--reboot-unverified", "--reboot-timeout=1s", "nixos://alpha/good")
     took = time.monotonic() - t0
     assert r.returncode == 4, r.output
     res = r.host("nixos://alpha/good")

@@ -43,6 +43,15 @@
         no-precheck = mkSystem { hostName = "no-precheck"; precheck = null; };
         # kernel and initrd differ from every other config: a reboot is needed
         new-kernel = mkSystem { hostName = "new-kernel"; kernelVersion = "6.2.0"; };
+        # a new kernel (a reboot is needed) that "panics" at boot: the generator never activates
+        # it (on the VM a real kernel panic, panic=5 resets; in a container an immediate reboot)
+        panic-at-boot = mkSystem { hostName = "panic-at-boot"; kernelVersion = "6.3.0"; panicAtBoot = true; };
+        # boot.loader.systemd-boot.configurationLimit = 2: its boot loader installer keeps the
+        # entries (and kernel copies) of the newest two generations only
+        boot-limit-2 = mkSystem { hostName = "boot-limit-2"; bootEntryLimit = 2; };
+        # no panic= on its kernel command line, no watchdog: a panic or hang at boot would
+        # leave the host down (plan, status and a --reboot deploy say so)
+        no-reset = mkSystem { hostName = "no-reset"; kernelParams = [ ]; };
 
         # NixOS's specialisations: `foo` adds a unit (and runs sshd, as the system does);
         # -v2 is the next version of both, and `bar` is only in -v2

@@ -1,10 +1,15 @@
 # Builtins-only building blocks for NixOS-like toplevels (see flake.nix).
 { system }:
 let
+  # The script ends with a builtin (`:`), so the shell stays the builder until it exits:
+  # bash (the lab's /bin/sh, as NixOS's binsh) execs a script's last command in place of
+  # itself, and a coreutils command (chmod, ...) closes its stderr just before it exits;
+  # Nix takes the closed log pipe for the builder's end and SIGKILLs it, which under load
+  # lands before the exit ("builder ... failed due to signal 9 (Killed)").
   runSh = name: env: script: derivation ({
     inherit name system;
     builder = "/bin/sh";
-    args = [ "-eu" "-c" script ];
+    args = [ "-eu" "-c" "${script}\n:" ];
     PATH = "/usr/bin:/bin";
   } // env);
 
@@ -319,10 +324,12 @@ let
     mkdir -p "$out"; echo done > "$out/done"
   '';
 
-  mkKernel = version: runSh "linux-${version}-fixture" { } ''
+  # A kernel and initrd that are not bootable, each padded to SIZE KiB so that the copies
+  # the boot loader installer makes under /boot/EFI/nixos take room (a small /boot fills up).
+  mkKernel = version: size: runSh "linux-${version}-fixture" { size = toString size; } ''
     mkdir -p "$out/lib/modules/${version}"
-    echo "fixture kernel ${version} (not bootable)" > "$out/bzImage"
-    echo "fixture initrd ${version} (not bootable)" > "$out/initrd"
+    { echo "fixture kernel ${version} (not bootable)"; head -c "$((size * 1024))" /dev/zero; } > "$out/bzImage"
+    { echo "fixture initrd ${version} (not bootable)"; head -c "$((size * 1024))" /dev/zero; } > "$out/initrd"
   '';
 
   # The lab's client key (a snakeoil key, like nixpkgs' nixos/tests/ssh-keys.nix: the lab
@@ -382,6 +389,10 @@ let
     , activationExtra ? ""         # shell appended to <toplevel>/activate
     , extraDeps ? [ ]              # extra derivations pulled into the closure
     , kernelVersion ? "6.1.0"
+    , kernelSize ? 1024            # KiB of the fixture kernel and of its initrd (each is copied to /boot)
+    , kernelParams ? [ "panic=5" ] # boot.kernelParams: the boot entry's options, <toplevel>/kernel-params
+    , bootEntryLimit ? null        # boot.loader.systemd-boot.configurationLimit (null: every generation)
+    , panicAtBoot ? false          # the kernel "panics" at boot into this system (lab/README.md)
     , systemType ? system          # what <toplevel>/system says
     , failBoot ? false             # `switch-to-configuration boot` fails
     , bootDelay ? 0                # seconds `switch-to-configuration boot` takes
@@ -400,7 +411,7 @@ let
     }:
     let
       app = mkApp appVersion;
-      kernel = mkKernel kernelVersion;
+      kernel = mkKernel kernelVersion kernelSize;
       sshdConfig = mkSshdConfig sshdSettings;
       sudoers = mkSudoers { inherit wheelNeedsPassword; extraRules = sudoRules; };
       # startWhenNeeded keeps sshd_config and swaps sshd.service for sshd.socket + sshd@
@@ -453,6 +464,7 @@ let
         inherit nixosVersion swExtra hostName binsh;
         tools = toolsPath;
         shim = if toolShims then builtins.readFile ./scripts/tool-shim.sh else "";
+        bootctl = builtins.readFile ./scripts/bootctl.sh;
       } ''
         mkdir -p "$out/bin"
         for f in "$tools"/*; do
@@ -465,13 +477,20 @@ let
           fi
         done
         if [ "$binsh" != bash ]; then rm "$out/bin/sh"; ln -s "$tools/$binsh" "$out/bin/sh"; fi
+        # the fixture's bootctl (scripts/bootctl.sh: the lab's systemd-boot model), not Debian's
+        rm -f "$out/bin/bootctl"
+        { echo "#!$tools/bash"; echo "toolsPath=$tools"; printf '%s\n' "$bootctl"; } > "$out/bin/bootctl"
+        chmod 0555 "$out/bin/bootctl"
         printf '#!/bin/sh\necho "%s"\n' "$nixosVersion" > "$out/bin/nixos-version"
         chmod 0555 "$out/bin/nixos-version"
         eval "$swExtra"
       '';
 
       toplevel = runSh "nixos-system-${hostName}-${version}" {
-        inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType initInterface children toolsPath;
+        inherit hostName nixosVersion etc sw kernel precheck activationExtra systemType initInterface children toolsPath kernelVersion;
+        kernelParams = builtins.concatStringsSep " " kernelParams;
+        bootEntryLimit = if bootEntryLimit == null then "" else toString bootEntryLimit;
+        panicAtBoot = if panicAtBoot then "1" else "";
         systemd = systemdPkg;
         precheckEnabled = if precheck == null then "" else "1";
         failBoot = if failBoot then "1" else "";
@@ -489,7 +508,14 @@ let
         ln -s "$kernel/bzImage" "$out/kernel"
         ln -s "$kernel/initrd" "$out/initrd"
         ln -s "$kernel/lib/modules" "$out/kernel-modules"
-        echo "init=$out/init loglevel=4" > "$out/kernel-params"
+        # as NixOS's top-level.nix: boot.kernelParams, without init= (the boot entry adds it)
+        printf '%s' "$kernelParams" > "$out/kernel-params"
+        # NixOS's bootspec (boot.json, org.nixos.bootspec.v1), one line, keys in this order
+        printf '{"org.nixos.bootspec.v1":{"init":"%s","initrd":"%s","kernel":"%s","kernelParams":[%s],"label":"%s","system":"%s","toplevel":"%s"},"org.nixos.specialisation.v1":{}}\n' \
+          "$out/init" "$kernel/initrd" "$kernel/bzImage" \
+          "$(for p in $kernelParams; do printf '"%s",' "$p"; done | sed 's/,$//')" \
+          "NixOS $nixosVersion (Linux $kernelVersion)" "$systemType" "$out" > "$out/boot.json"
+        [ -z "$panicAtBoot" ] || echo "the kernel of this system panics at boot (lab fixture)" > "$out/fixture-panic-at-boot"
         printf '%s' "$nixosVersion" > "$out/nixos-version"
         printf '%s' "$systemType" > "$out/system"
         printf 'systemd %s' "$initInterface" > "$out/init-interface-version"
@@ -500,7 +526,7 @@ let
         for d in $extraDeps; do echo "$d"; done > "$out/extra-dependencies"
 
         { echo '#!/bin/sh'; echo "systemConfig=$out"; echo "PATH=$toolsPath"; printf '%s\n' "$activateScript"; printf '%s\n' "$activationExtra"; } > "$out/activate"
-        { echo '#!/bin/bash'; echo "out=$out"; echo "toolsPath=$toolsPath"; echo "failBoot=$failBoot"; echo "bootDelay=$bootDelay"; echo "preSwitchFail=$preSwitchFail"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
+        { echo '#!/bin/bash'; echo "out=$out"; echo "toolsPath=$toolsPath"; echo "failBoot=$failBoot"; echo "bootDelay=$bootDelay"; echo "bootEntryLimit=$bootEntryLimit"; echo "preSwitchFail=$preSwitchFail"; printf '%s\n' "$stc"; } > "$out/bin/switch-to-configuration"
         { echo '#!/bin/sh'; echo "echo 'fixture init: stage 2 is emulated by the lab image' >&2; exit 1"; } > "$out/init"
         chmod 0555 "$out/activate" "$out/bin/switch-to-configuration" "$out/init"
 

@@ -95,6 +95,7 @@ image_build() {  # [--suite SUITE] [--force]
   mkfs.ext4 -q -L labroot -d "$d/rootfs" "$d/base.raw"
   chmod 444 "$d/base.raw"
   image_kernel "$d/rootfs" "$d"
+  image_boot_seed "$d/rootfs" "$d"
   say "image $suite ready in $((SECONDS - t0)) s (recipe $want)"
 }
 
@@ -107,6 +108,23 @@ image_kernel() {  # ROOTFS DIR
   fi
   cp "$r/boot/vmlinuz-$kver" "$2/vmlinuz"
   cp "$r/boot/initrd.img-$kver" "$2/initrd.img"
+}
+
+# What every host's /boot filesystem starts with (boot_fs_make): the systemd-boot layout the
+# initial generation installed (loader/, EFI/), without Debian's kernel files.
+image_boot_seed() {  # ROOTFS DIR
+  rm -rf "$2/boot-seed"; mkdir -p "$2/boot-seed"
+  cp -a "$1/boot/loader" "$1/boot/EFI" "$2/boot-seed/"
+}
+
+# A host's /boot: an ext2 filesystem of its own in FILE, LAB_BOOT_MB MiB (default 32), made
+# from the image's boot seed; kept until the host (or VM) is reset.
+boot_fs_make() {  # FILE SUITE
+  local mb=${LAB_BOOT_MB:-32} seed; seed=$(image_dir "$2")/boot-seed
+  [[ $mb =~ ^[0-9]{1,4}$ && $mb -ge 4 ]] || die "LAB_BOOT_MB must be a number of MiB >= 4 (not '$mb')"
+  [ -d "$seed" ] || die "no $seed; run 'lab/lab build --suite $2' again"
+  mkdir -p "$(dirname "$1")"; rm -f "$1"; truncate -s "${mb}M" "$1"
+  mkfs.ext2 -q -L labboot -m 0 -d "$seed" "$1" || die "cannot make the /boot filesystem $1"
 }
 
 image_configure() {  # ROOTFS
@@ -131,6 +149,10 @@ image_configure() {  # ROOTFS
   install -D -m 644 "$LAB_SRC/image/lab-hostkey.service" "$r/etc/systemd/system/lab-hostkey.service"
   chroot "$r" systemctl enable lab-hostkey.service >/dev/null 2>&1
   install -D -m 755 "$LAB_SRC/image/fixture-nixos-generator" "$r/etc/systemd/system-generators/fixture-nixos-generator"
+  # the lab's EFI variables (a model of efivarfs, from /var/lib/fixture-efivars)
+  install -D -m 755 "$LAB_SRC/image/lab-efivars" "$r/usr/local/sbin/lab-efivars"
+  install -D -m 644 "$LAB_SRC/image/lab-efivars.service" "$r/etc/systemd/system/lab-efivars.service"
+  chroot "$r" systemctl enable lab-efivars.service >/dev/null 2>&1
 
   # the lab's client key: the snakeoil pair whose public half the configurations carry
   install -m 600 "$LAB_SRC/image/lab-client-key" "$KEY"
@@ -193,7 +215,12 @@ image_initial_generation() {  # ROOTFS
         'path:/var/lib/lab-fixture#nixosConfigurations.base.config.system.build.toplevel' \
         | sed 's/.*"out":"\([^"]*\)".*/\1/') || die "building the initial generation failed"
   chroot "$r" nix-env -p /nix/var/nix/profiles/system --set "$out"
-  chroot "$r" "$out/bin/switch-to-configuration" boot 2>/dev/null || die "initial boot entry failed"
+  # as nixos-install does: the boot loader installed (systemd-boot's layout under /boot, which
+  # image_boot_seed takes for every host's /boot filesystem), not recorded as a later install
+  chroot "$r" env NIXOS_INSTALL_BOOTLOADER=1 "$out/bin/switch-to-configuration" boot 2>/dev/null \
+    || die "initial boot entry failed"
+  rm -f "$r/boot/loader/fixture-installed"
+  sed -i '/^machine-id /d' "$r"/boot/loader/entries/*.conf  # the build's, no host's (machine-id is blanked below)
   # its etc as its activation leaves it (sudoers, sshd_config, keys, wheel), before any boot
   chroot "$r" "$out/activate" >/dev/null 2>&1 || die "activating the initial generation in the image failed"
   rm -f "$r/run/current-system"

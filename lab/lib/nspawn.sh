@@ -81,7 +81,7 @@ check_capacity() {  # NUMBER_OF_NEW_HOSTS
 INOTIFY_INSTANCES=4096
 
 host_start() {  # NAME [SUITE]: SUITE (default: the host's own, else bookworm) is remembered
-  local n=$1 d suite img unified=; valid_name "$n"; d=$(host_dir "$n")
+  local n=$1 d suite img recipe unified=; valid_name "$n"; d=$(host_dir "$n")
   suite=${2:-$(host_suite "$n")}; valid_suite "$suite"; img=$(image_dir "$suite")
   [ -e "$img/rootfs/.lab-recipe" ] || die "no $suite image in $img; run 'lab/lab build --suite $suite' first"
   suite_unified_cgroup "$suite" && unified=1
@@ -89,13 +89,25 @@ host_start() {  # NAME [SUITE]: SUITE (default: the host's own, else bookworm) i
     sysctl -qw fs.inotify.max_user_instances="$INOTIFY_INSTANCES" || die "cannot raise fs.inotify.max_user_instances"
   fi
   host_running "$n" && die "$n is already running"
-  # a writable layer belongs to the rootfs under it: another suite's is discarded
+  # a writable layer belongs to the rootfs under it: another suite's is discarded, and one
+  # made over an older image of the suite (its /bin/sh, its generations name store paths
+  # the new image does not have)
+  recipe=$(cat "$img/rootfs/.lab-recipe")
   if [ -d "$d/upper" ] && [ "$(host_suite "$n")" != "$suite" ]; then
     say "$n: was $(host_suite "$n"), now $suite: discarding its writable layer"
     rm -rf "$d/upper"
+  elif [ -d "$d/upper" ] && [ "$(cat "$d/recipe" 2>/dev/null)" != "$recipe" ]; then
+    say "$n: its writable layer was made over an older $suite image: discarding it"
+    rm -rf "$d/upper"
   fi
-  mkdir -p "$d/upper/etc"
+  # /boot: a filesystem of its own (boot_fs_make), loop-mounted here and bound into the
+  # container; it goes with the writable layer (a fresh layer gets a fresh /boot)
+  if mountpoint -q "$d/boot"; then umount "$d/boot" || die "$n: cannot unmount the stale $d/boot"; fi
+  if [ ! -d "$d/upper" ] || [ ! -f "$d/boot.img" ]; then boot_fs_make "$d/boot.img" "$suite"; fi
+  mkdir -p "$d/upper/etc" "$d/boot"
+  mount -o loop "$d/boot.img" "$d/boot" || die "$n: cannot mount its /boot ($d/boot.img)"
   echo "$suite" > "$d/suite"
+  echo "$recipe" > "$d/recipe"
   [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -C "$n" -f "$d/hostkey"
   known_hosts_set "$n" "$n $(cut -d' ' -f1,2 "$d/hostkey.pub")"
   ip netns list | grep -qw "$NS-$n" || ip netns add "$NS-$n" || die "$n: cannot create network namespace $NS-$n"
@@ -116,7 +128,7 @@ host_start() {  # NAME [SUITE]: SUITE (default: the host's own, else bookworm) i
       SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=$4 systemd-nspawn --boot --quiet -D "$0/rootfs" --overlay="$0/rootfs:$1/upper:/" \
         --register=no --keep-unit --machine="$2" --hostname="$2" \
         --network-namespace-path="/run/netns/$3-$2" \
-        --bind-ro="$1/hostkey:/etc/ssh/ssh_host_ed25519_key" --console=read-only </dev/null &
+        --bind-ro="$1/hostkey:/etc/ssh/ssh_host_ed25519_key" --bind="$1/boot:/boot" --console=read-only </dev/null &
       echo $! > "$1/nspawn.pid"; wait $!; rc=$?
       echo "== nspawn exited rc=$rc $(date +%T)"
       [ "$rc" = 133 ] && [ ! -e "$1/stopping" ] || break
@@ -147,6 +159,7 @@ host_stop() {  # NAME
   # nspawn turns SIGTERM into a clean poweroff; its namespace's path names the pool too
   kill_pidfile "$d/nspawn.pid" 10 "--network-namespace-path=/run/netns/$NS-$n "
   kill_pidfile "$d/super.pid" 5 "$d "
+  if mountpoint -q "$d/boot"; then umount "$d/boot" 2>/dev/null || umount -l "$d/boot" || true; fi
   ip netns del "$NS-$n" 2>/dev/null || true
   for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
     if [ -d "$h/$NS-$n" ]; then find "$h/$NS-$n" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi

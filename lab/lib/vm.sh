@@ -24,7 +24,7 @@
 # (`Oops: int3` in enqueue_timer; cross-vCPU code modification) and stayed dead until the
 # 600 s reboot timeout of the test that rebooted it. One vCPU thread (tcg,thread=single)
 # avoids the race but boots sid in 59 s against 42 s, every boot; the rare retry is cheaper.
-VM_BOOT_TIMEOUT=${LAB_VM_BOOT_TIMEOUT:-300}
+VM_BOOT_TIMEOUT=${LAB_VM_BOOT_TIMEOUT:-480}
 
 vm_dir() { echo "$LAB/vms/$1"; }
 vm_suite() { cat "$(vm_dir "$1")/suite" 2>/dev/null || echo bookworm; }
@@ -140,6 +140,9 @@ vm_launch() {  # NAME PORT [MEM_MB] [CPUS]: boot, do not wait (suite: VM_SUITE, 
     rm -f "$d/disk.qcow2"
   fi
   echo "$suite" > "$d/suite"
+  # /boot: a disk of its own (vdb, ext2 of LAB_BOOT_MB), made with the VM's disk and kept with it;
+  # the image's generator mounts it (lab.boot= below) before it picks the boot entry
+  if [ ! -f "$d/disk.qcow2" ] || [ ! -f "$d/boot.img" ]; then boot_fs_make "$d/boot.img" "$suite"; fi
   if [ ! -f "$d/disk.qcow2" ]; then
     qemu-img create -q -f qcow2 -F raw -b "$img/base.raw" "$d/disk.qcow2" \
       || die "$n: cannot create $d/disk.qcow2"
@@ -155,8 +158,9 @@ vm_launch() {  # NAME PORT [MEM_MB] [CPUS]: boot, do not wait (suite: VM_SUITE, 
   # -daemonize: QEMU returns once the machine is set up (or failed), in its own session.
   qemu-system-x86_64 "${accel[@]}" -smp "$cpus" -m "$mem" \
     -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
-    -append "root=/dev/vda rw console=ttyS0,115200 panic=5 oops=panic systemd.hostname=$n ${LAB_VM_APPEND:-}" \
+    -append "root=/dev/vda rw console=ttyS0,115200 panic=5 oops=panic systemd.hostname=$n lab.boot=/dev/vdb ${LAB_VM_APPEND:-}" \
     -drive "file=$d/disk.qcow2,if=virtio,format=qcow2,cache=unsafe,discard=unmap" \
+    -drive "file=$d/boot.img,if=virtio,format=raw,cache=writeback" \
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
     -device virtio-rng-pci \
     -fw_cfg "name=opt/lab/ssh_host_ed25519_key,file=$d/hostkey" \
@@ -209,7 +213,7 @@ vm_stop() {  # NAME: the guest's writes reach the overlay first (best effort, 10
 vm_reset() {  # NAME PORT [MEM_MB] [CPUS]: a clean VM, as the image made it (same host key)
   valid_name "$1"
   vm_kill "$1"
-  rm -f "$(vm_dir "$1")/disk.qcow2" "$(vm_dir "$1")/recipe"
+  rm -f "$(vm_dir "$1")/disk.qcow2" "$(vm_dir "$1")/recipe" "$(vm_dir "$1")/boot.img"
   vm_start "$@"
 }
 

@@ -18,6 +18,7 @@ from deploy_flake.command_options import (
     Command,
     CommonOptions,
     DeployCommand,
+    GcCommand,
     PlanCommand,
     RollbackCommand,
     StatusCommand,
@@ -42,6 +43,7 @@ from deploy_flake.output.display import (
     JsonEvents,
     PlainEvents,
     QuietEvents,
+    plain_gc,
     plain_plan,
     plain_status,
     plain_summary,
@@ -151,6 +153,10 @@ def _validate(command: Command) -> _Checked:
             "--ask asks before activating and --dry-activate activates nothing: "
             "drop --ask (the plans are shown either way)"
         )
+    if isinstance(command, GcCommand) and command.gc.keep is None and command.gc.older_than is None:
+        raise UsageError(
+            "gc needs --keep N or --older-than DURATION (or both): which old generations to remove"
+        )
     for opt in common.ssh_options:
         check_ssh_option(opt)
     if common.ssh_config is not None and not common.ssh_config.is_file():
@@ -170,6 +176,8 @@ def _validate(command: Command) -> _Checked:
     run_dir = None if job is Job.STATUS else new_run_dir(common.log_dir or default_log_dir())
     if isinstance(command, StatusCommand):
         password = None
+    elif isinstance(command, GcCommand):
+        password = sudo_password(command.gc.ask_sudo_password, command.gc.sudo_password_fd)
     else:
         password = sudo_password(command.activation.ask_sudo_password, command.activation.sudo_password_fd)
     status_json = isinstance(command, StatusCommand) and command.as_json
@@ -198,6 +206,8 @@ def _deploy_options(command: Command) -> DeployOptions:
             options = replace(options, rollback_to=command.to)
         case StatusCommand():
             groups = ()
+        case GcCommand():
+            groups = (command.gc,)
     for group in groups:
         options = group.applied_to(options)
     return options
@@ -220,6 +230,8 @@ def _report(checked: _Checked, results: list[HostResult], tty: bool, events: Ste
     elif instrumentation != "json":
         if checked.job is Job.PLAN:
             STDOUT.print(plain_plan(results))
+        if checked.job is Job.GC:
+            STDOUT.print(plain_gc(results, checked.options.gc.dry_run))
         if tty:
             display_live.print_table(display_live.summary_table(results))
         else:

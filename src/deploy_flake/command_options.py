@@ -11,6 +11,7 @@ from deploy_flake.models import (
     BuildOn,
     DeployOptions,
     Elevate,
+    GcSettings,
     Job,
     RebootPolicy,
     RollbackFailurePolicy,
@@ -98,6 +99,7 @@ class RebootOptions:
     """deploy's and rollback's."""
 
     reboot: RebootPolicy
+    reboot_unverified: bool
     reboot_timeout: int
     on_rollback_failure: RollbackFailurePolicy
 
@@ -105,6 +107,7 @@ class RebootOptions:
         return replace(
             options,
             reboot=self.reboot,
+            reboot_unverified=self.reboot_unverified,
             on_rollback_failure=self.on_rollback_failure,
             timeouts=replace(options.timeouts, reboot=self.reboot_timeout),
         )
@@ -167,7 +170,37 @@ class StatusCommand:
     job: ClassVar[Job] = Job.STATUS
 
 
-Command = DeployCommand | PlanCommand | RollbackCommand | StatusCommand
+@dataclass(frozen=True)
+class GcOptions:
+    """gc's own: which generations go, what else, and root's password."""
+
+    keep: int | None
+    older_than: int | None  # seconds
+    collect_garbage: bool
+    dry_run: bool
+    ask_sudo_password: bool
+    sudo_password_fd: int | None
+
+    def applied_to(self, options: DeployOptions) -> DeployOptions:
+        return replace(
+            options,
+            gc=GcSettings(
+                keep=self.keep or 0,
+                older_than_s=self.older_than or 0,
+                collect_garbage=self.collect_garbage,
+                dry_run=self.dry_run,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class GcCommand:
+    common: CommonOptions
+    gc: GcOptions
+    job: ClassVar[Job] = Job.GC
+
+
+Command = DeployCommand | PlanCommand | RollbackCommand | StatusCommand | GcCommand
 
 
 class _Group(Protocol):

@@ -1,4 +1,4 @@
-"""Human durations on the command line: 90s, 5m, 1h30m, 2.5s, or plain seconds."""
+"""Human durations on the command line: 90s, 5m, 1h30m, 30d, 2.5s, or plain seconds."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ _UNITS = {
     "m": Fraction(60),
     "min": Fraction(60),
     "h": Fraction(3600),
+    "d": Fraction(86400),
 }
 _NUMBER = r"\d+(?:\.\d+)?"
-_PART = re.compile(rf"({_NUMBER})\s*(ms|sec|min|s|m|h)")
+_PART = re.compile(rf"({_NUMBER})\s*(ms|sec|min|s|m|h|d)")
 
 
 def _exact(text: str) -> Fraction:

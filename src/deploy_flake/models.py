@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deploy_flake.errors import UsageError
 from deploy_flake.remote.destination import Destination
+
+if TYPE_CHECKING:  # the agent's answer (agent/protocol.py builds on these models)
+    from deploy_flake.agent.protocol import BootInfo, GcReport
 
 
 class Elevate(StrEnum):
@@ -43,6 +47,7 @@ class Stage(StrEnum):
     COMMIT = "commit"
     ROLLBACK = "rollback"
     REBOOT = "reboot"
+    GC = "gc"
     DONE = "done"
 
 
@@ -84,6 +89,7 @@ class Job(StrEnum):
     PLAN = "plan"  # build it and show what activating it would change; change nothing
     ROLLBACK = "rollback"  # activate an earlier generation of the system profile
     STATUS = "status"  # only look
+    GC = "gc"  # remove old system generations (and, if asked, the store's garbage)
 
 
 class RebootPolicy(StrEnum):
@@ -108,6 +114,7 @@ class Outcome(StrEnum):
     FAILED = "failed"  # nothing was changed on the host
     ROLLED_BACK = "rolled-back"  # the new system was tried and the host is back on the previous one
     UNKNOWN = "unknown"  # the host's state could not be established
+    CLEANED = "cleaned"  # gc: old generations (and garbage) removed; the running system untouched
 
 
 # Exit codes of the command, by the worst outcome among the hosts.
@@ -120,6 +127,7 @@ EXIT_INTERRUPTED = 130  # a second Ctrl-C or SIGTERM: stopped at once
 EXIT_BY_OUTCOME = {
     Outcome.ACTIVATED: EXIT_OK,
     Outcome.UNCHANGED: EXIT_OK,
+    Outcome.CLEANED: EXIT_OK,
     Outcome.SKIPPED: EXIT_OK,  # the hosts that ran decide
     Outcome.FAILED: EXIT_FAILED,
     Outcome.ROLLED_BACK: EXIT_ROLLED_BACK,
@@ -128,6 +136,7 @@ EXIT_BY_OUTCOME = {
 _SEVERITY = [
     Outcome.SKIPPED,
     Outcome.UNCHANGED,
+    Outcome.CLEANED,
     Outcome.ACTIVATED,
     Outcome.FAILED,
     Outcome.ROLLED_BACK,
@@ -184,12 +193,25 @@ class DeployOptions:
     max_failures: int = 0  # 0: no limit; else start no new host after this many did not end activated
     all_or_nothing: bool = False  # roll back the activated hosts if any host was not activated
     reboot: RebootPolicy = RebootPolicy.NEVER
+    # --reboot without the one-shot boot: the new system is the default before the reboot
+    reboot_unverified: bool = False
     on_rollback_failure: RollbackFailurePolicy = RollbackFailurePolicy.REPORT
     build_on: BuildOn = field(default_factory=BuildOn)
     # the new system's specialisation to activate: None follows the one the host runs, "" is
     # the system itself (nixos-rebuild --specialisation)
     specialisation: str | None = None
     install_bootloader: bool = False  # NIXOS_INSTALL_BOOTLOADER=1 for the boot entry's writing
+    gc: GcSettings = field(default_factory=lambda: GcSettings())
+
+
+@dataclass(frozen=True)
+class GcSettings:
+    """gc: which old system generations go (those a host needs never do), and what else."""
+
+    keep: int = 0  # the newest N generations stay (0: only those the host needs)
+    older_than_s: int = 0  # only generations older than this go (0: of any age)
+    collect_garbage: bool = False  # then nix-store --gc
+    dry_run: bool = False  # only list
 
 
 @dataclass(frozen=True)
@@ -205,6 +227,7 @@ class HostStatus:
     reboot_reasons: tuple[str, ...] = ()  # what of the running system differs from the booted one
     last_deploy: dict[str, str] | None = None  # recorded by the agent at each commit
     specialisation: str | None = None  # the committed system's specialisation the host runs
+    boot: BootInfo | None = None  # what boots it, and how its default system resets; None: not known
 
     @property
     def reboot_needed(self) -> bool:
@@ -223,6 +246,7 @@ class HostStatus:
             "reboot_reasons": list(self.reboot_reasons),
             "last_deploy": self.last_deploy,
             "specialisation": self.specialisation,
+            "boot": self.boot.as_json() if self.boot is not None else None,
         }
 
 
@@ -235,6 +259,7 @@ class HostPlan:
     reboot_reasons: tuple[str, ...] = ()
     checks: str = "ok"  # "ok", or why a deploy would refuse the system
     specialisation: str | None = None  # the new system's specialisation a deploy would activate
+    boot: BootInfo | None = None  # what boots the host, and how the new system's boot would go
 
     @property
     def reboot_needed(self) -> bool:
@@ -248,6 +273,7 @@ class HostPlan:
             "reboot_reasons": list(self.reboot_reasons),
             "checks": self.checks,
             "specialisation": self.specialisation,
+            "boot": self.boot.as_json() if self.boot is not None else None,
         }
 
 
@@ -265,6 +291,7 @@ class HostResult:
     notes: list[str] = field(default_factory=list)
     status: HostStatus | None = None  # what `status` found, on a host that answered
     plan: HostPlan | None = None  # what a plan found
+    gc: GcReport | None = None  # what gc removed, or would (--dry-run)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -280,4 +307,5 @@ class HostResult:
             "notes": self.notes,
             **(self.status.as_json() if self.status is not None else {}),
             **({"plan": self.plan.as_json()} if self.plan is not None else {}),
+            **({"gc": self.gc.as_json()} if self.gc is not None else {}),
         }

@@ -25,8 +25,10 @@
 #
 # The lab image's systemd generator serves the units of /run/current-system (as
 # NixOS's /etc/systemd/system does), so <toplevel>/activate moving that link and
-# a daemon-reload switch the unit set. Boot loader: /boot/fixture-nixos/default,
-# which the generator activates at the next boot (NixOS's stage 2).
+# a daemon-reload switch the unit set. Boot loader: systemd-boot's layout as NixOS's
+# systemd-boot-builder.py writes it (install_bootloader below: /boot/loader/loader.conf,
+# /boot/loader/entries/nixos-generation-N.conf, kernel and initrd copies in /boot/EFI/nixos);
+# the image's generator boots from it at the next boot as systemd-boot would.
 #
 # Lab additions, not ng's: fault injection (/run/fixture-faults/VERB holding
 # "TOPLEVEL COUNT" makes that system's VERB fail COUNT more times;
@@ -40,7 +42,7 @@ set -u
 export PATH="$toolsPath${PATH:+:$PATH}"
 argv0=${0##*/}
 STATE=/run/fixture-nixos
-BOOT_DIR=/boot/fixture-nixos
+BOOT=/boot  # systemd-boot's ESP (which is also $BOOT: no XBOOTLDR partition), as NixOS mounts it
 PROFILE_DIR=/nix/var/nix/profiles
 RUN=/run/nixos
 START_LIST=$RUN/start-list
@@ -48,6 +50,93 @@ RESTART_LIST=$RUN/restart-list
 RELOAD_LIST=$RUN/reload-list
 ACT_RESTART_LIST=$RUN/activation-restart-list
 ACT_RELOAD_LIST=$RUN/activation-reload-list
+
+# The boot loader installer: what NixOS's systemd-boot-builder.py does (lab/README.md,
+# "Boot loader"), in its order: remove the entries of generations no longer listed and the
+# copies no entry needs, then for each listed generation (the newest $bootEntryLimit of
+# /nix/var/nix/profiles/system, the configurationLimit of the system being installed) copy
+# its kernel and initrd to $BOOT/EFI/nixos (unless there; through a temporary file, so a full
+# /boot leaves no half copy) and write its entry (and one per specialisation), and write
+# loader.conf with the entry of the generation whose toplevel is this one as the default.
+efi_name() {  # STORE-FILE: its name under EFI/nixos, as copy_from_file() makes it
+  local p rest
+  p=$(readlink -f "$1") || return 1
+  rest=${p#/nix/store/}
+  if [ "$rest" = "${rest%%/*}" ]; then echo "$rest.efi"; else echo "${rest%%/*}-${rest##*/}.efi"; fi
+}
+copy_if_missing() {  # SOURCE DEST
+  [ -e "$2" ] && return 0
+  if cp "$(readlink -f "$1")" "$2.tmp" && sync -f "$2.tmp" && mv -f "$2.tmp" "$2"; then return 0; fi
+  rm -f "$2.tmp"
+  return 1
+}
+write_entry() {  # GENERATION SYSTEM [SPECIALISATION]
+  local gen=$1 sys=$2 spec=${3:-} kernel initrd title=NixOS name label params date
+  kernel=$(efi_name "$sys/kernel") && initrd=$(efi_name "$sys/initrd") || return 1
+  copy_if_missing "$sys/kernel" "$BOOT/EFI/nixos/$kernel" || return 1
+  copy_if_missing "$sys/initrd" "$BOOT/EFI/nixos/$initrd" || return 1
+  name=nixos-generation-$gen${spec:+-specialisation-$spec}.conf
+  [ -n "$spec" ] && title="NixOS ($spec)"
+  label=$(sed -n 's/.*"label":"\([^"]*\)".*/\1/p' "$sys/boot.json" 2>/dev/null)
+  params=$(cat "$sys/kernel-params" 2>/dev/null)
+  date=$(date -d "@$(stat -L -c %Z "$PROFILE_DIR/system-$gen-link")" +%F)
+  {
+    echo "title $title"
+    echo "sort-key nixos"
+    echo "version Generation $gen ${label:-NixOS}, built on $date"
+    echo "linux /EFI/nixos/$kernel"
+    echo "initrd /EFI/nixos/$initrd"
+    echo "options init=$sys/init${params:+ $params}"
+    [ -s /etc/machine-id ] && echo "machine-id $(cat /etc/machine-id)"
+  } > "$BOOT/loader/entries/$name.tmp" && mv -f "$BOOT/loader/entries/$name.tmp" "$BOOT/loader/entries/$name"
+}
+write_loader_conf() {  # ENTRY-ID
+  printf 'timeout 5\ndefault %s\neditor 0\nconsole-mode keep\n' "$1" > "$BOOT/loader/loader.conf.tmp" \
+    && mv -f "$BOOT/loader/loader.conf.tmp" "$BOOT/loader/loader.conf"
+}
+install_bootloader() {
+  local gens g sys known f n s
+  # nixos-rebuild --install-bootloader: `bootctl install` (here: the boot loader's files, and a
+  # line in $BOOT/loader/fixture-installed, the lab's record of installs)
+  if [ "${NIXOS_INSTALL_BOOTLOADER:-}" = 1 ]; then
+    echo "installing the fixture boot loader..." >&2
+    mkdir -p "$BOOT/EFI/systemd" "$BOOT/EFI/BOOT" "$BOOT/loader" || return 1
+    echo "lab fixture: stands for systemd-bootx64.efi (not a boot loader)" > "$BOOT/EFI/systemd/systemd-bootx64.efi" || return 1
+    cp "$BOOT/EFI/systemd/systemd-bootx64.efi" "$BOOT/EFI/BOOT/BOOTX64.EFI" || return 1
+    printf '%s %s\n' "$(date +%s)" "$out" >> "$BOOT/loader/fixture-installed" || return 1
+  fi
+  mkdir -p "$BOOT/EFI/nixos" "$BOOT/loader/entries" || return 1
+  gens=$(for g in "$PROFILE_DIR"/system-*-link; do
+    [ -e "$g" ] || continue
+    n=${g##*/system-}; echo "${n%-link}"
+  done | sort -n)
+  if [ -n "${bootEntryLimit:-}" ]; then gens=$(echo "$gens" | tail -n "$bootEntryLimit"); fi
+  # remove_old_entries(): entries of other generations, copies no listed generation needs
+  known=" "
+  for g in $gens; do
+    sys=$(readlink -f "$PROFILE_DIR/system-$g-link")
+    known="$known$(efi_name "$sys/kernel") $(efi_name "$sys/initrd") "
+  done
+  for f in "$BOOT"/loader/entries/nixos-generation-*.conf; do
+    [ -e "$f" ] || continue
+    n=${f##*/nixos-generation-}; n=${n%.conf}; n=${n%%-specialisation-*}
+    case " $gens " in *[[:space:]]"$n"[[:space:]]*) ;; *) rm -f "$f" ;; esac
+  done
+  for f in "$BOOT"/EFI/nixos/*; do
+    [ -f "$f" ] || continue
+    case $known in *" ${f##*/} "*) ;; *) rm -f "$f" ;; esac
+  done
+  for g in $gens; do
+    sys=$(readlink -f "$PROFILE_DIR/system-$g-link")
+    write_entry "$g" "$sys" || return 1
+    for s in "$sys"/specialisation/*; do
+      [ -e "$s" ] || continue
+      write_entry "$g" "$(readlink -f "$s")" "${s##*/}" || return 1
+    done
+    [ "$sys" = "$out" ] && { write_loader_conf "nixos-generation-$g.conf" || return 1; }
+  done
+  return 0
+}
 
 usage() {
   cat >&2 <<USAGE
@@ -124,29 +213,16 @@ fi
 [ "$action" = check ] && exit 0
 
 if [ "$action" = switch ] || [ "$action" = boot ]; then
+  # NixOS's systemd-boot installer (systemd-boot-builder.py) prints nothing here; the
+  # fixture's own line stays, tests read it
   echo "updating fixture bootloader entries..." >&2
-  # nixos-rebuild --install-bootloader: the boot loader itself is (re)installed, not only
-  # its entries (NixOS's installBootLoader hooks read this variable)
-  if [ "${NIXOS_INSTALL_BOOTLOADER:-}" = 1 ]; then
-    echo "installing the fixture boot loader..." >&2
-    mkdir -p "$BOOT_DIR" && printf '%s %s\n' "$(date +%s)" "$out" >> "$BOOT_DIR/installed"
-  fi
   [ "${bootDelay:-0}" -gt 0 ] && sleep "$bootDelay"
   if [ -n "$failBoot" ]; then
-    echo "fixture: cannot write $BOOT_DIR: No space left on device" >&2
+    echo "fixture: cannot write $BOOT/loader/entries: No space left on device" >&2
     echo "Failed to install bootloader" >&2
     exit 1
   fi
-  boot_ok=1
-  mkdir -p "$BOOT_DIR/entries" || boot_ok=""
-  rm -f "$BOOT_DIR"/entries/nixos-generation-*.conf
-  for g in "$PROFILE_DIR"/system-*-link; do
-    [ -e "$g" ] || continue
-    n=${g##*/system-}; n=${n%-link}
-    readlink -f "$g" > "$BOOT_DIR/entries/nixos-generation-$n.conf"
-  done
-  { printf '%s\n' "$out" > "$BOOT_DIR/default.tmp" && mv "$BOOT_DIR/default.tmp" "$BOOT_DIR/default"; } || boot_ok=""
-  if [ -z "$boot_ok" ]; then
+  if ! install_bootloader; then
     echo "Failed to install bootloader" >&2
     exit 1
   fi

@@ -22,9 +22,12 @@ from deploy_flake.agent.protocol import (
     BOOT_ENTRY_MARK,
     GC_ROOT_MAX_AGE_MIN,
     GC_ROOTS_DIR,
+    GC_TAG,
     LAST_DEPLOY_FILE,
     STATE_LINE,
     STATUS_TAG,
+    TRIAL_DIR,
+    TRIAL_TAG,
 )
 from deploy_flake.agent.settings import (
     CONFIRM_HOLD_MARGIN_S,
@@ -49,6 +52,8 @@ PARTS = (
     "health.sh",
     "transaction.sh",
     "commit.sh",
+    "trial.sh",
+    "gc.sh",
     "verbs.sh",
     "main.sh",
 )
@@ -58,6 +63,9 @@ SHARED: tuple[tuple[str, str | int], ...] = (
     ("BASE", AGENT_DIR),
     ("LAST_DEPLOY", LAST_DEPLOY_FILE),
     ("GC_ROOTS", GC_ROOTS_DIR),
+    ("TRIAL", TRIAL_DIR),
+    ("TRIAL_TAG", TRIAL_TAG),
+    ("GC_TAG", GC_TAG),
     ("ROOT_MAX_AGE_MIN", GC_ROOT_MAX_AGE_MIN),
     ("STATUS_TAG", STATUS_TAG),
     ("STATE_LINE", STATE_LINE),

@@ -29,7 +29,9 @@ GUARD_MARGIN_S = 30
 STOP_MARGIN_S = 60
 
 MARGIN_S = 60  # the deployer's: ssh round trips, polling, process start-up
-CONTACT_WINDOW_S = 60  # the least time a host that does not answer at all is tried again
+CONTACT_WINDOW_S = 60
+# A trial boot's guard: what its window allows for the rest of the boot and the deployer's polling
+TRIAL_BOOT_MARGIN_S = 60  # the least time a host that does not answer at all is tried again
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Settings:
     # nothing: a rollback's, the one its target was chosen from (or an --all-or-nothing undo's,
     # the one the deploy committed), so that a later switch is never silently undone.
     expect: str = ""
+    # --reboot, verified: at commit the new system gets a boot entry beside the old default and
+    # is booted once; its guard sends an unconfirmed trial boot back after trial_window_s
+    boot_once: bool = False
 
     def __post_init__(self) -> None:
         for name in ("activation_s", "health_s", "confirm_s", "boot_s"):
@@ -80,6 +85,8 @@ class Settings:
             "SPECIALISATION": self.specialisation,
             "INSTALL_BOOTLOADER": "1" if self.install_bootloader else "",
             "EXPECT": self.expect,
+            "BOOT_ONCE": "1" if self.boot_once else "",
+            "TRIAL_WINDOW_S": str(self.trial_window_s()) if self.boot_once else "",
             # computed here once: the agent uses them as they are
             "RECOVERY_S": str(self.recovery_s()),
             "GUARD_S": str(self.guard_s()),
@@ -117,6 +124,19 @@ class Settings:
             + self.settle_s
             + self.confirm_s
             + GUARD_MARGIN_S
+        )
+
+    def trial_window_s(self) -> int:
+        """How long the guard of a trial boot waits for its confirmation, from the moment the
+        boot mounted its file systems: the rest of the boot, the deployer's new login (polled
+        every few seconds), the health check, the settle window and the commit."""
+        return (
+            TRIAL_BOOT_MARGIN_S
+            + 2 * self.health_s
+            + self.settle_s
+            + self.confirm_s
+            + self.boot_s
+            + KILL_GRACE_S
         )
 
     def contact_window_s(self) -> int:

@@ -1,4 +1,4 @@
-"""The commands: deploy (also of a bare `deploy-flake HOST...`), plan, rollback, status.
+"""The commands: deploy (also of a bare `deploy-flake HOST...`), plan, rollback, status, gc.
 
 Each takes its options as the groups' typed values (cli.options: common, build, activation,
 ...), makes the app's command of them (command_options.DeployCommand, ...) and hands it to app.run, whose
@@ -67,7 +67,7 @@ def deploy(
     confirmed over a new SSH connection before the boot entry is written;
     otherwise it returns to its previous system by itself.
 
-    Other commands: status, plan, rollback (deploy-flake COMMAND --help). A host
+    Other commands: status, plan, rollback, gc (deploy-flake COMMAND --help). A host
     named like a command is deployed with `deploy-flake deploy HOST`.
     """
     ctx = click.get_current_context()
@@ -148,6 +148,26 @@ def status(*, common: command_options.CommonOptions, as_json: bool) -> None:
     from deploy_flake import command_options  # here: see _run
 
     _run(command_options.StatusCommand(common, as_json=as_json))
+
+
+@main_group.command(context_settings=CONTEXT)
+@options.DESTINATIONS
+@options.ON
+@options.GC
+@options.COMMON
+def gc(*, gc: command_options.GcOptions, common: command_options.CommonOptions) -> None:
+    """Remove old generations of the hosts' system profiles, then prune /boot.
+
+    Keeps the newest --keep N, or those newer than --older-than (with both: a generation
+    goes only when neither keeps it), and always the profile's, the previous one (a
+    rollback's), the running, the booted and the last deployed generation. Then writes
+    the boot entries again, so the boot loader removes the old ones and their kernels;
+    --collect-garbage then collects the store's garbage. Under the deploy lock: never
+    while a deploy runs. Prints per host what it removed and the space freed.
+    """
+    from deploy_flake import command_options  # here: see _run
+
+    _run(command_options.GcCommand(common, gc))
 
 
 def _run(command: command_options.Command) -> NoReturn:

@@ -250,9 +250,18 @@ REBOOT = params.collected(
         callback=lambda ctx, param, value: RebootPolicy(value),
         default=str(RebootPolicy.NEVER),
         show_default=True,
-        help="Reboot each host once its new system is committed: if-needed when the new kernel, "
-        "initrd or kernel modules need it (or with --test=skip), always, or never (a note says "
-        "when one is needed). The host must come back on the new system, healthy.",
+        help="Reboot each host into its new system: if-needed when the new kernel, initrd or "
+        "kernel modules need it (or with --test=skip), always, or never (a note says when one is "
+        "needed). Verified: the new system is booted once (systemd-boot's one-shot entry) and "
+        "made the default only when it came back healthy and a new login confirmed it; otherwise "
+        "the host boots its old default again by itself.",
+    ),
+    click.option(
+        "--reboot-unverified",
+        is_flag=True,
+        help="With --reboot on a host whose boot loader has no one-shot entry (GRUB, none): "
+        "make the new system the default first, then reboot into it (a new system that does "
+        "not boot leaves the host down until someone resets it).",
     ),
     _timeout(
         "--reboot-timeout",
@@ -331,6 +340,42 @@ TO = click.option(
     type=click.IntRange(min=1),
     metavar="GENERATION",
     help="The system profile's generation to return to.  [default: the one before the current]",
+)
+
+# gc's own: `gc`
+GC = params.collected(
+    "gc",
+    params.gc_options,
+    click.option(
+        "--keep",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Keep the newest N generations of the system profile (the current one counts).",
+    ),
+    click.option(
+        "--older-than",
+        callback=params.positive_duration,
+        metavar="DURATION",
+        help="Remove only generations older than this (like 30d or 12h).",
+    ),
+    click.option(
+        "--collect-garbage",
+        is_flag=True,
+        help="Then collect the store's garbage (nix-store --gc) and say what it freed.",
+    ),
+    click.option("--dry-run", is_flag=True, help="Only list what would be removed; change nothing."),
+    click.option(
+        "--ask-sudo-password",
+        is_flag=True,
+        help="Ask once, on the terminal, for the password of sudo (or doas, --elevate) on hosts "
+        "where it needs one.",
+    ),
+    click.option(
+        "--sudo-password-fd",
+        type=click.IntRange(min=0),
+        metavar="FD",
+        help="Read the sudo password from this open file descriptor (its first line).",
+    ),
 )
 
 # status's own

@@ -123,3 +123,12 @@ def reboot_options(**values: Any) -> command_options.RebootOptions:
 
 def rollout_options(**values: Any) -> command_options.RolloutOptions:
     return _options().RolloutOptions(**values)  # type: ignore[no-any-return]
+
+
+def gc_options(**values: Any) -> command_options.GcOptions:
+    return _options().GcOptions(**values)  # type: ignore[no-any-return]
+
+
+def positive_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A duration of at least a second, or None when not given."""
+    return None if value is None else seconds(ctx, param, value, 1)

@@ -10,6 +10,8 @@ plan, deploy, rollback), and each job's steps read from top to bottom.
     rollback_target.py  the generation a rollback goes to (pure)
     plan.py             what activating a system would change
     activation.py       driving the host's agent: start, follow, confirm, conclude, Ctrl-C
-    reboot.py           whether to reboot (pure), and the reboot
+    reboot.py           whether to reboot (pure), and the unverified reboot
+    boot_trial.py       the verified reboot: the boot loader's check, the one-time boot
+    last_resort.py      --on-rollback-failure=reboot
     status.py           what status reports
 """

@@ -31,6 +31,7 @@ class Activation:
         self.agent: Agent | None = None  # the host's transaction, once it was asked for
         self.activates = ""  # the specialisation's toplevel, when one is activated
         self.ended: Status | None = None  # how the host's transaction ended, once it did
+        self.boot_once = False  # --reboot, verified: the commit stages a one-time boot
 
     @property
     def started(self) -> bool:
@@ -42,7 +43,7 @@ class Activation:
         """The transaction ended re-activating the previous system in vain, twice."""
         return self.ended is not None and self.ended.phase is Phase.ROLLBACK_FAILED
 
-    def _settings(self, toplevel: str, generation: int | None = None) -> Settings:
+    def settings_for(self, toplevel: str, generation: int | None = None) -> Settings:
         t = self.job.t
         return Settings(
             new_system=toplevel,
@@ -61,6 +62,7 @@ class Activation:
             # a rollback's target was chosen from the profile as it was then: it goes there only
             # from that generation, never over one someone committed since
             expect=self.job.profile_link if generation is not None else "",
+            boot_once=self.boot_once,
         )
 
     async def activate(self, toplevel: str, generation: int | None = None, *, activates: str = "") -> None:
@@ -68,7 +70,7 @@ class Activation:
         the toplevel of its specialisation that is activated, if one is), and follows it to
         its end: the result's outcome and error say how it ended."""
         self.activates = activates
-        settings = self._settings(toplevel, generation)
+        settings = self.settings_for(toplevel, generation)
         agent = Agent(self.job.remote, self.job.deploy_id, settings)
         self.agent = agent
         # Without a settle window, the fresh login starts as soon as the activation has
@@ -149,6 +151,8 @@ class Activation:
             return
         outcome = status.phase.outcome or Outcome.UNKNOWN
         self.result.outcome = outcome
+        if status.phase is Phase.STAGED:  # the reboot comes next
+            return
         if outcome is Outcome.ACTIVATED:
             self.job.stage(Stage.DONE)
             return

@@ -1,6 +1,7 @@
 """The four jobs a run does to each host, step by step, and host_job: the one a run asks for.
 
 status    connect, read the facts, report them
+gc        connect, remove old generations, write the boot entries again (collect garbage)
 plan      connect, copy the flake, build, inspect, show what would change
 deploy    connect, copy the flake, build, inspect, check, activate, confirm (reboot)
 rollback  connect, pick the generation, inspect, check, activate, confirm (reboot)
@@ -9,12 +10,14 @@ rollback  connect, pick the generation, inspect, check, activate, confirm (reboo
 from __future__ import annotations
 
 from deploy_flake.deploy.build import build_system, copying_flake
+from deploy_flake.deploy.gc import collect_garbage
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.deploy.plan import show_plan
 from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
 from deploy_flake.deploy.status import show_status
 from deploy_flake.deploy.transaction import TransactionJob
+from deploy_flake.errors import DeployError
 from deploy_flake.models import DeployOptions, Job, Outcome
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
@@ -24,7 +27,24 @@ class StatusJob(HostJob):
     """status: what the host runs and how it is; nothing is changed."""
 
     async def _steps(self) -> None:
-        show_status(self, await self._facts())
+        facts = await self._facts()
+        try:  # what boots the host is root's to read; the rest of the status is not
+            await self._use_sudo(facts)
+            boot_readable = True
+        except DeployError as e:
+            self.line(f"boot loader: not read ({e})")
+            boot_readable = False
+        await show_status(self, facts, boot=boot_readable)
+
+
+class GcJob(HostJob):
+    """gc: old system generations go (never one the host needs), the boot entries are
+    written again; with --collect-garbage the store's garbage goes too."""
+
+    async def _steps(self) -> None:
+        facts = await self._facts()
+        await self._use_sudo(facts)
+        await collect_garbage(self)
 
 
 class PlanJob(HostJob):
@@ -92,6 +112,7 @@ JOBS: dict[Job, type[HostJob]] = {
     Job.PLAN: PlanJob,
     Job.DEPLOY: DeployJob,
     Job.ROLLBACK: RollbackJob,
+    Job.GC: GcJob,
 }
 
 

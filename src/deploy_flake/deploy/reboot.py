@@ -27,6 +27,14 @@ def reboot_wanted(
     return bool(reboot_reasons) or boot_only
 
 
+def boots_once(wanted: bool, *, unverified: bool, toplevel: str, default_system: str) -> bool:
+    """Whether --reboot boots toplevel once before it becomes the default (verified): a
+    reboot is wanted, --reboot-unverified was not given, and toplevel is not the boot default
+    already (the system profile's: a reboot into it needs no trial, the plain reboot checks
+    that it came back on it)."""
+    return wanted and not unverified and toplevel != default_system
+
+
 async def reboot_into(job: HostJob, toplevel: str, reboot_reasons: tuple[str, ...]) -> None:
     """The new system is committed (profile and boot entry): reboot into it, wait for the
     host to come back on a new boot within --reboot-timeout, and check what it booted."""

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from deploy_flake.agent.client import AgentCalls
+from deploy_flake.agent.protocol import BootInfo
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import HostStatus, Outcome, Stage
 
 
-def show_status(job: HostJob, facts: HostFacts) -> None:
-    """status: what the host runs and how it is, as the facts say."""
+async def show_status(job: HostJob, facts: HostFacts, *, boot: bool = True) -> None:
+    """status: what the host runs and how it is, as the facts say, and (boot: root's commands
+    work) what boots it: the agent's boot-info, for the system the host boots by default."""
+    default = facts.profile_system or facts.current_system
+    info = await AgentCalls(job.remote, job.deploy_id).boot_info(default) if boot and default else None
     job.result.outcome = Outcome.UNCHANGED
     job.result.system = facts.current_system or None
-    job.result.status = host_status(facts)
+    job.result.status = host_status(facts, info)
     job.stage(Stage.DONE)
 
 
-def host_status(facts: HostFacts) -> HostStatus:
+def host_status(facts: HostFacts, boot: BootInfo | None = None) -> HostStatus:
     """The status of a host, as its facts say."""
     return HostStatus(
         state=facts.state or "unknown",
@@ -27,4 +32,5 @@ def host_status(facts: HostFacts) -> HostStatus:
         reboot_reasons=tuple(facts.reboot_reasons),
         last_deploy=dict(facts.last_deploy) or None,
         specialisation=facts.specialisation or None,
+        boot=boot,
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 
+from deploy_flake.agent.protocol import Phase
 from deploy_flake.deploy.activation import Activation
+from deploy_flake.deploy.boot_trial import reboot_trial
 from deploy_flake.deploy.host import DEFAULT_PRE_ACTIVATE, HostJob
 from deploy_flake.deploy.last_resort import reboot_to_previous
 from deploy_flake.deploy.plan import show_plan
-from deploy_flake.deploy.reboot import reboot_into, reboot_wanted
+from deploy_flake.deploy.reboot import boots_once, reboot_into, reboot_wanted
 from deploy_flake.errors import DeployError
 from deploy_flake.host import inspection
 from deploy_flake.host.target import HostFacts
@@ -37,6 +39,13 @@ class TransactionJob(HostJob):
                 "system's boot entry (--on-rollback-failure=reboot); check "
                 f"`deploy-flake status {self.dest.raw}`"
             )
+        elif self.result.stage is Stage.REBOOT and self.activation.boot_once:
+            self.result.outcome = Outcome.UNKNOWN
+            self.result.error = (
+                "interrupted during the verified reboot: the host boots the new system once, and "
+                "returns to its old default by itself unless it is confirmed; check "
+                f"`deploy-flake status {self.dest.raw}`"
+            )
         elif self.result.stage is Stage.REBOOT:
             self.result.outcome = Outcome.UNKNOWN
             self.result.error = (
@@ -55,13 +64,34 @@ class TransactionJob(HostJob):
         seen = await self._inspect(toplevel, facts, preflight=self.opts.preflight)
         gate = self.run.gate
         if gate is not None:  # --ask: the plan, then one answer for every host
-            verdict = await show_plan(self, toplevel, facts, seen, final=False)
+            verdict = await show_plan(self, toplevel, facts, seen, final=False, generation=generation)
             if verdict != "ok":
                 raise DeployError(verdict)
         else:
             self.sanity_checks(seen.closure, facts)
             for change in seen.changes:
                 self.line(f"change: {change}")
+
+        # --reboot: decided before anything changes, so that a host that cannot boot the new
+        # system once (verified) fails now, and its transaction stages that boot at commit
+        reasons = seen.closure.reboot_reasons
+        wants_reboot = reboot_wanted(
+            self.opts.reboot,
+            test=self.opts.test,
+            reboot_reasons=reasons,
+            toplevel=toplevel,
+            current_system=facts.current_system,
+        )
+        verified = boots_once(
+            wants_reboot,
+            unverified=self.opts.reboot_unverified,
+            toplevel=toplevel,
+            default_system=facts.profile_system,
+        )
+        expected = seen.closure.activates or toplevel  # what the one-time boot starts
+        # the host checks, before it changes anything, that its boot loader can boot the new
+        # system once, that a rollback's generation has an entry, that /boot has room
+        self.activation.boot_once = verified
 
         await self._pre_activate(toplevel, seen.pre_activate)
         if gate is not None:
@@ -84,15 +114,12 @@ class TransactionJob(HostJob):
         ):
             await reboot_to_previous(self, ended.reason)
             return
-        # the checks passed: what of the new system takes a reboot to use
-        reasons = seen.closure.reboot_reasons
-        if self.result.outcome is Outcome.ACTIVATED and reboot_wanted(
-            self.opts.reboot,
-            test=self.opts.test,
-            reboot_reasons=reasons,
-            toplevel=toplevel,
-            current_system=facts.current_system,
-        ):
+        if self.result.outcome is not Outcome.ACTIVATED or not wants_reboot:
+            return
+        agent = self.activation.agent
+        if verified and agent is not None and ended is not None and ended.phase is Phase.STAGED:
+            await reboot_trial(self, agent, expected, reasons)
+        elif not verified:
             await reboot_into(self, toplevel, reasons)
 
     async def _pre_activate(self, toplevel: str, exists: bool) -> None:

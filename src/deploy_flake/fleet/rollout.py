@@ -24,6 +24,8 @@ from deploy_flake.output.ask import Answers, Gate
 
 def went_well(job: Job, outcome: Outcome) -> bool:
     """The host ended as its job means to."""
+    if job is Job.GC:
+        return outcome in (Outcome.UNCHANGED, Outcome.CLEANED)
     return outcome is (Outcome.UNCHANGED if job in (Job.PLAN, Job.STATUS) else Outcome.ACTIVATED)
 
 

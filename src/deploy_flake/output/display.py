@@ -127,10 +127,21 @@ def _last_deploy(value: dict[str, str] | None) -> str:
     return f"{value.get('time', '?')} by {value.get('by', '?')}: {_short_flake(str(value.get('flake', '')))}"
 
 
+def _boot(d: HostStatus) -> str:
+    """What boots the host, and what its default system does after a panic or hang."""
+    if d.boot is None:
+        return "not known"
+    text = d.boot.summary()
+    if d.boot.resets is not None:
+        after = "resets itself" if d.boot.resets else "stays down (no panic=, no watchdog)"
+        text += f"; after a panic: {after}"
+    return text
+
+
 def status_fields(r: HostResult) -> list[str]:
     d = r.status
     if d is None:
-        return ["unreachable", "-", "-", "-", "-", "-", r.error or ""]
+        return ["unreachable", "-", "-", "-", "-", "-", "-", r.error or ""]
     state = d.state
     if d.failed_units:
         state += f" ({', '.join(d.failed_units)})"
@@ -142,12 +153,22 @@ def status_fields(r: HostResult) -> list[str]:
         + ("" if d.profile_system == d.current_system else f" ({_short(d.profile_system)})"),
         "same" if d.booted_system == d.current_system else _short(d.booted_system),
         ("yes: " + ", ".join(d.reboot_reasons)) if d.reboot_needed else "no",
+        _boot(d),
         _last_deploy(d.last_deploy),
         "",
     ]
 
 
-STATUS_COLUMNS = ("state", "current system", "generation", "booted", "reboot", "last deploy", "error")
+STATUS_COLUMNS = (
+    "state",
+    "current system",
+    "generation",
+    "booted",
+    "reboot",
+    "boot",
+    "last deploy",
+    "error",
+)
 
 
 def plain_status(results: list[HostResult]) -> str:
@@ -172,4 +193,16 @@ def plain_plan(results: list[HostResult]) -> str:
             f"units: {actions or 'none'}; reboot: {'yes' if plan.reboot_needed else 'no'}; "
             f"checks: {plan.checks}"
         )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- gc
+def plain_gc(results: list[HostResult], dry_run: bool) -> str:
+    lines = ["deploy-flake gc (dry run: nothing was removed):" if dry_run else "deploy-flake gc:"]
+    for r in results:
+        if r.gc is None:
+            lines.append(f"  {r.destination}: {r.error or r.outcome}")
+            continue
+        problem = f" - {r.gc.problem}" if r.gc.problem else ""
+        lines.append(f"  {r.destination}: {r.gc.summary(dry_run)}{problem}")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from deploy_flake.output.stream import STDOUT
 OUTCOME_STYLE = {
     Outcome.ACTIVATED: "green",
     Outcome.UNCHANGED: "green",
+    Outcome.CLEANED: "green",
     Outcome.SKIPPED: "dim",
     Outcome.FAILED: "red",
     Outcome.ROLLED_BACK: "yellow",

@@ -68,6 +68,7 @@ commit() {  # profile generation + boot entry, undone if either step fails
     rollback "another switch replaced the running system during the deploy (it runs $(readlink -f /run/current-system))"
   fi
   old_gen=$(cat "$DIR/old-generation" 2>/dev/null)
+  if [ "$BOOT_ONCE" = 1 ]; then stage_trial "$old_gen"; return 0; fi  # --reboot: boot it once first
   if [ -n "$GENERATION" ]; then  # a rollback: back to a generation the profile has
     timeout -k "$KILL_GRACE_S" "$PROFILE_SET_S" nix-env -p "$PROFILE" --switch-generation "$GENERATION" 8>&-
   else
@@ -87,11 +88,23 @@ commit() {  # profile generation + boot entry, undone if either step fails
   await_other_switch
   : > "$DIR/$BOOT_ENTRY_MARK"  # from here on the boot loader may name NEW, until restore_profile
   # --install-bootloader: the boot loader itself is installed again (NixOS's hooks read it)
+  boot_from=$(log_size)
   if ! NIXOS_INSTALL_BOOTLOADER=$INSTALL_BOOTLOADER timeout -k "$KILL_GRACE_S" "$BOOT_S" \
       "$NEW/bin/switch-to-configuration" boot 8>&-; then
     log "the boot step failed: putting the system profile and the boot entry back"
-    why="switch-to-configuration boot failed; the profile and boot entry were put back"
-    restore_profile || why="switch-to-configuration boot failed"
+    failed="switch-to-configuration boot failed"
+    if tail -c +"$((boot_from + 1))" "$DIR/log" 2>/dev/null | grep -q "No space left on device"; then
+      failed="$failed: no space on /boot"
+    fi
+    why="$failed; the profile and boot entry were put back"
+    restore_profile || why=$failed
+    [ "$MODE" = test ] && rollback "$why"
+    conclude_unchanged "$why"
+  fi
+  # what the boot loader starts next, read back where it can be (systemd-boot's loader.conf)
+  if [ "$(boot_loader)" = systemd-boot ] && [ "$(loader_default)" != "$(entry_of "$(profile_generation)")" ]; then
+    why="after switch-to-configuration boot the boot loader's default reads '$(loader_default)', not $(entry_of "$(profile_generation)"); the profile and boot entry were put back"
+    restore_profile || why="$why; $RESTORE_PROBLEM"
     [ "$MODE" = test ] && rollback "$why"
     conclude_unchanged "$why"
   fi

@@ -61,11 +61,24 @@
 #                              it waits for the transaction to ask for it.
 #   agent abort ID             roll back now, or never start (the deployer was interrupted)
 #   agent status ID            print the status
+#   agent boot-info ID [TOPLEVEL [BOOT_ONCE [GENERATION]]]  what boots the host (KEY=VALUE
+#                              lines: loader, default, oneshot, trial, entry...; for TOPLEVEL:
+#                              boot_free_kib, boot_needs_kib, resets, panic, watchdog, and
+#                              problem: what the transaction's boot check would refuse)
+#   agent trial-status|trial-commit|trial-reject ID [REASON]  the verified reboot (--reboot,
+#                              settings BOOT_ONCE=1 TRIAL_WINDOW_S): its status line, after
+#                              making the trial boot the default, or sending it back
+#   agent boot-guard ID        the trial's guard unit, at every boot while it is armed
+#   agent gc ID KEEP OLDER_S COLLECT DRY  deploy-flake gc: old system generations go (never
+#                              one the host needs), the boot entries are written again, and
+#                              with COLLECT the store's garbage; lines tagged GC_TAG (sh/gc.sh)
+# The trial verbs end with their own line (sh/trial.sh):
+#   @@deploy-flake-trial<TAB>STATE<TAB>ID<TAB>NEW<TAB>BOOTED<TAB>REASON
 # Every verb but run, recover and guard ends with one status line:
 #   @@deploy-flake-state<TAB>PHASE<TAB>PREVIOUS<TAB>NEW<TAB>KEEPER<TAB>KILLED_IN<TAB>REPLACED<TAB>COMMITTED<TAB>REASON
 # PHASE: none pending starting activating checking awaiting-confirmation committing
-# rolling-back (in progress) or activated rolled-back failed rollback-failed
-# restore-failed (final). KEEPER: what carries the transaction on: unit (its own
+# rolling-back (in progress) or activated staged rolled-back failed rollback-failed
+# restore-failed (final; staged: BOOT_ONCE's commit armed the one-time boot). KEEPER: what carries the transaction on: unit (its own
 # unit, its ExecStopPost included), guard (the guard's service), none (nothing:
 # both were killed; a transaction in progress then needs `rescue`). KILLED_IN: the phase
 # in which the guard found the unit gone (its recovery moves the phase on at once), or empty.

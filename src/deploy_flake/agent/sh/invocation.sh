@@ -12,7 +12,7 @@ KEEP_RUNS=20
 die() { echo "deploy-flake-agent: $*" >&2; exit 2; }
 
 cmd=${1:-}
-[ $# -ge 2 ] || die "usage: agent start|run|recover|guard|rescue|watch|confirm|abort|status ID ..."
+[ $# -ge 2 ] || die "usage: agent start|run|recover|guard|rescue|watch|confirm|abort|status|trial-status|trial-commit|trial-reject|boot-guard|boot-info|gc ID ..."
 ID=$2
 case $ID in '' | .* | *[!A-Za-z0-9_.-]* | "${GC_ROOTS##*/}") die "bad deploy id '$ID'" ;; esac
 DIR=$BASE/$ID
@@ -32,7 +32,10 @@ use_tools_of() {
   export PATH
 }
 PREV=""
-if [ -r "$DIR/previous" ]; then read -r PREV < "$DIR/previous" || :; fi
+if [ -r "$DIR/previous" ]; then read -r PREV < "$DIR/previous" || :
+elif [ -r "$TRIAL/prev" ]; then  # a verified reboot's verbs, after the reboot: its old system
+  case $cmd in boot-guard | trial-*) read -r PREV < "$TRIAL/prev" || : ;; esac
+fi
 # (the current system by the shell's own cd and pwd: no tool runs before the re-run below)
 TOOLS_OF=${PREV:-$(cd -P /run/current-system 2>/dev/null && pwd -P)}
 use_tools_of "$TOOLS_OF"

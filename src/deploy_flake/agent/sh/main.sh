@@ -12,5 +12,11 @@ case $cmd in
   confirm) confirm "${3:-}" "${4:-}" ;;
   abort) abort ;;
   status) print_status ;;
+  boot-guard) boot_guard ;;
+  boot-info) boot_info "${3:-}" "${4:-0}" "${5:-}" ;;
+  trial-status) print_trial ;;
+  gc) gc "${3:-}" "${4:-0}" "${5:-0}" "${6:-0}" ;;
+  trial-commit) trial_commit ;;
+  trial-reject) trial_reject "${3:-the deployer found the new system unhealthy}" ;;
   *) die "unknown command '$cmd'" ;;
 esac

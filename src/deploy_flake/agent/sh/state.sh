@@ -12,7 +12,7 @@ read_state() {  # [DIR]: another transaction's
 state_of() { read_state; echo "$STATE"; }
 state_is_not() { read_state; [ "$STATE" != "$1" ]; }  # PHASE (a poll's condition)
 moved_on_from() { state_is_not "$1" || { keeper; [ "$KEEPER" != unit ]; }; }  # ... or its unit died
-is_final() { case $1 in activated | rolled-back | failed | rollback-failed | restore-failed) return 0 ;; esac; return 1; }
+is_final() { case $1 in activated | staged | rolled-back | failed | rollback-failed | restore-failed) return 0 ;; esac; return 1; }
 
 print_status() {  # [PHASE]
   st=${1:-$(state_of)}
@@ -70,6 +70,8 @@ load_settings() {
   SPECIALISATION=$(param SPECIALISATION)
   INSTALL_BOOTLOADER=0; [ "$(param INSTALL_BOOTLOADER)" = 1 ] && INSTALL_BOOTLOADER=1
   EXPECT=$(param EXPECT)
+  BOOT_ONCE=0; [ "$(param BOOT_ONCE)" = 1 ] && BOOT_ONCE=1
+  TRIAL_WINDOW_S=$(param TRIAL_WINDOW_S)
 }
 active_system() {  # what `test` activates: NEW, or its specialisation SPECIALISATION
   if [ -n "$SPECIALISATION" ]; then readlink -f "$NEW/specialisation/$SPECIALISATION"; else echo "$NEW"; fi
@@ -98,6 +100,9 @@ settings_problem() {  # prints what is wrong with the settings; false when nothi
   case $SPECIALISATION in */* | . | ..) echo "SPECIALISATION is not a specialisation's name: '$SPECIALISATION'"; return 0 ;; esac
   if [ -n "$SPECIALISATION" ] && [ ! -x "$NEW/specialisation/$SPECIALISATION/bin/switch-to-configuration" ]; then
     echo "$NEW has no specialisation $SPECIALISATION"; return 0
+  fi
+  if [ "$BOOT_ONCE" = 1 ] && ! is_uint "$TRIAL_WINDOW_S"; then
+    echo "TRIAL_WINDOW_S must be a number of seconds (not '$TRIAL_WINDOW_S')"; return 0
   fi
   case $EXPECT in '' | system-*-link) ;; *) echo "EXPECT must name a generation link (system-N-link), not '$EXPECT'"; return 0 ;; esac
   case $(param GC_ROOT) in '' | "$GC_ROOTS/$ID.system") ;; *) echo "GC_ROOT is not this deploy's root ($GC_ROOTS/$ID.system)"; return 0 ;; esac

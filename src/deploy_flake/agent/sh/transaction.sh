@@ -133,7 +133,12 @@ run() {
     conclude_unchanged "the system profile moved on since deploy-flake looked at it (it was $EXPECT; $(changed_profile)): nothing was changed, so that change is kept"
   fi
   [ -x "$NEW/bin/switch-to-configuration" ] || conclude_unchanged "$NEW has no bin/switch-to-configuration"
+  if problem=$(boot_problem); then conclude_unchanged "$problem"; fi
+  [ "$BOOT_ONCE" = 1 ] && note_resets
   if busy=$(other_switch); then conclude_unchanged "another switch is in progress on this host: $busy"; fi
+  if t=$(trial_pending); then
+    conclude_unchanged "a verified reboot (deploy $t) has not ended on this host: $(print_trial | cut -f 2,6 | tr '\t' ' ')"
+  fi
   if when=$(shutdown_scheduled); then
     conclude_unchanged "$when: a deploy now would be cut short by it; wait until the host is back, or cancel it with \`shutdown -c\`"
   fi
@@ -194,6 +199,10 @@ recover_locked() {  # with the deploy lock held, for the transaction in $DIR
     pending | starting)
       set_reason "the activation unit stopped before anything was changed"; set_state failed; exit 1 ;;
     committing)
+      if [ "$(cat "$TRIAL/id" 2>/dev/null)" = "$ID" ]; then  # a trial half staged
+        bootctl set-oneshot "" >/dev/null 2>&1 || :
+        disarm_trial_guard; rm -rf "$TRIAL"
+      fi
       restore_profile ;;
   esac
   if [ "$MODE" = boot ]; then
