@@ -168,7 +168,16 @@ def test_vm_sid_reboots_into_the_new_kernel(pair: Pair, sid_vm: Host) -> None:
     _check_versions(vm, pair)
     boot, before = vm.out(BOOT_ID), vm.current_system()
     dest = f"nixos://{SID_VM_NAME}/new-kernel"
-    r = deploy("--reboot=if-needed", "--settle-time=0", dest, ssh_config=VM_SSH_CONFIG, timeout=900)
+    # unverified: on sid the lab's stand-in for the firmware (its generator, sandboxed by
+    # systemd 262) has not booted the one-shot entry yet (issue 19; lab/README.md, Boot loader)
+    r = deploy(
+        "--reboot=if-needed",
+        "--reboot-unverified",
+        "--settle-time=0",
+        dest,
+        ssh_config=VM_SSH_CONFIG,
+        timeout=900,
+    )
     assert r.returncode == 0, r.output
     res = r.host(dest)
     assert res["outcome"] == "activated" and res["previous_system"] == before, res
