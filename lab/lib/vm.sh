@@ -155,10 +155,15 @@ vm_launch() {  # NAME PORT [MEM_MB] [CPUS]: boot, do not wait (suite: VM_SUITE, 
   rm -f "$d/qemu.pid" "$d/monitor.sock"
   : > "$d/console.log"
 
+  # only on bookworm does the generator mount /boot: on newer systemd it runs sandboxed and its
+  # mount stays in its own namespace (lab/README.md, Boot loader), so there /boot stays the
+  # root filesystem's directory (the disk is attached, unused)
+  local boot_arg=""
+  [ "$suite" = bookworm ] && boot_arg="lab.boot=/dev/vdb"
   # -daemonize: QEMU returns once the machine is set up (or failed), in its own session.
   qemu-system-x86_64 "${accel[@]}" -smp "$cpus" -m "$mem" \
     -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
-    -append "root=/dev/vda rw console=ttyS0,115200 panic=5 oops=panic systemd.hostname=$n lab.boot=/dev/vdb ${LAB_VM_APPEND:-}" \
+    -append "root=/dev/vda rw console=ttyS0,115200 panic=5 oops=panic systemd.hostname=$n $boot_arg ${LAB_VM_APPEND:-}" \
     -drive "file=$d/disk.qcow2,if=virtio,format=qcow2,cache=unsafe,discard=unmap" \
     -drive "file=$d/boot.img,if=virtio,format=raw,cache=writeback" \
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
