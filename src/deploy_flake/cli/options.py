@@ -115,22 +115,26 @@ COMMON = params.collected(
     also=("destinations", "selectors"),
 )
 
+# root's password where sudo (doas) asks for it: the activation's and gc's
+ASK_SUDO_PASSWORD = click.option(
+    "--ask-sudo-password",
+    is_flag=True,
+    help="Ask once, on the terminal, for the password of sudo (or doas, --elevate) on hosts "
+    "where it needs one; it reaches them only on sudo's stdin (doas's terminal).",
+)
+SUDO_PASSWORD_FD = click.option(
+    "--sudo-password-fd",
+    type=click.IntRange(min=0),
+    metavar="FD",
+    help="Read the sudo password from this open file descriptor (its first line), for automation.",
+)
+
 # deploy's, plan's and rollback's: `activation`
 ACTIVATION = params.collected(
     "activation",
     params.activation_options,
-    click.option(
-        "--ask-sudo-password",
-        is_flag=True,
-        help="Ask once, on the terminal, for the password of sudo (or doas, --elevate) on hosts "
-        "where it needs one; it reaches them only on sudo's stdin (doas's terminal).",
-    ),
-    click.option(
-        "--sudo-password-fd",
-        type=click.IntRange(min=0),
-        metavar="FD",
-        help="Read the sudo password from this open file descriptor (its first line), for automation.",
-    ),
+    ASK_SUDO_PASSWORD,
+    SUDO_PASSWORD_FD,
     click.option(
         "--preflight-check",
         "preflight",
@@ -364,18 +368,8 @@ GC = params.collected(
         help="Then collect the store's garbage (nix-store --gc) and say what it freed.",
     ),
     click.option("--dry-run", is_flag=True, help="Only list what would be removed; change nothing."),
-    click.option(
-        "--ask-sudo-password",
-        is_flag=True,
-        help="Ask once, on the terminal, for the password of sudo (or doas, --elevate) on hosts "
-        "where it needs one.",
-    ),
-    click.option(
-        "--sudo-password-fd",
-        type=click.IntRange(min=0),
-        metavar="FD",
-        help="Read the sudo password from this open file descriptor (its first line).",
-    ),
+    ASK_SUDO_PASSWORD,
+    SUDO_PASSWORD_FD,
 )
 
 # status's own

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from deploy_flake.agent.client import AgentCalls
 from deploy_flake.deploy.host import HostJob
-from deploy_flake.deploy.reboot import boots_once, reboot_wanted
+from deploy_flake.deploy.reboot import reboot_decision
 from deploy_flake.errors import DeployError
 from deploy_flake.host import inspection
 from deploy_flake.host.target import HostFacts
@@ -33,16 +33,7 @@ async def show_plan(
         verdict = str(e)
     # the boot loader, as the host's transaction would check it before changing anything
     reboot = seen.closure.reboot_reasons
-    wanted = reboot_wanted(
-        job.opts.reboot,
-        test=job.opts.test,
-        reboot_reasons=reboot,
-        toplevel=toplevel,
-        current_system=facts.current_system,
-    )
-    verified = boots_once(
-        wanted, unverified=job.opts.reboot_unverified, toplevel=toplevel, default_system=facts.profile_system
-    )
+    _, verified = reboot_decision(job, toplevel, facts, reboot)
     boot = await AgentCalls(job.remote, job.deploy_id).boot_info(
         toplevel, boot_once=verified, generation=generation
     )

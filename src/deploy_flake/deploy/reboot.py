@@ -9,6 +9,7 @@ import time
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
+from deploy_flake.host.target import HostFacts
 from deploy_flake.models import Outcome, RebootPolicy, Stage
 
 
@@ -25,6 +26,25 @@ def reboot_wanted(
     # --test=skip: the new system runs only once the host boots it
     boot_only = not test and toplevel != current_system
     return bool(reboot_reasons) or boot_only
+
+
+def reboot_decision(
+    job: HostJob, toplevel: str, facts: HostFacts, reasons: tuple[str, ...]
+) -> tuple[bool, bool]:
+    """For toplevel on the job's host, as its options say: whether the host reboots after the
+    commit, and whether that reboot boots toplevel once first (verified). The transaction and
+    the plan decide it here alike."""
+    wanted = reboot_wanted(
+        job.opts.reboot,
+        test=job.opts.test,
+        reboot_reasons=reasons,
+        toplevel=toplevel,
+        current_system=facts.current_system,
+    )
+    verified = boots_once(
+        wanted, unverified=job.opts.reboot_unverified, toplevel=toplevel, default_system=facts.profile_system
+    )
+    return wanted, verified
 
 
 def boots_once(wanted: bool, *, unverified: bool, toplevel: str, default_system: str) -> bool:

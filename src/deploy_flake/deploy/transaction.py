@@ -11,7 +11,7 @@ from deploy_flake.deploy.boot_trial import reboot_trial
 from deploy_flake.deploy.host import DEFAULT_PRE_ACTIVATE, HostJob
 from deploy_flake.deploy.last_resort import reboot_to_previous
 from deploy_flake.deploy.plan import show_plan
-from deploy_flake.deploy.reboot import boots_once, reboot_into, reboot_wanted
+from deploy_flake.deploy.reboot import reboot_decision, reboot_into
 from deploy_flake.errors import DeployError
 from deploy_flake.host import inspection
 from deploy_flake.host.target import HostFacts
@@ -75,19 +75,7 @@ class TransactionJob(HostJob):
         # --reboot: decided before anything changes, so that a host that cannot boot the new
         # system once (verified) fails now, and its transaction stages that boot at commit
         reasons = seen.closure.reboot_reasons
-        wants_reboot = reboot_wanted(
-            self.opts.reboot,
-            test=self.opts.test,
-            reboot_reasons=reasons,
-            toplevel=toplevel,
-            current_system=facts.current_system,
-        )
-        verified = boots_once(
-            wants_reboot,
-            unverified=self.opts.reboot_unverified,
-            toplevel=toplevel,
-            default_system=facts.profile_system,
-        )
+        wants_reboot, verified = reboot_decision(self, toplevel, facts, reasons)
         expected = seen.closure.activates or toplevel  # what the one-time boot starts
         # the host checks, before it changes anything, that its boot loader can boot the new
         # system once, that a rollback's generation has an entry, that /boot has room

@@ -15,8 +15,6 @@ gc_end() {  # REMOVED BOOT_BEFORE BOOT_AFTER STORE PROBLEM
 
 gc_link_gen() { n=${1##*/}; n=${n#system-}; echo "${n%-link}"; }  # [.../]system-N-link: N
 
-gc_boot_free() { df -P -k "$(boot_path)" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
-
 gc() {  # KEEP OLDER_S COLLECT DRY: KEEP newest generations (0: none but those needed),
   #       OLDER_S only generations older than that (0: any age), COLLECT 1: nix-store --gc
   keep=$1 older=$2 collect=$3 dry=$4
@@ -71,7 +69,7 @@ gc() {  # KEEP OLDER_S COLLECT DRY: KEEP newest generations (0: none but those n
       remove="$remove $n" removed=$((removed + 1))
     fi
   done
-  before=$(gc_boot_free)
+  before=$(boot_free_kib)
   [ "$dry" = 1 ] && gc_end "$removed" "$before" "" "" ""
   if [ -n "$remove" ]; then
     # shellcheck disable=SC2086  # the generation numbers, one argument each
@@ -82,13 +80,13 @@ gc() {  # KEEP OLDER_S COLLECT DRY: KEEP newest generations (0: none but those n
     # (after another switch-to-configuration that holds its lock, if one does)
     [ ! -e "$SWITCH_LOCK" ] || flock -w "$LOCK_WAIT_S" "$SWITCH_LOCK" true 8>&- || :
     if ! timeout -k "$KILL_GRACE_S" 600 "$PROFILE/bin/switch-to-configuration" boot >&2 8>&-; then
-      gc_end "$removed" "$before" "$(gc_boot_free)" "" "the generations were removed, but writing the boot entries again failed (switch-to-configuration boot): the boot menu may still list them, so the store's garbage was not collected; run it by hand: $PROFILE/bin/switch-to-configuration boot"
+      gc_end "$removed" "$before" "$(boot_free_kib)" "" "the generations were removed, but writing the boot entries again failed (switch-to-configuration boot): the boot menu may still list them, so the store's garbage was not collected; run it by hand: $PROFILE/bin/switch-to-configuration boot"
     fi
   fi
   store=""
   if [ "$collect" = 1 ]; then
-    out=$(nix-store --gc 2>&1 8>&-) || gc_end "$removed" "$before" "$(gc_boot_free)" "" "nix-store --gc failed: $(printf '%s\n' "$out" | tail -n 1)"
+    out=$(nix-store --gc 2>&1 8>&-) || gc_end "$removed" "$before" "$(boot_free_kib)" "" "nix-store --gc failed: $(printf '%s\n' "$out" | tail -n 1)"
     store=$(printf '%s\n' "$out" | grep 'store paths deleted' | tail -n 1)
   fi
-  gc_end "$removed" "$before" "$(gc_boot_free)" "$store" ""
+  gc_end "$removed" "$before" "$(boot_free_kib)" "$store" ""
 }

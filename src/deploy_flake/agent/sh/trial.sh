@@ -72,9 +72,11 @@ boot_problem() {
   return 0
 }
 
+boot_free_kib() { df -P -k "$(boot_path)" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
+
 boot_room() {  # TOPLEVEL: sets free (KiB on the boot partition, "" unknown) and need (KiB)
   bp=$(boot_path)
-  free=$(df -P -k "$bp" 2>/dev/null | awk 'NR == 2 { print $4 }')
+  free=$(boot_free_kib)
   need=0
   for f in kernel initrd; do
     src=$(readlink -f "$1/$f" 2>/dev/null) || continue
