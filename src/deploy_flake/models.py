@@ -5,13 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from deploy_flake.errors import UsageError
+from deploy_flake.host_reports import BootInfo, GcReport
 from deploy_flake.remote.destination import Destination
-
-if TYPE_CHECKING:  # the agent's answer (agent/protocol.py builds on these models)
-    from deploy_flake.agent.protocol import BootInfo, GcReport
 
 
 class Elevate(StrEnum):

@@ -16,8 +16,6 @@ from deploy_flake import process
 from deploy_flake.agent.protocol import (
     STATE_LINE,
     STATUS_MARK,
-    BootInfo,
-    GcReport,
     Keeper,
     Phase,
     Status,
@@ -31,6 +29,7 @@ from deploy_flake.agent.protocol import (
 from deploy_flake.agent.script import script, script_path
 from deploy_flake.agent.settings import CONFIRM_HOLD_MARGIN_S, CONFIRM_TAKEN_S, MARGIN_S, Settings
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, WrongHost
+from deploy_flake.host_reports import BootInfo, GcReport
 from deploy_flake.models import GcSettings
 from deploy_flake.remote.ssh import Remote
 

@@ -15,10 +15,11 @@ import contextlib
 import time
 
 from deploy_flake.agent.client import Agent
-from deploy_flake.agent.protocol import TrialState, TrialStatus
+from deploy_flake.agent.protocol import TrialStatus
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
+from deploy_flake.host_reports import TrialState
 from deploy_flake.models import Outcome, Stage
 
 TRIAL_POLL_S = 2.0  # how often the trial's status is asked for while the host's guard acts

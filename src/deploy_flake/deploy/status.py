@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from deploy_flake.agent.client import AgentCalls
-from deploy_flake.agent.protocol import BootInfo
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.host.target import HostFacts
+from deploy_flake.host_reports import BootInfo
 from deploy_flake.models import HostStatus, Outcome, Stage
 
 
