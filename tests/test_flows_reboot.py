@@ -105,3 +105,36 @@ def test_an_unhealthy_trial_boot_is_sent_back_and_reported_rolled_back(
     assert result.outcome is Outcome.ROLLED_BACK, result
     assert result.error == f"rolled back: {why}"
     assert "agent trial-commit" not in fake.sent
+
+
+@pytest.mark.parametrize(
+    ("unverified", "committed", "said"),
+    [
+        (False, "staged", "the new system is confirmed and its one boot armed, but the reboot was not done"),
+        (
+            True,
+            "activated",
+            "the new system is active and its boot entry written, but the reboot was not done",
+        ),
+    ],
+    ids=["verified", "unverified"],
+)
+def test_a_reboot_the_host_refuses_is_unknown_and_says_what_was_left(
+    monkeypatch: pytest.MonkeyPatch, instant: list[float], unverified: bool, committed: str, said: str
+) -> None:
+    refused = Reply(stderr="Failed to reboot system via logind: Access denied\n", returncode=1)
+    result, fake, _ = run_job(
+        monkeypatch,
+        [
+            *BEFORE,
+            ("agent start", status("checking")),
+            ("agent confirm", status(committed)),
+            ("reboot", refused),
+            ("disconnect", Reply()),
+        ],
+        reboot=RebootPolicy.ALWAYS,
+        reboot_unverified=unverified,
+    )
+    assert result.outcome is Outcome.UNKNOWN and result.error.startswith(said), result
+    assert "Access denied" in result.error
+    assert "facts" not in fake.sent[fake.sent.index("reboot") :]  # no wait for a reboot not done

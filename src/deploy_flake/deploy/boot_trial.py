@@ -17,6 +17,7 @@ import time
 from deploy_flake.agent.client import Agent
 from deploy_flake.agent.protocol import TrialStatus
 from deploy_flake.deploy.host import HostJob
+from deploy_flake.deploy.reboot import start_reboot
 from deploy_flake.errors import DeployError
 from deploy_flake.host import target
 from deploy_flake.host_reports import TrialState
@@ -29,28 +30,22 @@ async def reboot_trial(job: HostJob, agent: Agent, expected: str, reasons: tuple
     """The trial is staged on the host: reboot, and conclude the job's outcome from what the
     host came back on. expected: the system the one-shot entry boots (NEW, or its
     specialisation)."""
-    job.stage(Stage.REBOOT)
     window = agent.settings.trial_window_s()
     limit = job.t.reboot + window  # a trial boot nobody confirms comes back a second time
     why = f" for the new {', '.join(reasons)}" if reasons else ""
-    job.line(
+    t0 = await start_reboot(
+        job,
         f"rebooting{why} into the new system once (its one-shot boot entry; the default stays the "
-        f"old system); waiting up to {limit:.0f}s for it to come back"
-    )
-    t0 = time.monotonic()
-    deadline = t0 + limit
-    try:
-        job.boot_id = await target.request_reboot(job.remote) or job.boot_id
-    except DeployError as e:
-        job.result.outcome = Outcome.UNKNOWN
-        job.result.error = (
+        f"old system); waiting up to {limit:.0f}s for it to come back",
+        lambda e: (
             f"the new system is confirmed and its one boot armed, but the reboot was not done: {e}. "
             "The next reboot starts it once; unless it is confirmed then, the host returns to its "
             f"old default by itself; `deploy-flake status {job.dest.raw}` shows it"
-        )
+        ),
+    )
+    if t0 is None:
         return
-    with contextlib.suppress(Exception):  # its host is going down: the master goes with it
-        await job.remote.disconnect()
+    deadline = t0 + limit
     try:
         await _after_reboot(job, agent, expected, t0, deadline)
     except DeployError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.errors import DeployError
@@ -58,28 +59,40 @@ def boots_once(wanted: bool, *, unverified: bool, toplevel: str, default_system:
 async def reboot_into(job: HostJob, toplevel: str, reboot_reasons: tuple[str, ...]) -> None:
     """The new system is committed (profile and boot entry): reboot into it, wait for the
     host to come back on a new boot within --reboot-timeout, and check what it booted."""
-    job.stage(Stage.REBOOT)
     limit = job.t.reboot
     why = f" for the new {', '.join(reboot_reasons)}" if reboot_reasons else ""
-    job.line(f"rebooting{why}; waiting up to {limit:.0f}s (--reboot-timeout) for it to come back")
+    t0 = await start_reboot(
+        job,
+        f"rebooting{why}; waiting up to {limit:.0f}s (--reboot-timeout) for it to come back",
+        lambda e: f"the new system is active and its boot entry written, but the reboot was not done: {e}",
+    )
+    if t0 is None:
+        return
+    try:
+        await _after_reboot(job, toplevel, t0, t0 + limit)
+    except DeployError as e:
+        job.result.outcome = Outcome.UNKNOWN
+        job.result.error = f"rebooted, and then {e}; check `deploy-flake status {job.dest.raw}`"
+
+
+async def start_reboot(job: HostJob, announce: str, not_done: Callable[[DeployError], str]) -> float | None:
+    """The reboot stage's start, for a plain and a verified reboot alike: say `announce`, ask
+    the host to reboot, and let its connection go. Returns when the wait for the host began
+    (time.monotonic()), or None when the host was not rebooted: the job is then unknown, with
+    not_done(why) as its error."""
+    job.stage(Stage.REBOOT)
+    job.line(announce)
     t0 = time.monotonic()
-    deadline = t0 + limit
     try:
         # the boot our reboot ends is the one the host runs now, not the one seen at connect
         job.boot_id = await target.request_reboot(job.remote) or job.boot_id
     except DeployError as e:
         job.result.outcome = Outcome.UNKNOWN
-        job.result.error = (
-            f"the new system is active and its boot entry written, but the reboot was not done: {e}"
-        )
-        return
+        job.result.error = not_done(e)
+        return None
     with contextlib.suppress(Exception):  # its host is going down: the master goes with it
         await job.remote.disconnect()
-    try:
-        await _after_reboot(job, toplevel, t0, deadline)
-    except DeployError as e:
-        job.result.outcome = Outcome.UNKNOWN
-        job.result.error = f"rebooted, and then {e}; check `deploy-flake status {job.dest.raw}`"
+    return t0
 
 
 async def _after_reboot(job: HostJob, toplevel: str, t0: float, deadline: float) -> None:
