@@ -225,9 +225,8 @@ image_initial_generation() {  # ROOTFS
   chroot "$r" "$out/activate" >/dev/null 2>&1 || die "activating the initial generation in the image failed"
   rm -f "$r/run/current-system"
   # what its activation does to /etc and /bin, done here already: the generator activates the
-  # boot default at boot, but on sid (systemd 262) its writes to /etc and /bin did not happen
-  # (seen: /bin/sh still dash, no /etc/static after boot), only /run's; there a boot into
-  # another system keeps these two links until the next switch
+  # boot default at boot, but on systemd 256 and later it runs sandboxed (only /run writable)
+  # and the activation is done again a moment later by the firmware unit it makes
   ln -sfn "$out/etc" "$r/etc/static"
   ln -sfn "$out/sw/bin/sh" "$r/bin/sh"
   # a unit's PATH: only the systemd package's bin/, as NixOS patches systemd's DEFAULT_PATH_NORMAL

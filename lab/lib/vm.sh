@@ -155,11 +155,9 @@ vm_launch() {  # NAME PORT [MEM_MB] [CPUS]: boot, do not wait (suite: VM_SUITE, 
   rm -f "$d/qemu.pid" "$d/monitor.sock"
   : > "$d/console.log"
 
-  # only on bookworm does the generator mount /boot: on newer systemd it runs sandboxed and its
-  # mount stays in its own namespace (lab/README.md, Boot loader), so there /boot stays the
-  # root filesystem's directory (the disk is attached, unused)
-  local boot_arg=""
-  [ "$suite" = bookworm ] && boot_arg="lab.boot=/dev/vdb"
+  # the generator reads the /boot disk first (on newer systemd, sandboxed, in its own mount
+  # namespace; there it also makes a boot.mount unit for the system: lab/README.md, Boot loader)
+  local boot_arg="lab.boot=/dev/vdb"
   # -daemonize: QEMU returns once the machine is set up (or failed), in its own session.
   qemu-system-x86_64 "${accel[@]}" -smp "$cpus" -m "$mem" \
     -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
