@@ -218,14 +218,60 @@ def lab_pool() -> Iterator[None]:
     yield
 
 
+class PoolHosts(dict[str, Host]):
+    """The pool's hosts as a test gets them; remembers the ones it looked up (a test that
+    iterates over them looks up all)."""
+
+    def __init__(self) -> None:
+        super().__init__((name, Host(name)) for name in POOL)
+        self.used: set[str] = set()
+
+    def __getitem__(self, name: str) -> Host:
+        self.used.add(name)
+        return super().__getitem__(name)
+
+    def values(self):  # type: ignore[no-untyped-def]  # dict's view type, every host used
+        self.used.update(POOL)
+        return super().values()
+
+    def items(self):  # type: ignore[no-untyped-def]
+        self.used.update(POOL)
+        return super().items()
+
+
+# What a test can change on a host without looking it up (a deploy to it by name, an
+# inventory's --on): its systems, profile, boot entries, EFI variables, a transaction or its
+# guard, its health. Read over one login; a host that does not answer is not clean.
+_STATE = (
+    "readlink -f /run/current-system /run/booted-system /nix/var/nix/profiles/system; "
+    "ls /nix/var/nix/profiles /boot/loader/entries /var/lib/fixture-efivars; "
+    "cat /boot/loader/loader.conf; ls -a /run/deploy-flake /etc/systemd/system.control 2>/dev/null; "
+    "systemctl list-units --all --plain --no-legend 'deploy-flake*'; systemctl is-system-running --wait"
+)
+_clean_state: dict[str, str] = {}  # each host's, read once after a reset
+
+
+def _state(name: str) -> str | None:
+    done = Host(name).ssh(_STATE, check=False, timeout=30)
+    return done.stdout if done.returncode == 0 else None
+
+
 @pytest.fixture
 def hosts(lab_pool: None) -> Iterator[dict[str, Host]]:
-    """Clean lab hosts alpha, beta, gamma and delta, running the initial generation."""
+    """Clean lab hosts alpha, beta, gamma and delta, running the initial generation.
+
+    After the test, the hosts it looked up are reset before the next test that uses them; the
+    others too unless their state is still the clean one (a reset costs seconds of CPU per
+    host; most tests change one host)."""
     if _dirty:
         lab("reset", *sorted(_dirty), timeout=300)
+        for name in _dirty - _clean_state.keys():
+            _clean_state[name] = _state(name) or ""
         _dirty.clear()
-    yield {name: Host(name) for name in POOL}
-    _dirty.update(POOL)
+    pool = PoolHosts()
+    yield pool
+    _dirty.update(pool.used)
+    _dirty.update(n for n in POOL if n not in pool.used and _state(n) != _clean_state.get(n))
 
 
 @pytest.fixture(scope="session")
