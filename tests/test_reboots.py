@@ -1,7 +1,7 @@
 """--reboot: a committed system is rebooted into, and the host must come back on it, healthy.
 
 On nspawn hosts (a reboot restarts the container: new boot id, the boot entry's system
-activated at boot); the real kernel reboot is the QEMU VM's (tests/test_vm.py).
+activated at boot); the real kernel reboots are the QEMU VMs' (test_verified_reboot.py, test_matrix.py).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_reboot_options_are_checked() -> None:
 
 def test_a_host_too_slow_to_come_back_is_reported_then_not_waited_on(hosts: dict[str, Host]) -> None:
     """(on nspawn: the boot-entry semantics are the fixture's on every host; the real kernel
-    reboot is the VM's, tests/test_vm.py)"""
+    reboots are the VMs', test_verified_reboot.py and test_matrix.py)"""
     alpha = hosts["alpha"]
     boot = alpha.out(BOOT_ID)
     t0 = time.monotonic()
