@@ -40,11 +40,7 @@ def main_group() -> None:
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
-@options.DESTINATIONS
-@options.ON
-@options.COMMON
-@options.BUILD
-@options.ACTIVATION
+@options.HOSTS_BUILT_AND_ACTIVATED
 @options.REBOOT
 @options.VERSION  # as before the subcommands
 @options.DRY_ACTIVATE
@@ -84,11 +80,7 @@ def deploy(
 
 
 @main_group.command(context_settings=CONTEXT, epilog=EPILOG)
-@options.DESTINATIONS
-@options.ON
-@options.COMMON
-@options.BUILD
-@options.ACTIVATION
+@options.HOSTS_BUILT_AND_ACTIVATED
 def plan(
     *,
     common: command_options.CommonOptions,

@@ -299,6 +299,9 @@ ON = click.option(
 
 VERSION = click.version_option(__version__, prog_name="deploy-flake")
 
+# what deploy and plan both take, in this order: the hosts, and how each is built and activated
+HOSTS_BUILT_AND_ACTIVATED = params.group(DESTINATIONS, ON, COMMON, BUILD, ACTIVATION)
+
 # deploy's own
 DRY_ACTIVATE = click.option(
     "--dry-activate",

@@ -18,9 +18,19 @@ from deploy_flake.deploy.run import Run
 from deploy_flake.deploy.status import show_status
 from deploy_flake.deploy.transaction import TransactionJob
 from deploy_flake.errors import DeployError
+from deploy_flake.host.target import HostFacts
 from deploy_flake.models import DeployOptions, Job, Outcome
 from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
+
+
+async def _built(job: HostJob) -> tuple[HostFacts, str]:
+    """plan's and deploy's start: the host's facts (root's commands through sudo where they
+    need it) and its configuration's system, built while the flake was being copied."""
+    async with copying_flake(job) as copy:
+        facts = await job._facts()
+        await job._use_sudo(facts)
+        return facts, await build_system(job, facts, copy)
 
 
 class StatusJob(HostJob):
@@ -53,13 +63,10 @@ class PlanJob(HostJob):
     builds = True
 
     async def _steps(self) -> None:
-        async with copying_flake(self) as copy:
-            facts = await self._facts()
-            await self._use_sudo(facts)
-            toplevel = await build_system(self, facts, copy)
-            self.result.system = toplevel
-            seen = await self._inspect(toplevel, facts, preflight=False)
-            await show_plan(self, toplevel, facts, seen)
+        facts, toplevel = await _built(self)
+        self.result.system = toplevel
+        seen = await self._inspect(toplevel, facts, preflight=False)
+        await show_plan(self, toplevel, facts, seen)
 
 
 class DeployJob(TransactionJob):
@@ -68,11 +75,8 @@ class DeployJob(TransactionJob):
     builds = True
 
     async def _steps(self) -> None:
-        async with copying_flake(self) as copy:
-            facts = await self._facts()
-            await self._use_sudo(facts)
-            toplevel = await build_system(self, facts, copy)
-            await self._change_to(toplevel, facts)
+        facts, toplevel = await _built(self)
+        await self._change_to(toplevel, facts)
 
 
 class RollbackJob(TransactionJob):
