@@ -20,6 +20,7 @@ def test_an_unexpected_error_ends_only_its_own_host(
     from deploy_flake.agent import client as agent_module
     from deploy_flake.agent.protocol import Status
     from deploy_flake.cli import deploy_flake
+    from deploy_flake.process import LineSink
 
     real_install, real_confirm = agent_module.Agent.install, agent_module.Agent.confirm
 
@@ -28,7 +29,7 @@ def test_an_unexpected_error_ends_only_its_own_host(
             raise OSError(24, "Too many open files")
         await real_install(self)
 
-    async def confirm(self: agent_module.Agent, on_line: agent_module.LineSink) -> tuple[Status | None, str]:
+    async def confirm(self: agent_module.Agent, on_line: LineSink) -> tuple[Status | None, str]:
         if self.remote.dest.host == "gamma":
             raise RuntimeError("a bug in the deployer")
         return await real_confirm(self, on_line)

@@ -8,34 +8,27 @@ everything else (see sh/header.sh).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
 from deploy_flake import process
+from deploy_flake.agent.calls import AgentCalls
+from deploy_flake.agent.log_cursor import LogCursor
 from deploy_flake.agent.protocol import (
-    STATE_LINE,
-    STATUS_MARK,
     Keeper,
     Phase,
     Status,
     TrialStatus,
     final_status,
-    format_status,
-    parse_boot_info,
-    parse_gc,
     parse_trial,
 )
-from deploy_flake.agent.script import script, script_path
 from deploy_flake.agent.settings import CONFIRM_HOLD_MARGIN_S, CONFIRM_TAKEN_S, MARGIN_S, Settings
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, WrongHost
-from deploy_flake.host_reports import BootInfo, GcReport
-from deploy_flake.models import GcSettings
+from deploy_flake.process import LineSink
 from deploy_flake.remote.ssh import Remote
 
 STREAM_S = 30  # the longest one call shows the agent's log before the deployer asks again
 RESCUES = 2  # how often the deployer starts a killed transaction's guard itself
-GC_TIMEOUT_S = 3600  # gc on a host: removing generations, the boot entries, the store's garbage
 
 # What a transaction does without the deployer, by the phase it was last seen in.
 _ON_ITS_OWN = {
@@ -49,74 +42,7 @@ class AgentLost(DeployError):
     """No answer from the agent within the time it may take: its final state is not known here."""
 
 
-LineSink = Callable[[str], None]
 PhaseSink = Callable[[Phase], None]
-
-
-class AgentCalls:
-    """The agent's verbs that answer with lines of their own, outside a transaction."""
-
-    def __init__(self, remote: Remote, deploy_id: str) -> None:
-        self.remote = remote
-        self.deploy_id = deploy_id
-
-    def _argv(self, verb: str, *args: str) -> list[str]:
-        # The agent and the transactions' records both live in /run: without the script
-        # (the host rebooted), there is no such transaction either, and that is the answer.
-        none = format_status(Status(Phase.NONE)).replace("\t", "\\t")
-        run_or_none = f'[ -f "$0" ] && exec /bin/sh "$0" "$@"; printf "{none}\\n"'
-        return ["/bin/sh", "-c", run_or_none, script_path(), verb, self.deploy_id, *args]
-
-    async def install(self) -> None:
-        """Puts the agent script on the host (a temporary file per deploy, then renamed)."""
-        path = script_path()
-        sh = 'umask 077 && mkdir -p "${1%/*}" && cat > "$1.$2.tmp" && mv -f "$1.$2.tmp" "$1"'
-        try:
-            done = await self.remote.run(
-                ["sh", "-c", sh, "sh", path, self.deploy_id], root=True, stdin=script(), timeout=60
-            )
-        except ConnectionLost as e:
-            done = e.completed
-        except ProcessTimeout:
-            raise DeployError("installing the deploy agent did not finish within 60s") from None
-        if not done.ok:
-            raise DeployError(
-                f"cannot install the deploy agent on {self.remote.dest.host}: {done.last_lines(2)}"
-            )
-
-    async def answer(self, verb: str, *args: str, timeout: float = 120, fresh: bool = False) -> str | None:
-        """A verb that answers with lines of its own (boot-info, trial-*), the agent installed
-        first (a rebooted host has lost it): its whole output, or None when it did not come."""
-        await self.install()
-        try:
-            done = await self.remote.run(self._argv(verb, *args), root=True, fresh=fresh, timeout=timeout)
-        except (ConnectionLost, ProcessTimeout):
-            return None
-        return done.stdout if done.ok else None
-
-    async def boot_info(
-        self, toplevel: str = "", *, boot_once: bool = False, generation: int | None = None
-    ) -> BootInfo | None:
-        """What boots the host; with toplevel, how that system's boot would go (boot_once:
-        --reboot's one-time boot; generation: a rollback's). None when the host did not say."""
-        args = [toplevel, "1" if boot_once else "0", str(generation or "")] if toplevel else []
-        try:
-            text = await self.answer("boot-info", *args, timeout=60)
-        except DeployError:
-            return None
-        return parse_boot_info(text) if text is not None else None
-
-    async def gc(self, settings: GcSettings) -> GcReport | None:
-        """deploy-flake gc on the host (sh/gc.sh); None when its answer did not come whole."""
-        text = await self.answer(
-            "gc",
-            str(settings.keep),
-            str(settings.older_than_s),
-            "1" if settings.collect_garbage else "0",
-            "1" if settings.dry_run else "0",
-            timeout=GC_TIMEOUT_S,
-        )
-        return parse_gc(text) if text is not None else None
 
 
 class Agent(AgentCalls):
@@ -128,8 +54,7 @@ class Agent(AgentCalls):
         self.unit = f"deploy-flake-{deploy_id}"
         self.started = False  # from the moment start was asked: the host may be acting on it
         self.last: Status | None = None
-        self._log_offset = 0  # bytes of the agent's log already shown
-        self._logged_phase: Phase | None = None  # the last in-progress phase its log showed
+        self.log = LogCursor()  # how much of the agent's log was shown, and what it said
         self._installed = False
 
     # ------------------------------------------------------------ commands
@@ -209,11 +134,11 @@ class Agent(AgentCalls):
             return await self.start(on_line, stop=stop, reconnect=reconnect, on_contact=on_contact)
         if status is not None:
             return status
-        if self._log_offset > 0:
+        if self.log.offset > 0:
             # its log was coming: the transaction runs, and the stream was cut (a restarted
             # sshd that takes its sessions along, the shared connection among them: opened
             # again here, or every later command would log in anew); following it takes over
-            self.last = Status(self._logged_phase or Phase.STARTING)
+            self.last = Status(self.log.phase or Phase.STARTING)
             if on_contact is not None:
                 on_contact(
                     f"the connection to {self.remote.dest.host} was cut while it was {self.last.phase} "
@@ -257,36 +182,12 @@ class Agent(AgentCalls):
         fresh: bool = False,
         stdin: bytes | None = None,
     ) -> tuple[Status | None, process.Completed]:
-        """Runs a verb that ends like `watch`: the agent's log from self._log_offset on, then
-        the status line. Keeps track of how much of the log was shown."""
-        start = self._log_offset
-        # A line like a status line is the log's only when another line follows it: the last
-        # line of an answer is the agent's status, not log, even if the call then failed or
-        # was cut (counted as log, the next call would start inside a line of the log).
-        unsure = 0
-
-        def show(text: str) -> None:
-            nonlocal unsure
-            # what was shown stays shown, even if this call is cut off or cancelled
-            self._log_offset += unsure
-            unsure = 0
-            if text.startswith(STATUS_MARK):
-                unsure = len(text.encode()) + 1
-                return
-            self._log_offset += len(text.encode()) + 1
-            if text.startswith(STATE_LINE):  # where it is, should the stream be cut
-                with contextlib.suppress(ValueError):
-                    logged = Phase(text.removeprefix(STATE_LINE).strip())
-                    if not logged.final and logged is not Phase.NONE:  # log text is no verdict
-                        self._logged_phase = logged
-            if text:
-                on_line(text)
-
-        status, done = await self._call(verb, *args, timeout=timeout, fresh=fresh, stdin=stdin, on_line=show)
+        """Runs a verb that ends like `watch`: the agent's log from where the last call
+        stopped, then the status line (agent/log_cursor.py keeps track of what was shown)."""
+        shown = self.log.showing(on_line)
+        status, done = await self._call(verb, *args, timeout=timeout, fresh=fresh, stdin=stdin, on_line=shown)
         if status is not None:
-            marker = done.stdout.rfind("\n" + STATUS_MARK)
-            if marker >= 0:
-                self._log_offset = start + done.stdout_size - len(done.stdout[marker:].encode())
+            self.log.answered(done)
         return status, done
 
     async def watch(self, max_s: int, on_line: LineSink, *, stop: Phase | None = None) -> Status | None:
@@ -296,7 +197,7 @@ class Agent(AgentCalls):
         try:
             status, _ = await self._streamed(
                 "watch",
-                str(self._log_offset),
+                str(self.log.offset),
                 str(max_s),
                 str(stop or ""),
                 on_line=on_line,
@@ -311,7 +212,7 @@ class Agent(AgentCalls):
         its guard were killed), then watches it like `watch`; None when the host did not answer."""
         try:
             status, _ = await self._streamed(
-                "rescue", str(self._log_offset), str(STREAM_S), on_line=on_line, timeout=STREAM_S + 30
+                "rescue", str(self.log.offset), str(STREAM_S), on_line=on_line, timeout=STREAM_S + 30
             )
         except ProcessTimeout:
             return None
@@ -448,7 +349,7 @@ class Agent(AgentCalls):
             try:
                 status, done = await self._streamed(
                     "confirm",
-                    str(self._log_offset),
+                    str(self.log.offset),
                     str(STREAM_S),
                     on_line=on_line,
                     fresh=True,

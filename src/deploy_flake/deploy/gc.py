@@ -4,7 +4,7 @@ store's garbage goes too. The host's agent does it under the deploy lock (agent/
 
 from __future__ import annotations
 
-from deploy_flake.agent.client import AgentCalls
+from deploy_flake.agent.calls import AgentCalls
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.models import Outcome, Stage
 

@@ -3,7 +3,7 @@ accept it; nothing is changed. A deploy with --ask shows it too, before the one 
 
 from __future__ import annotations
 
-from deploy_flake.agent.client import AgentCalls
+from deploy_flake.agent.calls import AgentCalls
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.deploy.reboot import reboot_decision
 from deploy_flake.errors import DeployError

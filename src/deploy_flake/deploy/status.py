@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy_flake.agent.client import AgentCalls
+from deploy_flake.agent.calls import AgentCalls
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.host.target import HostFacts
 from deploy_flake.host_reports import BootInfo
