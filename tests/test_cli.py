@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from deploy_flake import app, command_options
 from deploy_flake.cli import deploy_flake
+from deploy_flake.destination import Destination
 from deploy_flake.models import BuildOn, BuildPlace, DeployOptions, Job, RebootPolicy, Timeouts
-from deploy_flake.remote.destination import Destination
 
 
 def handed_over(monkeypatch: pytest.MonkeyPatch, *args: str, code: int = 0) -> command_options.Command:

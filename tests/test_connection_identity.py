@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from deploy_flake.destination import Destination
 from deploy_flake.host.target import HostIdentity, parse_facts
 from deploy_flake.models import Outcome
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import Remote, SshSettings, control_name
 from tests.fake_remote import Answer, Reply
 from tests.test_flows import BEFORE, instant, run_job, status

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_flake.remote.destination import Destination
+from deploy_flake.destination import Destination
 from deploy_flake.remote.ssh import SshSettings, control_name
 from tests.lab import (
     FIXTURE_FLAKE,

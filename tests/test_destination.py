@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from deploy_flake.destination import Destination
 from deploy_flake.errors import UsageError
-from deploy_flake.remote.destination import Destination
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from deploy_flake import app, process
 from deploy_flake.cli.commands import deploy_flake
+from deploy_flake.destination import Destination
 from deploy_flake.models import Elevate, Job, Outcome, Stage
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.elevate import SUDO_STARTED, elevated, password_dialogue
 from deploy_flake.remote.ssh import Remote, SshSettings
 from tests.fake_remote import Reply

@@ -18,6 +18,7 @@ from deploy_flake.deploy import host as host_module
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.deploy.jobs import host_job
 from deploy_flake.deploy.run import Run
+from deploy_flake.destination import Destination
 from deploy_flake.models import (
     DeployOptions,
     GcSettings,
@@ -31,7 +32,6 @@ from deploy_flake.models import (
 )
 from deploy_flake.nix import Flake
 from deploy_flake.output.events import Events
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
 from tests.fake_remote import Answer, FakeHost, FakeRemote, Reply
 

@@ -13,12 +13,12 @@ from deploy_flake.deploy.jobs import JOBS, DeployJob, PlanJob, RollbackJob, Stat
 from deploy_flake.deploy.reboot import boots_once, reboot_wanted
 from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
+from deploy_flake.destination import Destination
 from deploy_flake.errors import DeployError
 from deploy_flake.host.inspection import ClosureFacts
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import DeployOptions, HostResult, Job, RebootPolicy, Stage
 from deploy_flake.nix import Flake
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
 
 SYSTEM = "/nix/store/" + "t" * 32 + "-nixos-system-web1"

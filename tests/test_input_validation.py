@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from deploy_flake import process
+from deploy_flake.destination import Destination, SshTarget, check_distinct_hosts
 from deploy_flake.durations import parse_duration, parse_whole_seconds
 from deploy_flake.errors import UsageError
 from deploy_flake.models import HostResult, Outcome
 from deploy_flake.output.report import ReportError, check_report_path, write_report
-from deploy_flake.remote.destination import Destination, SshTarget, check_distinct_hosts
 from deploy_flake.remote.ssh import config_command
 from deploy_flake.remote.ssh_config import check_distinct_destinations
 from tests.lab import CLIENT_KEY, FIXTURE_FLAKE, HOSTS_DIR, KNOWN_HOSTS, LAB_POOL, SSH_CONFIG, deploy_argv

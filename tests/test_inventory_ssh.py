@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from deploy_flake.destination import Destination
 from deploy_flake.errors import UsageError
 from deploy_flake.fleet.inventory import load_inventory, parse_inventory
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.inventory_options import ALLOWED_OPTIONS
 from deploy_flake.remote.ssh_config import check_distinct_destinations
 from tests.lab import deploy_argv

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from deploy_flake import process
+from deploy_flake.destination import Destination
 from deploy_flake.models import HostResult, Outcome, Stage
 from deploy_flake.output.display import JsonEvents, PlainEvents
 from deploy_flake.output.events import Steady
 from deploy_flake.output.report import write_report
 from deploy_flake.output.run_log import RunLog, new_run_dir
-from deploy_flake.remote.destination import Destination
 from tests.fake_remote import Reply
 from tests.test_flows import BEFORE, _cancelled, run_job, status
 

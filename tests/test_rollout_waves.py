@@ -17,12 +17,12 @@ import pytest
 
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.deploy.run import Run
+from deploy_flake.destination import Destination
 from deploy_flake.fleet.rollout import Rollout, wave_runs
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome
 from deploy_flake.nix import Flake
 from deploy_flake.output.ask import Answers, Passage
 from deploy_flake.output.display import QuietEvents
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from deploy_flake import process
+from deploy_flake.destination import Destination
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.host import elevation
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.elevate import SUDO_PROMPT, SUDO_STARTED
 from deploy_flake.remote.ssh import Remote, SshSettings
 from tests.fake_remote import FakeHost, FakeRemote, Reply

@@ -24,6 +24,7 @@ from deploy_flake.command_options import (
     StatusCommand,
     _Group,
 )
+from deploy_flake.destination import Destination
 from deploy_flake.errors import DeployError, UsageError
 from deploy_flake.fleet.inventory import load_inventory, select
 from deploy_flake.fleet.run import InterruptedTwice, Target, deploy_all
@@ -53,7 +54,6 @@ from deploy_flake.output.events import Events, Steady
 from deploy_flake.output.report import check_report_path, write_report_or_say
 from deploy_flake.output.run_log import RunLog, default_log_dir, new_run_dir
 from deploy_flake.output.stream import STDOUT
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import check_ssh_option
 from deploy_flake.remote.ssh_config import check_distinct_destinations
 from deploy_flake.remote.sudo_password import sudo_password

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from deploy_flake.destination import Destination
 from deploy_flake.errors import UsageError
 from deploy_flake.host_reports import BootInfo, GcReport
-from deploy_flake.remote.destination import Destination
 
 
 class Elevate(StrEnum):

@@ -10,5 +10,6 @@ This package is everything the deployer knows about it:
   how long each step may take;
 - script.py: the script joined from its parts, with the shared constants written in;
 - client.py: the Agent, which starts, follows, confirms and aborts one transaction
-  over ssh.
+  over ssh (log_cursor.py: how much of the agent's log it has shown);
+- calls.py: the verbs outside a transaction (install, boot-info, gc).
 """

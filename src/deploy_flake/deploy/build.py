@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 from deploy_flake import nix
 from deploy_flake.deploy.host import HostJob
+from deploy_flake.destination import check_config_name
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import Stage
-from deploy_flake.remote.destination import check_config_name
 
 
 @contextlib.asynccontextmanager

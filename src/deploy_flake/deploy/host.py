@@ -11,11 +11,11 @@ from abc import ABC, abstractmethod
 from deploy_flake.agent.protocol import gc_root
 from deploy_flake.deploy import checks
 from deploy_flake.deploy.run import Run
+from deploy_flake.destination import Destination
 from deploy_flake.errors import DeployError, WrongHost
 from deploy_flake.host import elevation, inspection, target
 from deploy_flake.host.target import HostFacts, HostIdentity
 from deploy_flake.models import DeployOptions, HostResult, Job, Outcome, RebootPolicy, Stage
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import Remote, SshSettings
 
 DEFAULT_PRE_ACTIVATE = "pre-activate-safety-checks"

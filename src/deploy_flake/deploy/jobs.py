@@ -17,10 +17,10 @@ from deploy_flake.deploy.rollback_target import rollback_target
 from deploy_flake.deploy.run import Run
 from deploy_flake.deploy.status import show_status
 from deploy_flake.deploy.transaction import TransactionJob
+from deploy_flake.destination import Destination
 from deploy_flake.errors import DeployError
 from deploy_flake.host.target import HostFacts
 from deploy_flake.models import DeployOptions, Job, Outcome
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
 
 

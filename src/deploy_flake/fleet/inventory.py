@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from deploy_flake import nix
+from deploy_flake.destination import CONFIG_NAME, USER_NAME, Destination
 from deploy_flake.durations import parse_whole_seconds
 from deploy_flake.errors import UsageError
 from deploy_flake.models import SANITY_CHECKS, DeployOptions, Elevate
-from deploy_flake.remote.destination import CONFIG_NAME, USER_NAME, Destination
 from deploy_flake.remote.inventory_options import inventory_option_problem
 from deploy_flake.remote.ssh import SSH_OPTION
 

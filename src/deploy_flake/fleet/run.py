@@ -18,12 +18,12 @@ from deploy_flake import nix, process
 from deploy_flake.deploy.host import HostJob
 from deploy_flake.deploy.jobs import host_job
 from deploy_flake.deploy.run import Run
+from deploy_flake.destination import Destination
 from deploy_flake.errors import DeployError
 from deploy_flake.fleet.builder import Builder
 from deploy_flake.fleet.rollout import Rollout, wave_runs
 from deploy_flake.models import BuildPlace, DeployOptions, HostResult, Job, Outcome
 from deploy_flake.output.events import Events
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.ssh import SshSettings
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from deploy_flake.destination import Destination
 from deploy_flake.models import HostResult, Outcome, Stage
-from deploy_flake.remote.destination import Destination
 
 
 class Events(Protocol):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from deploy_flake.remote.destination import USER_NAME
+from deploy_flake.destination import USER_NAME
 
 _HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
 _IPV6 = re.compile(r"^\[?[0-9A-Fa-f:.]+\]?$")

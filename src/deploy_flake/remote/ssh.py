@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy_flake import process
+from deploy_flake.destination import Destination
 from deploy_flake.errors import ConnectionLost, DeployError, ProcessTimeout, UsageError
 from deploy_flake.models import Elevate
 from deploy_flake.process import Completed, Dialogue, LineSink
-from deploy_flake.remote.destination import Destination
 from deploy_flake.remote.elevate import elevated, password_dialogue
 
 SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deploy_flake import process
+from deploy_flake.destination import Destination, SshTarget, check_distinct_hosts
 from deploy_flake.errors import UsageError
-from deploy_flake.remote.destination import Destination, SshTarget, check_distinct_hosts
 from deploy_flake.remote.ssh import config_command
 
 # ssh -G only reads configuration files; a `Match exec` in them may run a command.
