@@ -32,15 +32,18 @@ def _wants_vm(session: pytest.Session) -> bool:
 
 # With pytest-xdist (scripts/test runs three workers), tests run in three groups, each on
 # one worker, one test after the other: the nspawn hosts' tests in two halves (each worker
-# has its own pool of hosts alpha..delta, so the halves run side by side), and the VM's tests
-# (named test_vm*), the matrix of newer suites and the pure unit test files beside them.
-# The halves are split by the files' times in a full run (2026-12-07: beside the VMs 58 min,
-# the nspawn halves 64 and 47 min, under load; test_guard and test_rollouts then moved).
+# has its own pool of hosts alpha..delta, so the halves run side by side), and the VMs' tests
+# (named test_vm*), the matrix of newer suites, the pure unit test files and a few nspawn
+# files beside them.
+# The groups are split by the files' times in a full run: 2026-12-07, 732 tests in 43 min,
+# the VMs' worker 25.5 min, the nspawn halves 42.6 and 39.6; test_deploy (9 min) and
+# test_rollouts (3) then moved to the first worker, on its own pool.
 # (xdist's own --dist loadgroup ignores the group marks with pytest 9, so the scheduler is
 # ours.) Two pools side by side once lost builds to signal 9. One cause: Nix kills every
 # process of a build user before a build, and nixbld1 was one uid in every container; the
-# lab's Nix now builds as root (lab/image/nix.conf). A build killed by signal 9 was seen once
-# more since, in a second lab beside a CI run (2026-12-07): another cause is not excluded.
+# lab's Nix now builds as root (lab/image/nix.conf). The other: a builder whose shell exec'd
+# its last command, whose closed stderr Nix took for the builder's end (the fixture's
+# builders now end with a builtin; lab/fixture-flake/lib.nix, runSh).
 _BESIDE_FILES = frozenset(
     {
         "test_ssh_command.py",
@@ -63,6 +66,8 @@ _BESIDE_FILES = frozenset(
         # hosts of their own (trixie1, sid1, vm-sid); the sid deployer root they share with
         # test_modern_nix.py is installed once, under a lock (`lab deployer install`)
         "test_matrix.py",
+        "test_deploy.py",  # on this worker's own pool (the default one)
+        "test_rollouts.py",
     }
 )
 
@@ -83,7 +88,6 @@ _SECOND_HALF_FILES = frozenset(
         "test_concurrent_changes.py",
         "test_elevate_lab.py",
         "test_guard.py",  # sid1 and alpha of this worker's own pool
-        "test_rollouts.py",
     }
 )
 
