@@ -21,13 +21,7 @@ if _WORKER is not None and _WORKER != "gw0":
 from tests.lab import LAB_CMD, LAB_DIR, VM_SSH_CONFIG, Host, lab  # noqa: E402
 
 POOL = ("alpha", "beta", "gamma", "delta")
-# a second lab beside the default one (its own DEPLOY_FLAKE_LAB) needs its own VM ports
-VM_NAME, VM_PORT = "vm1", os.environ.get("LAB_TEST_VM_PORT", "2311")
 _dirty: set[str] = set(POOL)  # hosts whose state a test may have changed
-
-
-def _wants_vm(session: pytest.Session) -> bool:
-    return any(item.get_closest_marker("vm") for item in session.items)
 
 
 # With pytest-xdist (scripts/test runs three workers), tests run in three groups, each on
@@ -114,7 +108,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
 # The fixtures that start lab hosts (directly or through another of these): a test that uses
 # one gets the `lab` mark, so that `pytest -m "not lab"` runs only the tests that need none.
-LAB_FIXTURES = frozenset({"lab_pool", "hosts", "vm", "suite_target", "modern_deployer", "sid_vm", "sid"})
+LAB_FIXTURES = frozenset({"lab_pool", "hosts", "suite_target", "modern_deployer", "sid_vm", "sid"})
 
 
 def _direct_params(item: pytest.Item) -> set[str]:
@@ -142,19 +136,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     items = session.items
     if session.config.option.collectonly:  # nothing runs: nothing to start
         return
-    # The VM boots in the background (30-45 s under TCG) while the other tests run:
-    # started once, by the first worker (the VM is the machine's, not a worker's).
+    # The newer suites' images and the sid deployer root (minutes when cold) are built in
+    # the background by the first worker while the tests run: their tests come later in the
+    # run, and wait for a build under way (`lab build` on its lock; modern_deployer retries).
     if _WORKER not in (None, "gw0"):
         return
-    # (only for the tests of vm1: the sid VM's test boots its own, when it runs)
-    if os.geteuid() == 0 and any("vm" in getattr(item, "fixturenames", ()) for item in items):
-        lab("build", timeout=1800)
-        lab("vm", "stop", VM_NAME, check=False)
-        (LAB_DIR / "vms" / VM_NAME / "disk.qcow2").unlink(missing_ok=True)
-        lab("vm", "start-bg", VM_NAME, VM_PORT)
-    # The newer suites' images and the sid deployer root (minutes when cold) are built in
-    # the background meanwhile: their tests come later in the run, and wait for a build
-    # under way (`lab build` on its lock; modern_deployer retries).
     used = {f for item in items for f in getattr(item, "fixturenames", ())}
     steps = [step for step in _PREBUILD if any(f in used for f in _PREBUILD[step])]
     if os.geteuid() == 0 and steps:
@@ -196,24 +182,14 @@ def _may_have_used_the_lab(session: pytest.Session) -> bool:
     return any(item.get_closest_marker("lab") for item in session.items)
 
 
-def _may_have_booted_the_vm(session: pytest.Session) -> bool:
-    """Whether this session booted vm1 (pytest_collection_finish): a run of a few nspawn tests on
-    a pool of its own did not, and must not stop the VM another run beside it is using."""
-    if session.config.pluginmanager.has_plugin("dsession"):
-        return True  # xdist's controller: gw0 boots it when its tests are collected
-    return any("vm" in getattr(item, "fixturenames", ()) for item in session.items)
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _prebuild is not None:  # no build outlives the session
         _prebuild.wait(timeout=1800)
     if os.geteuid() != 0 or not LAB_DIR.exists() or not _may_have_used_the_lab(session):
         return
     # Each process stops the hosts of its own pool, never another session's (`lab stop --all`
-    # would stop every pool's); the controller (or a run without workers) the VM gw0 booted.
+    # would stop every pool's); the sid VM's fixture stops the VM it booted.
     lab("stop", "--pool", check=False, timeout=600)
-    if _WORKER is None and _may_have_booted_the_vm(session):
-        lab("vm", "stop", VM_NAME, check=False, timeout=600)
 
 
 @pytest.fixture(scope="session")
@@ -280,15 +256,6 @@ def hosts(lab_pool: None) -> Iterator[dict[str, Host]]:
     _dirty.update(n for n in POOL if n not in pool.used and _state(n) != _clean_state.get(n))
 
 
-@pytest.fixture(scope="session")
-def vm() -> Host:
-    """The QEMU VM: a real kernel and real reboots (booted in the background at session start)."""
-    if os.geteuid() != 0:
-        pytest.skip("the lab VM needs root")
-    lab("vm", "wait", VM_NAME, timeout=900)
-    return Host(VM_NAME, VM_SSH_CONFIG)
-
-
 # ------------------------------------------------------------------ newer Debian suites
 # Hosts of the newer suites' images (`lab build --suite S`), one per suite, started on
 # first use and reset before each test that uses them. Their names are theirs alone: a
@@ -344,13 +311,15 @@ def modern_deployer() -> Iterator[list[str]]:
     yield [str(LAB_CMD), "deployer", "run", DEPLOYER_SUITE, "--", "/opt/deploy-flake/bin/deploy-flake"]
 
 
-# The sid VM (systemd 262 under a real kernel): its own name and port beside vm1.
+# The sid VM (systemd 262 under a real kernel, the suite's only VM): its own name and port, so
+# that a second lab beside the default one (its own DEPLOY_FLAKE_LAB) can have one too.
 SID_VM_NAME, SID_VM_PORT = "vm-sid", os.environ.get("LAB_TEST_SID_VM_PORT", "2312")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def sid_vm() -> Iterator[Host]:
-    """A clean VM of the sid image, booted when first needed (TCG: about a minute), stopped after."""
+    """A clean VM of the sid image, booted for the test (TCG: about a minute) and stopped right
+    after it: an idle VM under TCG still costs CPU the other workers' tests wait for."""
     if os.geteuid() != 0:
         pytest.skip("the lab VM needs root")
     lab("build", "--suite", "sid", timeout=1800)

@@ -273,6 +273,7 @@ def _lab_block(name: str) -> str:
         f"Host {name}\n  HostName 127.0.0.1\n  User root\n  IdentityFile {CLIENT_KEY}\n  IdentitiesOnly yes\n"
         f"  BatchMode yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {KNOWN_HOSTS}\n"
         f"  GlobalKnownHostsFile /dev/null\n  HostKeyAlias {name}\n  LogLevel ERROR\n"
+        "  KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n"
         f"  ProxyCommand ip netns exec {netns} socat - TCP:127.0.0.1:22\n"
     )
 
