@@ -26,7 +26,7 @@ _dirty: set[str] = set(POOL)  # hosts whose state a test may have changed
 
 # With pytest-xdist (scripts/test runs three workers), tests run in three groups, each on
 # one worker, one test after the other: the nspawn hosts' tests in two halves (each worker
-# has its own pool of hosts alpha..delta, so the halves run side by side), and the VMs' tests
+# has its own pool of hosts alpha..delta, so the halves run side by side), and the VM's test
 # (named test_vm*), the matrix of newer suites, the pure unit test files and a few nspawn
 # files beside them.
 # The groups are split by the files' times in a full run: 2026-12-07, 732 tests in 43 min,

@@ -7,9 +7,8 @@ really panics, on the sid VM, is test_matrix.py's."""
 
 from __future__ import annotations
 
-from tests.lab import Host, deploy
+from tests.lab import BOOT_ID, Host, deploy
 
-BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 GUARD = "/etc/systemd/system.control/deploy-flake-boot-trial.service"
 ONESHOT = "/sys/firmware/efi/efivars/LoaderEntryOneShot-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 # short windows: the guard of a trial boot nobody confirms sends it back within about
